@@ -1,0 +1,27 @@
+"""MobileViT (Mehta & Rastegari, ICLR 2022): models as published, every public checkpoint format."""
+
+from mobilevit.convert import convert_state_dict
+from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.models import (
+    MobileViT,
+    MobileViTFeatures,
+    create_model,
+    from_pretrained,
+    list_models,
+    load_pretrained,
+)
+
+__version__ = "0.1.0"
+
+__all__ = [
+    "CheckpointError",
+    "CheckpointMismatchError",
+    "MobileViT",
+    "MobileViTFeatures",
+    "__version__",
+    "convert_state_dict",
+    "create_model",
+    "from_pretrained",
+    "list_models",
+    "load_pretrained",
+]

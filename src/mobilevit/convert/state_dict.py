@@ -1,0 +1,142 @@
+"""Rename the state dicts of timm, Hugging Face and ml-cvnets MobileViT ports to this project's keys.
+
+Each source is a list of regex rewrites applied in order to every key. Two sources need more than
+renaming: Hugging Face stores q, k and v as three linears (fused back here), and both Hugging Face
+and ml-cvnets weights were trained on BGR input, so their stem's input channels are reversed to make
+every converted model take RGB.
+"""
+
+from __future__ import annotations
+
+import re
+from collections.abc import Mapping
+
+import torch
+
+SOURCES = ("timm", "hf", "cvnets", "mobilevit")
+STEM_WEIGHT = "stem.conv.weight"
+
+_Rules = list[tuple[str, str]]
+
+_TIMM: _Rules = [
+    (r"\.conv1_1x1\.", ".expand."),
+    (r"\.conv2_kxk\.", ".depthwise."),
+    (r"\.conv3_1x1\.", ".project."),
+    (r"^(stages\.\d+\.1)\.conv_kxk\.", r"\1.local_rep.conv_kxk."),
+    (r"^(stages\.\d+\.1)\.conv_1x1\.", r"\1.local_rep.conv_1x1."),
+    (r"^(stages\.\d+\.1)\.transformer\.(\d+)\.", r"\1.global_rep.layers.\2."),
+    (r"^(stages\.\d+\.1)\.norm\.", r"\1.global_rep.norm."),
+    (r"\.conv_fusion\.", ".fusion."),
+]
+
+_HF: _Rules = [
+    (r"^mobilevit\.conv_stem\.", "stem."),
+    (r"^mobilevit\.conv_1x1_exp\.", "final_conv."),
+    (r"^classifier\.", "head.fc."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.layer\.(\d+)\.", r"stages.\1.\2."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.downsampling_layer\.", r"stages.\1.0."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.conv_kxk\.", r"stages.\1.1.local_rep.conv_kxk."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.conv_1x1\.convolution\.", r"stages.\1.1.local_rep.conv_1x1."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.", r"stages.\1.1.global_rep.layers.\2."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.layernorm\.", r"stages.\1.1.global_rep.norm."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.conv_projection\.", r"stages.\1.1.conv_proj."),
+    (r"^mobilevit\.encoder\.layer\.(\d+)\.fusion\.", r"stages.\1.1.fusion."),
+    (r"\.attention\.attention\.(query|key|value)\.", r".attn.\1."),
+    (r"\.attention\.output\.dense\.", ".attn.proj."),
+    (r"\.intermediate\.dense\.", ".mlp.fc1."),
+    (r"\.output\.dense\.", ".mlp.fc2."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.expand_1x1\.", ".expand."),
+    (r"\.conv_3x3\.", ".depthwise."),
+    (r"\.reduce_1x1\.", ".project."),
+    (r"\.convolution\.", ".conv."),
+    (r"\.normalization\.", ".bn."),
+]
+
+_CVNETS: _Rules = [
+    (r"\.block\.", "."),
+    (r"^conv_1\.", "stem."),
+    (r"^conv_1x1_exp\.", "final_conv."),
+    (r"^classifier\.fc\.", "head.fc."),
+    (r"^layer_(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
+    (r"\.local_rep\.conv_3x3\.", ".local_rep.conv_kxk."),
+    (r"\.local_rep\.conv_1x1\.conv\.", ".local_rep.conv_1x1."),
+    (r"\.global_rep\.(\d+)\.(weight|bias)$", r".global_rep.norm.\2"),
+    (r"\.global_rep\.(\d+)\.pre_norm_mha\.0\.", r".global_rep.layers.\1.norm1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_mha\.1\.qkv_proj\.", r".global_rep.layers.\1.attn.qkv."),
+    (r"\.global_rep\.(\d+)\.pre_norm_mha\.1\.out_proj\.", r".global_rep.layers.\1.attn.proj."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.0\.", r".global_rep.layers.\1.norm2."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.1\.", r".global_rep.layers.\1.mlp.fc1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.4\.", r".global_rep.layers.\1.mlp.fc2."),
+    (r"\.exp_1x1\.", ".expand."),
+    (r"\.conv_3x3\.", ".depthwise."),
+    (r"\.red_1x1\.", ".project."),
+    (r"(?<!global_rep)\.norm\.", ".bn."),
+]
+
+_RULES: dict[str, _Rules] = {"timm": _TIMM, "hf": _HF, "cvnets": _CVNETS, "mobilevit": []}
+_BGR_SOURCES = ("hf", "cvnets")
+
+
+def detect_source(keys: list[str]) -> str:
+    """Name the port a state dict comes from by its key names."""
+    if any(k.startswith("mobilevit.") for k in keys):
+        return "hf"
+    if any(k.startswith(("conv_1.", "layer_1.")) for k in keys):
+        return "cvnets"
+    if any(".conv1_1x1." in k or ".conv_fusion." in k for k in keys):
+        return "timm"
+    if any(".expand.conv." in k or ".local_rep." in k for k in keys):
+        return "mobilevit"
+    sample = ", ".join(keys[:5]) or "no keys at all"
+    raise ValueError(
+        "cannot tell which MobileViT port this state dict comes from (expected timm, Hugging Face or "
+        f"ml-cvnets key names); first keys: {sample}. Pass source='timm', 'hf' or 'cvnets' explicitly."
+    )
+
+
+def _rename(key: str, rules: _Rules) -> str:
+    for pattern, replacement in rules:
+        key = re.sub(pattern, replacement, key)
+    return key
+
+
+def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """Concatenate Hugging Face's separate query, key and value linears into one qkv linear."""
+    out: dict[str, torch.Tensor] = {}
+    for key, value in state_dict.items():
+        match = re.match(r"^(.*\.attn)\.(query|key|value)\.(weight|bias)$", key)
+        if match is None:
+            out[key] = value
+        elif match.group(2) == "query":
+            prefix, kind = match.group(1), match.group(3)
+            parts = [state_dict.get(f"{prefix}.{p}.{kind}") for p in ("query", "key", "value")]
+            if any(p is None for p in parts):
+                raise ValueError(f"incomplete attention weights under {prefix}: need query, key and value")
+            out[f"{prefix}.qkv.{kind}"] = torch.cat(parts, dim=0)
+    return out
+
+
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str = "auto"
+) -> dict[str, torch.Tensor]:
+    """Return ``state_dict`` with this project's key names.
+
+    ``source`` is ``"timm"``, ``"hf"``, ``"cvnets"``, ``"mobilevit"`` (already ours) or ``"auto"``
+    (detected from the keys). A ``module.`` prefix left by DistributedDataParallel is removed.
+    Weights from ``hf`` and ``cvnets`` were trained on BGR images: their stem is flipped so the
+    converted model takes RGB, like every other model of this package.
+    """
+    if source != "auto" and source not in SOURCES:
+        raise ValueError(f"unknown source {source!r}; expected one of: auto, {', '.join(SOURCES)}")
+    state = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}
+    if source == "auto":
+        source = detect_source(list(state))
+    rules = _RULES[source]
+    out = {_rename(k, rules): v for k, v in state.items()}
+    if source == "hf":
+        out = _fuse_qkv(out)
+    if source in _BGR_SOURCES and STEM_WEIGHT in out:
+        out[STEM_WEIGHT] = out[STEM_WEIGHT].flip(1)
+    return out

@@ -1,0 +1,40 @@
+"""Exceptions that tell the user what is wrong with a checkpoint and what to do about it."""
+
+from __future__ import annotations
+
+
+class CheckpointError(ValueError):
+    """A checkpoint file or directory cannot be read or does not fit the model."""
+
+
+class CheckpointMismatchError(CheckpointError):
+    """The checkpoint's keys or shapes differ from the model's; every difference is listed."""
+
+    def __init__(
+        self,
+        missing: list[str],
+        unexpected: list[str],
+        mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
+        context: str = "",
+    ) -> None:
+        self.missing = missing
+        self.unexpected = unexpected
+        self.mismatched = mismatched
+        lines = [f"checkpoint does not match the model{context}:"]
+        if missing:
+            lines.append(f"  missing keys ({len(missing)}): {_preview(missing)}")
+        if unexpected:
+            lines.append(f"  unexpected keys ({len(unexpected)}): {_preview(unexpected)}")
+        if mismatched:
+            shapes = [f"{k} checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched]
+            lines.append(f"  shape mismatches ({len(mismatched)}): {_preview(shapes)}")
+        lines.append(
+            "  Check that the model name matches the checkpoint's size (xxs, xs, s) and that the file "
+            "is a MobileViT v1 checkpoint from timm, Hugging Face, ml-cvnets or this package."
+        )
+        super().__init__("\n".join(lines))
+
+
+def _preview(items: list[str], limit: int = 12) -> str:
+    shown = ", ".join(items[:limit])
+    return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")

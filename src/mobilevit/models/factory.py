@@ -1,0 +1,141 @@
+"""Model registry and weight loading: ``create_model``, ``list_models``, ``from_pretrained``."""
+
+from __future__ import annotations
+
+import fnmatch
+import os
+import warnings
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobilevit.convert import convert_state_dict
+from mobilevit.engine.checkpoint import CONFIG_FILE, read_json, read_state_dict
+from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.models.mobilevit import (
+    MODEL_CONFIGS,
+    MobileViT,
+    MobileViTFeatures,
+    resolve_config,
+)
+
+
+def list_models(pattern: str | None = None) -> list[str]:
+    """Registered model names, sorted, optionally filtered by a shell-style ``pattern``."""
+    names = sorted(MODEL_CONFIGS)
+    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def create_model(
+    name: str,
+    *,
+    num_classes: int = 1000,
+    pretrained: str | os.PathLike | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    source: str = "auto",
+    **overrides: Any,
+) -> MobileViT | MobileViTFeatures:
+    """Build a registered model, optionally loading weights from ``pretrained``.
+
+    ``pretrained`` is a checkpoint of this package, timm, Hugging Face or ml-cvnets (see
+    :func:`mobilevit.engine.checkpoint.read_state_dict` for the file layouts). ``overrides`` replace
+    fields of the size's :class:`~mobilevit.models.mobilevit.MobileViTConfig`, e.g. ``drop_rate=0.2``.
+    """
+    cfg = resolve_config(name, overrides)
+    if features_only:
+        model: MobileViT | MobileViTFeatures = MobileViTFeatures(name, cfg, out_indices=out_indices)
+    else:
+        model = MobileViT(name, cfg, num_classes=num_classes)
+    if pretrained is not None:
+        load_pretrained(model, pretrained, source=source)
+    return model
+
+
+def _fit_classifier(
+    state: dict[str, torch.Tensor], model: nn.Module
+) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
+    """Fit the checkpoint's classifier to the model: a backbone ignores it, and a classifier with
+    another number of classes keeps its fresh head (the start of fine-tuning) with a warning.
+
+    Returns the state to load and the key prefixes for which the model keeps its own tensors.
+    """
+    if isinstance(model, MobileViTFeatures):
+        return {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}, ()
+    head = model.pretrained_cfg["classifier"]
+    ckpt_weight = state.get(f"{head}.weight")
+    model_weight = model.state_dict().get(f"{head}.weight")
+    if ckpt_weight is None or model_weight is None or ckpt_weight.shape[0] == model_weight.shape[0]:
+        return state, ()
+    warnings.warn(
+        f"checkpoint classifier has {ckpt_weight.shape[0]} classes but the model has "
+        f"{model_weight.shape[0]}: the classifier ({head}) is re-initialised and every other "
+        "weight is loaded.",
+        stacklevel=3,
+    )
+    return {k: v for k, v in state.items() if not k.startswith(head + ".")}, (head + ".",)
+
+
+def load_state_dict_checked(
+    model: nn.Module, state: dict[str, torch.Tensor], keep_own: tuple[str, ...] = (), context: str = ""
+) -> None:
+    """``load_state_dict`` that reports missing keys, unexpected keys and shape mismatches together.
+    Keys under a ``keep_own`` prefix keep the model's own tensors."""
+    target = model.state_dict()
+    missing = [k for k in target if k not in state and not k.startswith(keep_own)]
+    unexpected = [k for k in state if k not in target]
+    mismatched = [
+        (k, tuple(v.shape), tuple(target[k].shape))
+        for k, v in state.items()
+        if k in target and v.shape != target[k].shape
+    ]
+    if missing or unexpected or mismatched:
+        raise CheckpointMismatchError(missing, unexpected, mismatched, context)
+    model.load_state_dict({**target, **state})
+
+
+def load_pretrained(model: nn.Module, path: str | os.PathLike, source: str = "auto") -> None:
+    """Load weights from ``path`` (any supported format and port) into ``model`` in place."""
+    state = convert_state_dict(read_state_dict(path), source)
+    state, keep_own = _fit_classifier(state, model)
+    name = getattr(model, "model_name", "model")
+    load_state_dict_checked(model, state, keep_own, context=f" ({name} from {path})")
+
+
+def _name_from_hf_config(config: dict[str, Any]) -> str:
+    """Match a Hugging Face ``MobileViTConfig`` to a registered size by its channel widths."""
+    dims = tuple(config.get("hidden_sizes", ()))
+    for name, cfg in MODEL_CONFIGS.items():
+        if cfg.transformer_dims == dims:
+            return name
+    raise CheckpointError(f"no registered MobileViT size has transformer widths {list(dims)}")
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> MobileViT | MobileViTFeatures:
+    """Rebuild a model from a directory written by ``save_pretrained`` (or by timm / Hugging Face)."""
+    path = Path(path)
+    if not path.is_dir():
+        raise FileNotFoundError(
+            f"{path} is not a model directory; for a single weights file use "
+            "create_model(name, pretrained=path)."
+        )
+    config = read_json(path / CONFIG_FILE)
+    if "architecture" in config:
+        name = config["architecture"]
+        num_classes = config.get("num_classes", 1000)
+        model_args = config.get("model_args", {})
+        if config.get("features_only"):
+            model_args = {**model_args, "features_only": True, "out_indices": tuple(config["out_indices"])}
+    elif config.get("model_type") == "mobilevit":
+        name = _name_from_hf_config(config)
+        num_classes = len(config.get("id2label", {})) or config.get("num_labels", 1000)
+        model_args = {}
+    else:
+        raise CheckpointError(
+            f"{path / CONFIG_FILE} names no architecture: expected a directory from save_pretrained(), "
+            "timm or Hugging Face MobileViT."
+        )
+    options = {"num_classes": num_classes, **model_args, **kwargs}
+    return create_model(name, pretrained=path, **options)

@@ -1,0 +1,289 @@
+"""MobileViT v1 (Mehta & Rastegari, ICLR 2022): the classifier and the feature-pyramid backbone.
+
+Every size is one row of ``MODEL_CONFIGS``; nothing else in the package repeats these numbers.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, field, fields, replace
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobilevit.engine.checkpoint import CONFIG_FILE, WEIGHT_FILES, save_json, save_safetensors
+from mobilevit.models.layers import ClassifierHead, ConvNormAct, InvertedResidual
+from mobilevit.models.mobilevit_block import MobileViTBlock
+
+MIN_INPUT_SIZE = 32
+
+
+@dataclass(frozen=True)
+class MobileViTConfig:
+    """One MobileViT v1 size: the columns of Table 4 (appendix) of the paper."""
+
+    channels: tuple[int, int, int, int, int]  # output channels of layer1..layer5
+    transformer_dims: tuple[int, int, int]  # d of the MobileViT blocks in layer3..layer5
+    expansion: float  # MV2 expansion factor
+    transformer_dropout: float
+    transformer_depths: tuple[int, int, int] = (2, 4, 3)
+    stem_channels: int = 16
+    ffn_multiplier: int = 2  # ffn dim = 2 d
+    num_heads: int = 4
+    patch_size: int = 2
+    last_channels_multiplier: int = 4  # final 1x1 conv: min(4 C_layer5, 960)
+    max_last_channels: int = 960
+    attn_dropout: float = 0.0
+    drop_rate: float = 0.1  # classifier dropout
+    in_chans: int = 3
+
+    @property
+    def last_channels(self) -> int:
+        return min(self.last_channels_multiplier * self.channels[-1], self.max_last_channels)
+
+
+MODEL_CONFIGS: dict[str, MobileViTConfig] = {
+    "mobilevit_xxs": MobileViTConfig(
+        channels=(16, 24, 48, 64, 80),
+        transformer_dims=(64, 80, 96),
+        expansion=2.0,
+        transformer_dropout=0.05,
+    ),
+    "mobilevit_xs": MobileViTConfig(
+        channels=(32, 48, 64, 80, 96),
+        transformer_dims=(96, 120, 144),
+        expansion=4.0,
+        transformer_dropout=0.1,
+    ),
+    "mobilevit_s": MobileViTConfig(
+        channels=(32, 64, 96, 128, 160),
+        transformer_dims=(144, 192, 240),
+        expansion=4.0,
+        transformer_dropout=0.1,
+    ),
+}
+
+# Evaluation preprocessing of the published weights: RGB in [0, 1], no mean/std, bicubic resize
+# of the shorter side to 256 / 0.9, centre crop 256.
+DEFAULT_PRETRAINED_CFG: dict[str, Any] = {
+    "input_size": (3, 256, 256),
+    "mean": (0.0, 0.0, 0.0),
+    "std": (1.0, 1.0, 1.0),
+    "crop_pct": 0.9,
+    "interpolation": "bicubic",
+    "channel_order": "RGB",
+    "first_conv": "stem.conv",
+    "classifier": "head.fc",
+}
+
+STAGE_STRIDES = (2, 4, 8, 16, 32)
+
+
+def resolve_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig:
+    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_CONFIGS))}")
+    valid = {f.name for f in fields(MobileViTConfig)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
+        )
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(MODEL_CONFIGS[name], **tuples)
+
+
+def check_input(x: torch.Tensor, in_chans: int) -> None:
+    """Raise a ValueError that says what was expected when ``x`` is not [B, in_chans, H>=32, W>=32]."""
+    if x.dim() != 4:
+        raise ValueError(
+            f"expected a 4-D input [batch, {in_chans}, height, width], got {x.dim()}-D shape {tuple(x.shape)}"
+        )
+    if x.shape[1] != in_chans:
+        raise ValueError(
+            f"expected {in_chans} input channels, got {x.shape[1]} (input shape {tuple(x.shape)}); "
+            "convert grayscale images to RGB or create the model with in_chans="
+            f"{x.shape[1]}"
+        )
+    if min(x.shape[-2:]) < MIN_INPUT_SIZE:
+        raise ValueError(f"expected height and width of at least {MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
+
+
+def build_stages(cfg: MobileViTConfig) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, MobileViT block) x 3."""
+    c = (cfg.stem_channels, *cfg.channels)
+    stages = nn.ModuleList()
+    stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
+    stages.append(
+        nn.Sequential(
+            InvertedResidual(c[1], c[2], 2, cfg.expansion),
+            InvertedResidual(c[2], c[2], 1, cfg.expansion),
+            InvertedResidual(c[2], c[2], 1, cfg.expansion),
+        )
+    )
+    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths), start=2):
+        stages.append(
+            nn.Sequential(
+                InvertedResidual(c[i], c[i + 1], 2, cfg.expansion),
+                MobileViTBlock(
+                    c[i + 1],
+                    dim,
+                    depth,
+                    cfg.ffn_multiplier * dim,
+                    num_heads=cfg.num_heads,
+                    patch_size=cfg.patch_size,
+                    drop=cfg.transformer_dropout,
+                    attn_drop=cfg.attn_dropout,
+                ),
+            )
+        )
+    return stages
+
+
+@dataclass
+class FeatureInfo:
+    """Channels and stride of each returned feature map, in timm's ``feature_info`` style."""
+
+    entries: list[dict[str, Any]] = field(default_factory=list)
+
+    def channels(self) -> list[int]:
+        return [e["num_chs"] for e in self.entries]
+
+    def reduction(self) -> list[int]:
+        return [e["reduction"] for e in self.entries]
+
+    def __iter__(self):
+        return iter(self.entries)
+
+    def __len__(self) -> int:
+        return len(self.entries)
+
+    def __getitem__(self, i: int) -> dict[str, Any]:
+        return self.entries[i]
+
+
+def _init_weights(module: nn.Module) -> None:
+    """Official initialisation: Kaiming-normal convs, truncated-normal(0.02) linears, unit norms."""
+    for m in module.modules():
+        if isinstance(m, nn.Conv2d):
+            nn.init.kaiming_normal_(m.weight, mode="fan_out")
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, nn.Linear):
+            nn.init.trunc_normal_(m.weight, std=0.02)
+            if m.bias is not None:
+                nn.init.zeros_(m.bias)
+        elif isinstance(m, (nn.BatchNorm2d, nn.LayerNorm)):
+            nn.init.ones_(m.weight)
+            nn.init.zeros_(m.bias)
+
+
+class _MobileViTBase(nn.Module):
+    """What the classifier and the backbone share: the stem, the five stages and their bookkeeping."""
+
+    def __init__(self, name: str, cfg: MobileViTConfig) -> None:
+        super().__init__()
+        self.model_name = name
+        self.config = cfg
+        self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
+        self.stages = build_stages(cfg)
+        self.pretrained_cfg = dict(DEFAULT_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
+
+    def model_args(self) -> dict[str, Any]:
+        """The config fields that differ from the registered size: enough to rebuild this model."""
+        base = asdict(MODEL_CONFIGS[self.model_name])
+        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
+
+    def hub_config(self) -> dict[str, Any]:
+        """The ``config.json`` of :meth:`save_pretrained`, in timm's hub layout."""
+        return {
+            "architecture": self.model_name,
+            "num_classes": getattr(self, "num_classes", 0),
+            "model_args": self.model_args(),
+            "pretrained_cfg": self.pretrained_cfg,
+        }
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically, file by
+        file); :func:`mobilevit.from_pretrained` rebuilds the model from them."""
+        directory = Path(directory)
+        save_safetensors(self.state_dict(), directory / WEIGHT_FILES[0])
+        save_json(self.hub_config(), directory / CONFIG_FILE)
+        return directory
+
+
+class MobileViT(_MobileViTBase):
+    """MobileViT image classifier with timm's API: ``forward_features``, ``forward_head``,
+    ``reset_classifier``, ``pretrained_cfg``."""
+
+    def __init__(self, name: str, cfg: MobileViTConfig, num_classes: int = 1000) -> None:
+        super().__init__(name, cfg)
+        self.num_classes = num_classes
+        self.num_features = cfg.last_channels
+        self.final_conv = ConvNormAct(cfg.channels[-1], cfg.last_channels, 1)
+        self.head = ClassifierHead(cfg.last_channels, num_classes, cfg.drop_rate)
+        self.pretrained_cfg["num_classes"] = num_classes
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, last_channels, H/32, W/32] (sides rounded up at each stride)."""
+        check_input(x, self.config.in_chans)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return self.final_conv(x)
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer by a freshly initialised one with ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.pretrained_cfg["num_classes"] = num_classes
+        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        _init_weights(fc)
+        self.head.fc = fc
+
+
+class MobileViTFeatures(_MobileViTBase):
+    """The backbone alone (``features_only=True``): returns the feature maps of the stages in
+    ``out_indices``, at strides 2, 4, 8, 16 and 32 by default. Its keys are the classifier's keys
+    without ``final_conv`` and ``head``, so classification checkpoints load into it."""
+
+    def __init__(
+        self, name: str, cfg: MobileViTConfig, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
+    ) -> None:
+        if not out_indices or any(i not in range(5) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
+        super().__init__(name, cfg)
+        self.out_indices = tuple(sorted(out_indices))
+        self.feature_info = FeatureInfo(
+            [
+                {"num_chs": cfg.channels[i], "reduction": STAGE_STRIDES[i], "module": f"stages.{i}"}
+                for i in self.out_indices
+            ]
+        )
+        _init_weights(self)
+
+    def hub_config(self) -> dict[str, Any]:
+        return {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.config.in_chans)
+        x = self.stem(x)
+        features = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                features.append(x)
+            if i == self.out_indices[-1]:
+                break
+        return features

@@ -1,0 +1,79 @@
+"""Test helpers: fully randomised reference models and structured test images."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable
+
+import torch
+from torch import nn
+
+
+def randomize_(
+    model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module], None] | None = None
+) -> nn.Module:
+    """Give every parameter and every BatchNorm statistic of ``model`` random values.
+
+    Nothing keeps its default init, so a wrong key mapping, a transposed tensor or a swapped q/k/v
+    cannot hide behind ones and zeros. With random statistics alone, deep networks lose the input
+    (the logits become nearly constant and any mapping "matches"), so the BatchNorm statistics are
+    first measured on structured images by ``calibrate(model)`` and then perturbed at random.
+    """
+    gen = torch.Generator().manual_seed(seed)
+
+    def normal(t: torch.Tensor, std: float) -> torch.Tensor:
+        return torch.randn(t.shape, generator=gen) * std
+
+    def uniform(t: torch.Tensor, low: float, high: float) -> torch.Tensor:
+        return low + (high - low) * torch.rand(t.shape, generator=gen)
+
+    with torch.no_grad():
+        for module in model.modules():
+            if isinstance(module, (nn.Conv2d, nn.Linear)):
+                fan_in = module.weight[0].numel()
+                module.weight.copy_(normal(module.weight, 1.0 / math.sqrt(fan_in)))
+                if module.bias is not None:
+                    module.bias.copy_(normal(module.bias, 0.1))
+            elif isinstance(module, (nn.BatchNorm2d, nn.LayerNorm, nn.GroupNorm)):
+                module.weight.copy_(uniform(module.weight, 0.5, 1.5))
+                module.bias.copy_(normal(module.bias, 0.2))
+        bns = [m for m in model.modules() if isinstance(m, nn.BatchNorm2d)]
+        model.eval()
+        for bn in bns:
+            bn.reset_running_stats()
+            bn.momentum = None  # cumulative average over the calibration batches
+            bn.train()
+        (calibrate or _default_calibration)(model)
+        for bn in bns:
+            bn.eval()
+            bn.momentum = 0.1
+            bn.running_mean.add_(normal(bn.running_mean, 0.1) * bn.running_var.sqrt())
+            bn.running_var.mul_(uniform(bn.running_var, 0.7, 1.3))
+    return model
+
+
+def _default_calibration(model: nn.Module) -> None:
+    model(structured_images(4, 128, 128, seed=123))
+
+
+def structured_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """RGB images in [0, 1] with gradients, stripes and coloured shapes: unlike noise, they have
+    spatial structure and channels that differ, so flipped channels or mixed-up patches show."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    images = []
+    for _ in range(batch):
+        phase = torch.rand(3, generator=gen) * 6.28
+        img = torch.stack(
+            [
+                xx,
+                0.5 + 0.5 * torch.sin(12 * yy + phase[1]),
+                0.5 + 0.5 * torch.cos(7 * (xx + yy) + phase[2]),
+            ]
+        )
+        for _ in range(4):
+            cy, cx, ry, rx = torch.rand(4, generator=gen).tolist()
+            mask = ((yy - cy) / (0.05 + 0.3 * ry)) ** 2 + ((xx - cx) / (0.05 + 0.3 * rx)) ** 2 < 1
+            img[:, mask] = torch.rand(3, 1, generator=gen)
+        images.append(img)
+    return torch.stack(images)
