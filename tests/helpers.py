@@ -9,9 +9,7 @@ import torch
 from torch import nn
 
 
-def randomize_(
-    model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module], None] | None = None
-) -> nn.Module:
+def randomize_(model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Give every parameter and every BatchNorm statistic of ``model`` random values.
 
     Nothing keeps its default init, so a wrong key mapping, a transposed tensor or a swapped q/k/v

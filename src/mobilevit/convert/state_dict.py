@@ -118,9 +118,7 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def convert_state_dict(
-    state_dict: Mapping[str, torch.Tensor], source: str = "auto"
-) -> dict[str, torch.Tensor]:
+def convert_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "auto") -> dict[str, torch.Tensor]:
     """Return ``state_dict`` with this project's key names.
 
     ``source`` is ``"timm"``, ``"hf"``, ``"cvnets"``, ``"mobilevit"`` (already ours) or ``"auto"``

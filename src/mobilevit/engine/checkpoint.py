@@ -86,7 +86,8 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
         ) from err
     except (RuntimeError, EOFError, OSError, ValueError) as err:
         raise CheckpointError(
-            f"cannot read {path} as a PyTorch checkpoint ({err}); the file is truncated or corrupt: download or save it again."
+            f"cannot read {path} as a PyTorch checkpoint ({err}); the file is truncated or corrupt: "
+            "download or save it again."
         ) from err
     return _unwrap(obj, path)
 
@@ -124,9 +125,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     dict), or a model directory (``config.json`` plus ``model.safetensors`` or ``pytorch_model.bin``)."""
     path = Path(path)
     if not path.exists():
-        raise FileNotFoundError(
-            f"checkpoint not found: {path}. Check the path, or download the weights first."
-        )
+        raise FileNotFoundError(f"checkpoint not found: {path}. Check the path, or download the weights first.")
     if path.is_dir():
         return _read_directory(path)
     if path.suffix == ".safetensors":
@@ -134,6 +133,5 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix in PICKLE_SUFFIXES:
         return _read_pickle(path)
     raise CheckpointError(
-        f"unsupported checkpoint file {path}: expected .safetensors, {', '.join(PICKLE_SUFFIXES)} "
-        "or a model directory."
+        f"unsupported checkpoint file {path}: expected .safetensors, {', '.join(PICKLE_SUFFIXES)} or a model directory."
     )

@@ -118,8 +118,7 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> MobileViT | Mobil
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
-            f"{path} is not a model directory; for a single weights file use "
-            "create_model(name, pretrained=path)."
+            f"{path} is not a model directory; for a single weights file use create_model(name, pretrained=path)."
         )
     config = read_json(path / CONFIG_FILE)
     if "architecture" in config:

@@ -123,7 +123,7 @@ def build_stages(cfg: MobileViTConfig) -> nn.ModuleList:
             InvertedResidual(c[2], c[2], 1, cfg.expansion),
         )
     )
-    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths), start=2):
+    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
         stages.append(
             nn.Sequential(
                 InvertedResidual(c[i], c[i + 1], 2, cfg.expansion),
@@ -258,9 +258,7 @@ class MobileViTFeatures(_MobileViTBase):
     ``out_indices``, at strides 2, 4, 8, 16 and 32 by default. Its keys are the classifier's keys
     without ``final_conv`` and ``head``, so classification checkpoints load into it."""
 
-    def __init__(
-        self, name: str, cfg: MobileViTConfig, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)
-    ) -> None:
+    def __init__(self, name: str, cfg: MobileViTConfig, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
         super().__init__(name, cfg)

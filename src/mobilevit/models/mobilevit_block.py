@@ -67,9 +67,7 @@ class TransformerEncoderLayer(nn.Module):
 class Transformer(nn.Module):
     """L encoder layers followed by one final LayerNorm: the block's global representation."""
 
-    def __init__(
-        self, dim: int, depth: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float
-    ) -> None:
+    def __init__(self, dim: int, depth: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float) -> None:
         super().__init__()
         self.layers = nn.Sequential(
             *(TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop) for _ in range(depth))
@@ -86,7 +84,7 @@ def unfold(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     A non-overlapping patch unfold is ``pixel_unshuffle``: it moves each patch's P pixels into
     the channel axis as (d, P), so only one permute remains to put the patches on the token axis.
     """
-    batch, dim, height, width = x.shape
+    batch, dim = x.shape[:2]
     area = patch_size * patch_size
     x = F.pixel_unshuffle(x, patch_size)  # [B, d*P, H/p, W/p]
     x = x.reshape(batch, dim, area, -1)  # [B, d, P, N]
