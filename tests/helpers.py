@@ -8,6 +8,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mobilevit.models.mobilevit import MODEL_CONFIGS
+
 
 def randomize_(model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module], None] | None = None) -> nn.Module:
     """Give every parameter and every BatchNorm statistic of ``model`` random values.
@@ -75,3 +77,17 @@ def structured_images(batch: int, height: int, width: int, seed: int = 0) -> tor
             img[:, mask] = torch.rand(3, 1, generator=gen)
         images.append(img)
     return torch.stack(images)
+
+
+def hf_config(name: str):
+    """A Hugging Face MobileViTConfig for one of our sizes, built from the published table."""
+    cfg = MODEL_CONFIGS[name]
+    import transformers
+
+    return transformers.MobileViTConfig(
+        hidden_sizes=list(cfg.transformer_dims),
+        neck_hidden_sizes=[cfg.stem_channels, *cfg.channels, cfg.last_channels],
+        expand_ratio=cfg.expansion,
+        hidden_dropout_prob=cfg.transformer_dropout,
+        num_labels=1000,
+    )

@@ -8,7 +8,7 @@ import pytest
 import torch
 
 import mobilevit
-from helpers import randomize_, structured_images
+from helpers import hf_config, randomize_, structured_images
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 
 timm = pytest.importorskip("timm")
@@ -17,18 +17,6 @@ transformers = pytest.importorskip("transformers")
 NAMES = sorted(MODEL_CONFIGS)
 SIZES = [(256, 256), (200, 300)]
 TOL = 1e-4
-
-
-def hf_config(name: str):
-    """A Hugging Face MobileViTConfig for one of our sizes, built from the published table."""
-    cfg = MODEL_CONFIGS[name]
-    return transformers.MobileViTConfig(
-        hidden_sizes=list(cfg.transformer_dims),
-        neck_hidden_sizes=[cfg.stem_channels, *cfg.channels, cfg.last_channels],
-        expand_ratio=cfg.expansion,
-        hidden_dropout_prob=cfg.transformer_dropout,
-        num_labels=1000,
-    )
 
 
 def ours_from(state_dict, name: str, source: str) -> torch.nn.Module:

@@ -79,6 +79,11 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
     try:
         obj = torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
+        if "global" not in str(err):  # weights_only names the disallowed global
+            raise CheckpointError(
+                f"cannot read {path} as a PyTorch checkpoint ({err}); the file is truncated or corrupt: "
+                "download or save it again."
+            ) from err
         raise CheckpointError(
             f"refusing to load {path}: it holds Python objects besides tensors, and unpickling them could run "
             "code from the file (we load with weights_only=True). Re-save it as a plain state dict "

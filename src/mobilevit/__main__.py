@@ -1,0 +1,5 @@
+import sys
+
+from mobilevit.cli import main
+
+sys.exit(main())

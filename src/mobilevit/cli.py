@@ -1,0 +1,69 @@
+"""The ``mobilevit`` command line."""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Sequence
+
+from mobilevit.models import list_models
+from mobilevit.models.summary import describe
+
+
+def _positive_size(value: str) -> int:
+    size = int(value)
+    if size <= 0:
+        raise argparse.ArgumentTypeError(f"image size must be positive, got {size}")
+    return size
+
+
+def _cmd_list(args: argparse.Namespace) -> int:
+    print("\n".join(list_models(args.pattern)))
+    return 0
+
+
+def _cmd_info(args: argparse.Namespace) -> int:
+    info = describe(args.name, tuple(args.img_size))
+    if args.json:
+        print(json.dumps(info, indent=2))
+        return 0
+    h, w = info["img_size"]
+    print(f"{info['model']} at {h}x{w}")
+    print(f"  parameters: {info['params']:,}")
+    print(f"  MACs:       {info['macs'] / 1e9:.3f} G")
+    print(f"  {'stage':<10}{'stride':>7}  feature shape")
+    for stage in info["stages"]:
+        print(f"  {stage['stage']:<10}{stage['stride']:>7}  {tuple(stage['shape'])}")
+    print(f"  {'logits':<10}{'':>7}  {tuple(info['logits_shape'])}")
+    return 0
+
+
+def build_parser() -> argparse.ArgumentParser:
+    parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
+    sub = parser.add_subparsers(dest="command", required=True)
+
+    p = sub.add_parser("list", help="list the registered models")
+    p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'mobilevit_x*'")
+    p.set_defaults(func=_cmd_list)
+
+    p = sub.add_parser("info", help="parameters, MACs and feature shapes of a model")
+    p.add_argument("name", help="model name (see `mobilevit list`)")
+    p.add_argument("--img-size", nargs=2, type=_positive_size, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_info)
+    return parser
+
+
+def main(argv: Sequence[str] | None = None) -> int:
+    parser = build_parser()
+    args = parser.parse_args(argv)
+    try:
+        return args.func(args)
+    except (ValueError, FileNotFoundError) as err:
+        print(f"mobilevit {args.command}: error: {err}", file=sys.stderr)
+        return 2
+
+
+if __name__ == "__main__":
+    sys.exit(main())
