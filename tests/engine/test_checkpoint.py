@@ -7,16 +7,15 @@ import json
 import warnings
 
 import pytest
+import timm
 import torch
+import transformers
 from safetensors.torch import save_file
 
 import mobilevit
-from helpers import hf_config, randomize_, structured_images
 from mobilevit.engine.checkpoint import atomic_write, read_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
-
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
+from mobilevit.testing import hf_config, randomize_, structured_images
 
 NAME = "mobilevit_xxs"
 

@@ -3,14 +3,13 @@
 from __future__ import annotations
 
 import pytest
+import timm
 import torch
 
 import mobilevit
-from helpers import structured_images
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.summary import count_macs, count_params
-
-timm = pytest.importorskip("timm")
+from mobilevit.testing import structured_images
 
 # Published parameter counts with 1000 classes (reference table; timm agrees, checked below).
 PUBLISHED_PARAMS = {"mobilevit_xxs": 1_272_024, "mobilevit_xs": 2_317_848, "mobilevit_s": 5_578_632}

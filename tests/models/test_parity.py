@@ -5,14 +5,13 @@ from __future__ import annotations
 import re
 
 import pytest
+import timm
 import torch
+import transformers
 
 import mobilevit
-from helpers import hf_config, randomize_, structured_images
 from mobilevit.models.mobilevit import MODEL_CONFIGS
-
-timm = pytest.importorskip("timm")
-transformers = pytest.importorskip("transformers")
+from mobilevit.testing import hf_config, randomize_, structured_images
 
 NAMES = sorted(MODEL_CONFIGS)
 SIZES = [(256, 256), (200, 300)]

@@ -1,4 +1,5 @@
-"""Test helpers: fully randomised reference models and structured test images."""
+"""Helpers for parity tests and benchmarks: fully randomised reference models, structured images
+and Hugging Face configs of our sizes (like ``torch.testing``, importable by users' own tests)."""
 
 from __future__ import annotations
 
@@ -81,9 +82,9 @@ def structured_images(batch: int, height: int, width: int, seed: int = 0) -> tor
 
 def hf_config(name: str):
     """A Hugging Face MobileViTConfig for one of our sizes, built from the published table."""
-    cfg = MODEL_CONFIGS[name]
     import transformers
 
+    cfg = MODEL_CONFIGS[name]
     return transformers.MobileViTConfig(
         hidden_sizes=list(cfg.transformer_dims),
         neck_hidden_sizes=[cfg.stem_channels, *cfg.channels, cfg.last_channels],

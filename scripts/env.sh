@@ -1,0 +1,23 @@
+# Sourced by the quickstart scripts: creates .venv (once) and installs the project into it.
+# Usage: source scripts/env.sh [extras], e.g. `source scripts/env.sh test`.
+set -euo pipefail
+cd "$(dirname "${BASH_SOURCE[0]}")/.."
+PYTHON="${PYTHON:-python3}"
+
+if [ ! -x .venv/bin/python ]; then
+    if ! "$PYTHON" -m venv .venv 2>/dev/null; then
+        # Debian ships venv separately; install it when we may.
+        if [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+            apt-get update -qq && apt-get install -y -qq python3-venv >/dev/null
+            rm -rf .venv && "$PYTHON" -m venv .venv
+        else
+            echo "error: '$PYTHON -m venv' failed; install python3-venv (sudo apt-get install python3-venv)" >&2
+            exit 1
+        fi
+    fi
+fi
+# shellcheck disable=SC1091
+source .venv/bin/activate
+python -m pip install --quiet --disable-pip-version-check --upgrade pip
+extras="${1:-}"
+python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
