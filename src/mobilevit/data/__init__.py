@@ -1,0 +1,5 @@
+"""Datasets, transforms and the multi-scale sampler."""
+
+from mobilevit.data.sampler import MultiScaleBatchSampler
+
+__all__ = ["MultiScaleBatchSampler"]
