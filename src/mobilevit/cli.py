@@ -39,6 +39,39 @@ def _cmd_info(args: argparse.Namespace) -> int:
     return 0
 
 
+def _add_train_options(parser: argparse.ArgumentParser) -> None:
+    """One flag per TrainConfig field (``--batch-size``, ``--no-ema``...); unset flags keep the recipe."""
+    from dataclasses import MISSING, fields
+
+    from mobilevit.engine.config import TrainConfig
+
+    parser.add_argument("--config", help="YAML recipe (see configs/); flags override it")
+    for f in fields(TrainConfig):
+        flag = "--" + f.name.replace("_", "-")
+        default = f.default if f.default is not MISSING else None
+        if isinstance(default, bool):
+            parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
+        elif isinstance(default, tuple):
+            parser.add_argument(flag, dest=f.name, nargs=len(default), type=float, default=None)
+        else:
+            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0].strip("'"), str)
+            parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default: {default}")
+
+
+def _cmd_train(args: argparse.Namespace) -> int:
+    import logging
+
+    from mobilevit.engine.config import TrainConfig, load_config
+    from mobilevit.engine.train import train
+
+    logging.basicConfig(level=logging.INFO, format="%(message)s")
+    options = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
+    metrics = train(load_config(args.config, **options))
+    if metrics:
+        print(f"final val top-1 {metrics[-1]['val_top1']:.4f}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -52,6 +85,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--img-size", nargs=2, type=_positive_size, default=[256, 256], metavar=("H", "W"))
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
+
+    p = sub.add_parser("train", help="train a classifier (the paper's recipe by default)")
+    _add_train_options(p)
+    p.set_defaults(func=_cmd_train)
     return parser
 
 

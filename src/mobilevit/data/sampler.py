@@ -75,6 +75,11 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler[Batch]):
         self._skip = 0  # batches of this epoch already consumed before a resume
         self._yielded = 0
 
+    @property
+    def resume_offset(self) -> int:
+        """Batches of the current epoch that the next iteration skips (set by load_state_dict)."""
+        return self._skip
+
     def set_epoch(self, epoch: int) -> None:
         if epoch != self.epoch:
             self._skip = self._yielded = 0

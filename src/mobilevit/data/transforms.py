@@ -1,0 +1,95 @@
+"""Training and evaluation transforms (torchvision transforms v2), and the dataset wrapper that
+crops each sample to the size the multi-scale sampler chose for its batch."""
+
+from __future__ import annotations
+
+import logging
+from functools import lru_cache
+
+import torch
+from torchvision.transforms import v2
+
+log = logging.getLogger(__name__)
+
+
+def train_transform(height: int, width: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
+    """The paper's augmentation: RandomResizedCrop and horizontal flip only; RGB in [0, 1]."""
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            v2.RandomResizedCrop((height, width), scale=scale, antialias=True),
+            v2.RandomHorizontalFlip(),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+def eval_transform(size: int, crop_pct: float = 0.9, interpolation: str = "bicubic") -> v2.Compose:
+    """Resize the shorter side to ``size / crop_pct``, centre-crop ``size``; RGB in [0, 1]."""
+    mode = v2.InterpolationMode(interpolation)
+    return v2.Compose(
+        [
+            v2.ToImage(),
+            v2.RGB(),
+            v2.Resize(int(size / crop_pct), interpolation=mode, antialias=True),
+            v2.CenterCrop(size),
+            v2.ToDtype(torch.float32, scale=True),
+        ]
+    )
+
+
+class MultiScaleDataset(torch.utils.data.Dataset):
+    """Indexed by the sampler's ``(height, width, index)``: returns the sample cropped to that size.
+
+    An image that cannot be read is skipped (``None``; :func:`collate_skipping` drops it and counts
+    it) unless ``strict``, which raises instead.
+    """
+
+    def __init__(self, dataset: torch.utils.data.Dataset, scale: tuple[float, float] = (0.08, 1.0), strict=False):
+        self.dataset = dataset
+        self.scale = tuple(scale)
+        self.strict = strict
+
+    @lru_cache(maxsize=32)  # noqa: B019 - a handful of sizes, one cache per dataset
+    def _transform(self, height: int, width: int) -> v2.Compose:
+        return train_transform(height, width, self.scale)
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, key: tuple[int, int, int]):
+        height, width, index = key
+        try:
+            image, label = self.dataset[index]
+        except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
+            if self.strict:
+                raise RuntimeError(f"cannot read sample {index}: {err} (drop --strict to skip such files)") from err
+            log.warning("skipping unreadable sample %d: %s", index, err)
+            return None
+        return self._transform(height, width)(image), label
+
+
+class TransformedDataset(torch.utils.data.Dataset):
+    """A dataset with a fixed transform applied to its images (for evaluation)."""
+
+    def __init__(self, dataset: torch.utils.data.Dataset, transform: v2.Compose):
+        self.dataset = dataset
+        self.transform = transform
+
+    def __len__(self) -> int:
+        return len(self.dataset)
+
+    def __getitem__(self, index: int):
+        image, label = self.dataset[index]
+        return self.transform(image), label
+
+
+def collate_skipping(batch: list) -> tuple[torch.Tensor, torch.Tensor, int]:
+    """Stack the readable samples; also return how many were skipped."""
+    kept = [b for b in batch if b is not None]
+    if not kept:
+        return torch.empty(0), torch.empty(0, dtype=torch.long), len(batch)
+    images = torch.stack([b[0] for b in kept])
+    labels = torch.tensor([int(b[1]) for b in kept])
+    return images, labels, len(batch) - len(kept)

@@ -1,0 +1,91 @@
+"""Training options: one dataclass whose defaults are the paper's ImageNet recipe.
+
+A YAML recipe (``configs/*.yaml``) overrides the defaults, and command-line flags override the
+recipe; the resolved config is saved in the run directory.
+"""
+
+from __future__ import annotations
+
+import os
+from dataclasses import asdict, dataclass, fields
+from pathlib import Path
+from typing import Any
+
+import yaml
+
+
+@dataclass
+class TrainConfig:
+    model: str = "mobilevit_s"
+    data: str = "fashion-mnist"  # "fashion-mnist" or an ImageFolder root with train/ and val/
+    pretrained: str | None = None  # any checkpoint create_model accepts; a new head for the data's classes
+    output: str = "runs/train"
+    epochs: int = 300
+    batch_size: int = 128  # per process, at img_size; the multi-scale sampler scales it per size
+    img_size: int = 256
+    multi_scale: bool = True
+    min_size: int = 160
+    max_size: int = 320
+    num_scales: int = 5
+    size_divisor: int = 32
+    crop_scale: tuple[float, float] = (0.08, 1.0)
+    lr: float = 0.002
+    min_lr: float = 0.0002
+    warmup_lr: float = 0.0002
+    warmup_steps: int = 3000
+    weight_decay: float = 0.01
+    betas: tuple[float, float] = (0.9, 0.999)
+    label_smoothing: float = 0.1
+    ema: bool = True
+    ema_momentum: float = 0.0005  # ema = (1 - m) ema + m w
+    amp: str = "none"  # none | bf16 | fp16 (fp16 needs a GPU)
+    grad_clip: float | None = None
+    accum_steps: int = 1
+    channels_last: bool = False
+    compile: bool = False
+    workers: int = 2
+    seed: int = 0
+    deterministic: bool = False
+    save_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = only at epoch ends
+    keep_last: int = 3
+    strict: bool = False  # stop on an unreadable image instead of skipping it
+    limit_train: int | None = None  # use only the first N training images (quick runs, tests)
+    limit_val: int | None = None
+    resume: str | None = None  # a checkpoint path, or "auto" for the newest in output/checkpoints
+
+    def to_dict(self) -> dict[str, Any]:
+        return asdict(self)
+
+
+def _coerce(name: str, value: Any) -> Any:
+    if name in ("crop_scale", "betas") and value is not None:
+        return tuple(float(v) for v in value)
+    return value
+
+
+def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> TrainConfig:
+    """Defaults, then the YAML ``recipe``, then ``overrides`` (``None`` values are ignored)."""
+    values: dict[str, Any] = {}
+    if recipe is not None:
+        path = Path(recipe)
+        if not path.is_file():
+            raise FileNotFoundError(f"recipe not found: {path}")
+        values.update(yaml.safe_load(path.read_text()) or {})
+    values.update({k: v for k, v in overrides.items() if v is not None})
+    valid = {f.name for f in fields(TrainConfig)}
+    unknown = sorted(set(values) - valid)
+    if unknown:
+        raise ValueError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
+    config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    if config.amp not in ("none", "bf16", "fp16"):
+        raise ValueError(f"amp must be none, bf16 or fp16, got {config.amp!r}")
+    if config.accum_steps < 1 or config.epochs < 1 or config.batch_size < 1:
+        raise ValueError("epochs, batch_size and accum_steps must be at least 1")
+    return config
+
+
+def save_config(config: TrainConfig, path: Path) -> None:
+    from mobilevit.engine.checkpoint import atomic_write
+
+    text = yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()})
+    atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -1,0 +1,339 @@
+"""Training loop for image classification with the paper's recipe, resumable from any checkpoint."""
+
+from __future__ import annotations
+
+import csv
+import logging
+import math
+import os
+import random
+import re
+import time
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import torch
+import torch.distributed as dist
+import torch.nn.functional as F
+from torch import nn
+from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from tqdm import tqdm
+
+from mobilevit.data.datasets import FASHION_MNIST, class_names, fashion_mnist, image_folder
+from mobilevit.data.sampler import MultiScaleBatchSampler
+from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
+from mobilevit.engine.checkpoint import atomic_write
+from mobilevit.engine.config import TrainConfig, save_config
+from mobilevit.engine.evaluate import evaluate
+from mobilevit.models.factory import create_model, load_state_dict_checked
+
+log = logging.getLogger(__name__)
+CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
+
+
+class NonFiniteLossError(RuntimeError):
+    """The loss became NaN or infinite; the last good checkpoint is kept."""
+
+
+@dataclass
+class Distributed:
+    rank: int = 0
+    world_size: int = 1
+    device: torch.device = field(default_factory=lambda: torch.device("cpu"))
+
+    @property
+    def is_main(self) -> bool:
+        return self.rank == 0
+
+
+def setup_distributed() -> Distributed:
+    """Join the process group when launched by torchrun (gloo on CPU, NCCL on GPU)."""
+    world_size = int(os.environ.get("WORLD_SIZE", "1"))
+    if world_size == 1:
+        return Distributed(device=torch.device("cuda" if torch.cuda.is_available() else "cpu"))
+    local_rank = int(os.environ.get("LOCAL_RANK", "0"))
+    if torch.cuda.is_available():
+        torch.cuda.set_device(local_rank)
+        dist.init_process_group("nccl")
+        device = torch.device("cuda", local_rank)
+    else:
+        dist.init_process_group("gloo")
+        device = torch.device("cpu")
+    return Distributed(dist.get_rank(), dist.get_world_size(), device)
+
+
+def build_data(cfg: TrainConfig):
+    if cfg.data == FASHION_MNIST:
+        train_set, val_set = fashion_mnist(train=True), fashion_mnist(train=False)
+    else:
+        train_set, val_set = image_folder(cfg.data, "train"), image_folder(cfg.data, "val")
+    classes = class_names(train_set)
+    if cfg.limit_train:
+        train_set = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
+    if cfg.limit_val:
+        val_set = torch.utils.data.Subset(val_set, range(min(cfg.limit_val, len(val_set))))
+    return train_set, val_set, classes
+
+
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
+    """Linear warm-up from warmup_lr to lr, then cosine down to min_lr (as a factor of lr)."""
+    if step < cfg.warmup_steps:
+        lr = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / cfg.warmup_steps
+    else:
+        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
+    return lr / cfg.lr
+
+
+def latest_checkpoint(directory: Path) -> Path | None:
+    found = [(int(m.group(1)), p) for p in directory.glob("step-*.pt") if (m := CHECKPOINT_PATTERN.match(p.name))]
+    return max(found)[1] if found else None
+
+
+class Trainer:
+    def __init__(self, cfg: TrainConfig) -> None:
+        self.cfg = cfg
+        self.dist = setup_distributed()
+        if cfg.deterministic:
+            torch.use_deterministic_algorithms(True)
+        torch.manual_seed(cfg.seed)
+        random.seed(cfg.seed)
+        self.out = Path(cfg.output)
+        self.ckpt_dir = self.out / "checkpoints"
+
+        train_set, val_set, self.classes = build_data(cfg)
+        self.num_classes = len(self.classes)
+        self.sampler = self._sampler(len(train_set))
+        self.train_loader = torch.utils.data.DataLoader(
+            MultiScaleDataset(train_set, cfg.crop_scale, cfg.strict),
+            batch_sampler=self.sampler,
+            num_workers=cfg.workers,
+            collate_fn=collate_skipping,
+            # Its own generator: creating an epoch's iterator must not draw from the global RNG,
+            # or a run resumed mid-epoch would see a shifted augmentation stream.
+            generator=torch.Generator().manual_seed(cfg.seed),
+        )
+        self.val_loader = torch.utils.data.DataLoader(
+            TransformedDataset(val_set, eval_transform(cfg.img_size)),
+            batch_size=cfg.batch_size,
+            num_workers=cfg.workers,
+        )
+
+        model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained)
+        model.pretrained_cfg["label_names"] = self.classes
+        model.to(self.dist.device)
+        if cfg.channels_last:
+            model.to(memory_format=torch.channels_last)
+        self.model = model
+        self.ema = (
+            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1 - cfg.ema_momentum), use_buffers=True)
+            if cfg.ema
+            else None
+        )
+        self.train_model: nn.Module = model
+        if self.dist.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(model)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.optimizer = torch.optim.AdamW(
+            model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.total_steps = self._count_steps()
+        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
+            self.optimizer, lambda s: lr_factor(s, cfg, self.total_steps)
+        )
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
+        self.step = 0
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    def _sampler(self, num_samples: int) -> MultiScaleBatchSampler:
+        cfg = self.cfg
+        sizes = (cfg.min_size, cfg.max_size, cfg.num_scales) if cfg.multi_scale else (cfg.img_size, cfg.img_size, 1)
+        return MultiScaleBatchSampler(
+            num_samples,
+            base_size=cfg.img_size,
+            base_batch_size=cfg.batch_size,
+            min_size=sizes[0],
+            max_size=sizes[1],
+            num_scales=sizes[2],
+            divisor=cfg.size_divisor,
+            num_replicas=self.dist.world_size,
+            rank=self.dist.rank,
+            seed=cfg.seed,
+        )
+
+    def _count_steps(self) -> int:
+        """Optimizer steps of the whole run (the multi-scale plan differs per epoch)."""
+        batches = 0
+        for epoch in range(self.cfg.epochs):
+            self.sampler.set_epoch(epoch)
+            batches += len(self.sampler) // self.cfg.accum_steps
+        self.sampler.set_epoch(0)
+        return max(1, batches)
+
+    # -- checkpoints -------------------------------------------------------------------------
+    def state_dict(self, batches_done: int) -> dict[str, Any]:
+        return {
+            "model": self.model.state_dict(),
+            "ema": self.ema.state_dict() if self.ema else None,
+            "optimizer": self.optimizer.state_dict(),
+            "scheduler": self.scheduler.state_dict(),
+            "scaler": self.scaler.state_dict(),
+            "sampler": self.sampler.state_dict(batches_done=batches_done),
+            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+            "step": self.step,
+            "epoch": self.epoch,
+            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.cfg.to_dict().items()},
+            "classes": self.classes,
+            "model_name": self.cfg.model,
+            "metrics": self.metrics,
+        }
+
+    def save(self, batches_done: int) -> Path | None:
+        if not self.dist.is_main:
+            return None
+        path = self.ckpt_dir / f"step-{self.step:08d}.pt"
+        state = self.state_dict(batches_done)
+        atomic_write(path, lambda tmp: torch.save(state, tmp))
+        old = sorted(p for p in self.ckpt_dir.glob("step-*.pt") if CHECKPOINT_PATTERN.match(p.name))
+        for stale in old[: -self.cfg.keep_last]:
+            stale.unlink(missing_ok=True)
+        return path
+
+    def resume(self, path: Path) -> None:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+        load_state_dict_checked(self.model, state["model"], context=f" (resuming from {path})")
+        if self.ema and state.get("ema"):
+            self.ema.load_state_dict(state["ema"])
+        self.optimizer.load_state_dict(state["optimizer"])
+        self.scheduler.load_state_dict(state["scheduler"])
+        self.scaler.load_state_dict(state["scaler"])
+        self.sampler.load_state_dict(state["sampler"])
+        torch.set_rng_state(state["rng"]["torch"])
+        random.setstate((3, tuple(state["rng"]["python"]), None))
+        self.step, self.epoch = state["step"], state["epoch"]
+        self.metrics = state.get("metrics", [])
+        log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
+
+    # -- loop ----------------------------------------------------------------------------------
+    def _autocast(self):
+        dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
+        return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None)
+
+    def train_epoch(self) -> dict[str, float]:
+        cfg = self.cfg
+        self.train_model.train()
+        batches_done = self.sampler.resume_offset  # > 0 when resuming mid-epoch
+        loss_sum, seen, skipped, start = 0.0, 0, 0, time.perf_counter()
+        bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.dist.is_main)
+        self.optimizer.zero_grad(set_to_none=True)
+        for images, labels, n_skipped in bar:
+            skipped += n_skipped
+            batches_done += 1
+            if labels.numel():
+                images, labels = images.to(self.dist.device), labels.to(self.dist.device)
+                if cfg.channels_last:
+                    images = images.contiguous(memory_format=torch.channels_last)
+                with self._autocast():
+                    loss = F.cross_entropy(self.train_model(images), labels, label_smoothing=cfg.label_smoothing)
+                if not torch.isfinite(loss):
+                    raise NonFiniteLossError(
+                        f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; the last good "
+                        f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
+                    )
+                self.scaler.scale(loss / cfg.accum_steps).backward()
+                loss_sum += loss.item() * labels.numel()
+                seen += labels.numel()
+            if batches_done % cfg.accum_steps == 0:
+                self._optimizer_step()
+                if cfg.save_every and self.step % cfg.save_every == 0:
+                    self.save(batches_done)
+            elapsed = time.perf_counter() - start
+            bar.set_postfix(
+                loss=f"{loss_sum / max(seen, 1):.4f}",
+                lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
+                img_s=f"{seen / max(elapsed, 1e-9):.0f}",
+            )
+        if skipped:
+            log.warning("skipped %d unreadable images this epoch", skipped)
+        return {
+            "train_loss": loss_sum / max(seen, 1),
+            "epoch_time": time.perf_counter() - start,
+            "img_per_s": seen / max(time.perf_counter() - start, 1e-9),
+            "skipped": skipped,
+        }
+
+    def _optimizer_step(self) -> None:
+        if self.cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        self.scheduler.step()
+        if self.ema:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+
+    def eval_model(self) -> nn.Module:
+        return self.ema.module if self.ema else self.model
+
+    def fit(self) -> list[dict[str, Any]]:
+        cfg = self.cfg
+        if cfg.resume:
+            path = latest_checkpoint(self.ckpt_dir) if cfg.resume == "auto" else Path(cfg.resume)
+            if path is not None:
+                self.resume(path)
+            elif cfg.resume != "auto":
+                raise FileNotFoundError(f"no checkpoint to resume from at {cfg.resume}")
+        if self.dist.is_main:
+            self.out.mkdir(parents=True, exist_ok=True)
+            save_config(cfg, self.out / "config.yaml")
+        while self.epoch < cfg.epochs:
+            self.sampler.set_epoch(self.epoch)  # keeps a resumed mid-epoch position
+            train_metrics = self.train_epoch()
+            val = evaluate(self.eval_model(), self.val_loader, self.num_classes, self.dist.device)
+            self.epoch += 1
+            row = {
+                "epoch": self.epoch,
+                "step": self.step,
+                "lr": self.optimizer.param_groups[0]["lr"],
+                **train_metrics,
+                "val_loss": val["loss"],
+                "val_top1": val["top1"],
+                "val_top5": val["top5"],
+            }
+            self.metrics.append(row)
+            if self.dist.is_main:
+                self._log_epoch(row)
+            self.save(batches_done=0)
+        if self.dist.is_main:
+            self.eval_model().save_pretrained(self.out / "model")
+        return self.metrics
+
+    def _log_epoch(self, row: dict[str, Any]) -> None:
+        path = self.out / "metrics.csv"
+        new = not path.exists()
+        with open(path, "a", newline="") as f:
+            writer = csv.DictWriter(f, fieldnames=list(row))
+            if new:
+                writer.writeheader()
+            writer.writerow(row)
+        log.info(
+            "epoch %d: train loss %.4f, val top-1 %.4f, %.0f img/s",
+            row["epoch"],
+            row["train_loss"],
+            row["val_top1"],
+            row["img_per_s"],
+        )
+
+
+def train(cfg: TrainConfig) -> list[dict[str, Any]]:
+    trainer = Trainer(cfg)
+    try:
+        return trainer.fit()
+    finally:
+        if dist.is_initialized():
+            dist.destroy_process_group()
