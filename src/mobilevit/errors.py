@@ -38,3 +38,15 @@ class CheckpointMismatchError(CheckpointError):
 def _preview(items: list[str], limit: int = 12) -> str:
     shown = ", ".join(items[:limit])
     return shown + (f", ... and {len(items) - limit} more" if len(items) > limit else "")
+
+
+class TrainingError(RuntimeError):
+    """Training had to stop; the message says why and what to do, and the last checkpoint is kept."""
+
+
+class NonFiniteLossError(TrainingError):
+    """The loss became NaN or infinite."""
+
+
+class UnreadableImageError(TrainingError):
+    """An image could not be decoded and ``strict`` asked to stop rather than skip it."""

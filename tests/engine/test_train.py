@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 import os
 import signal
 import subprocess
@@ -9,9 +10,12 @@ import sys
 import time
 from pathlib import Path
 
+import pytest
 import torch
 from PIL import Image
 from safetensors.torch import load_file
+
+import mobilevit
 
 
 def make_image_folder(root: Path, per_class: int = 48, size: int = 40) -> Path:
@@ -72,7 +76,158 @@ def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
 
 
 def load_file_init(tmp_path: Path) -> dict[str, torch.Tensor]:
-    import mobilevit
-
     torch.manual_seed(0)
     return mobilevit.create_model("mobilevit_xxs", num_classes=2).state_dict()
+
+
+def tiny_config(data: Path, output: Path, **overrides):
+    from mobilevit.engine.config import load_config
+
+    options = dict(
+        model="mobilevit_xxs", data=str(data), output=str(output), epochs=1, img_size=32, min_size=32,
+        max_size=48, size_divisor=16, batch_size=8, warmup_steps=2, workers=0, ema_momentum=0.1,
+    )  # fmt: skip
+    return load_config(**{**options, **overrides})
+
+
+@pytest.fixture(scope="module")
+def image_data(tmp_path_factory):
+    return make_image_folder(tmp_path_factory.mktemp("images"), per_class=16)
+
+
+def test_run_writes_metrics_tensorboard_plot_and_model(image_data, tmp_path):
+    from mobilevit.engine.train import train
+
+    metrics = train(tiny_config(image_data, tmp_path / "run", epochs=2))
+    assert [m["epoch"] for m in metrics] == [1, 2]
+    out = tmp_path / "run"
+    rows = (out / "metrics.csv").read_text().splitlines()
+    assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 3
+    assert list((out / "tensorboard").glob("events.out.tfevents.*"))
+    assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
+    assert (out / "config.yaml").exists()
+    model = mobilevit.from_pretrained(out / "model")
+    assert model.num_classes == 2 and model.pretrained_cfg["label_names"] == ["bright", "dark"]
+    assert model.pretrained_cfg["input_size"] == (3, 32, 32)
+
+
+def test_accumulation_halves_the_optimizer_steps(image_data, tmp_path):
+    from mobilevit.engine.train import train
+
+    plain = train(tiny_config(image_data, tmp_path / "a", multi_scale=False))
+    accumulated = train(tiny_config(image_data, tmp_path / "b", multi_scale=False, accum_steps=2))
+    assert plain[-1]["step"] == 4 and accumulated[-1]["step"] == 2
+
+
+def test_bf16_autocast_and_grad_clip_train(image_data, tmp_path):
+    from mobilevit.engine.train import train
+
+    metrics = train(tiny_config(image_data, tmp_path / "run", amp="bf16", grad_clip=1.0, channels_last=True))
+    assert math.isfinite(metrics[-1]["train_loss"])
+
+
+def test_fine_tuning_from_a_timm_checkpoint(image_data, tmp_path):
+    import timm
+    from safetensors.torch import save_file
+
+    from mobilevit.engine.train import train
+
+    path = tmp_path / "timm.safetensors"
+    save_file(timm.create_model("mobilevit_xxs").state_dict(), path)
+    with pytest.warns(UserWarning, match="1000 classes but the model has 2"):
+        metrics = train(tiny_config(image_data, tmp_path / "run", pretrained=str(path)))
+    assert metrics[-1]["step"] > 0
+
+
+def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_data, tmp_path, monkeypatch):
+    from mobilevit.engine import train as train_module
+    from mobilevit.errors import NonFiniteLossError
+
+    trainer = train_module.Trainer(tiny_config(image_data, tmp_path / "run", epochs=2))
+    original = trainer.train_epoch
+
+    def poisoned_second_epoch():
+        if trainer.epoch == 1:
+            with torch.no_grad():
+                trainer.model.head.fc.bias.fill_(float("nan"))
+        return original()
+
+    monkeypatch.setattr(trainer, "train_epoch", poisoned_second_epoch)
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 2.*last good checkpoint"):
+        trainer.fit()
+    (good,) = (tmp_path / "run" / "checkpoints").glob("step-*.pt")
+    state = torch.load(good, weights_only=True)
+    assert state["epoch"] == 1 and all(
+        torch.isfinite(v).all() for v in state["model"].values() if v.is_floating_point()
+    )
+
+
+def test_unreadable_image_is_skipped_and_counted_or_stops_with_strict(image_data, tmp_path):
+    import shutil
+
+    from mobilevit.engine.train import train
+    from mobilevit.errors import UnreadableImageError
+
+    data = tmp_path / "data"
+    shutil.copytree(image_data, data)
+    (data / "train" / "dark" / "broken.png").write_bytes(b"\x89PNG not really")
+    metrics = train(tiny_config(data, tmp_path / "run"))
+    assert metrics[-1]["skipped"] == 1
+    with pytest.raises(UnreadableImageError, match="cannot read sample .*--strict"):
+        train(tiny_config(data, tmp_path / "strict", strict=True))
+
+
+def test_failed_save_keeps_the_previous_checkpoint(image_data, tmp_path, monkeypatch):
+    from mobilevit.engine.train import train
+
+    real_save = torch.save
+    calls = []
+
+    def disk_full_after_first(obj, f, *args, **kwargs):
+        calls.append(f)
+        if len(calls) > 1:
+            raise OSError(28, "No space left on device")
+        return real_save(obj, f, *args, **kwargs)
+
+    monkeypatch.setattr(torch, "save", disk_full_after_first)
+    with pytest.raises(OSError, match="No space left"):
+        train(tiny_config(image_data, tmp_path / "run", epochs=2))
+    files = sorted(p.name for p in (tmp_path / "run" / "checkpoints").iterdir())
+    assert len(files) == 1 and files[0].startswith("step-")  # no half-written file beside it
+    monkeypatch.undo()
+    assert torch.load(tmp_path / "run" / "checkpoints" / files[0], weights_only=True)["epoch"] == 1
+
+
+def test_eval_cli_reports_metrics_and_writes_confusion_matrix(image_data, tmp_path):
+    import json
+
+    from mobilevit.engine.train import train
+
+    train(tiny_config(image_data, tmp_path / "run", epochs=2))
+    (checkpoint,) = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1:]
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(checkpoint), "--data", str(image_data),
+         "--workers", "0", "--json", "--output", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=120,
+    )  # fmt: skip
+    assert result.returncode == 0, result.stderr
+    report = json.loads(result.stdout)
+    assert report["images"] == 16 and 0 <= report["top1"] <= report["top5"] == 1.0
+    assert set(report["per_class"]) == {"bright", "dark"}
+    assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
+    text = subprocess.run(
+        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(tmp_path / "run" / "model"),
+         "--data", str(image_data), "--workers", "0", "--output", str(tmp_path / "eval")],
+        capture_output=True, text=True, timeout=120,
+    ).stdout  # fmt: skip
+    assert "16 images: top-1" in text and "bright" in text
+
+
+def test_eval_cli_errors(tmp_path):
+    result = subprocess.run(
+        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(tmp_path / "nope.pt")],
+        capture_output=True,
+        text=True,
+        timeout=120,
+    )
+    assert result.returncode == 2 and "checkpoint not found" in result.stderr

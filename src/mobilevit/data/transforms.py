@@ -9,6 +9,8 @@ from functools import lru_cache
 import torch
 from torchvision.transforms import v2
 
+from mobilevit.errors import UnreadableImageError
+
 log = logging.getLogger(__name__)
 
 
@@ -64,7 +66,9 @@ class MultiScaleDataset(torch.utils.data.Dataset):
             image, label = self.dataset[index]
         except (OSError, ValueError, SyntaxError) as err:  # PIL's errors for broken files
             if self.strict:
-                raise RuntimeError(f"cannot read sample {index}: {err} (drop --strict to skip such files)") from err
+                raise UnreadableImageError(
+                    f"cannot read sample {index}: {err} (without --strict such files are skipped and counted)"
+                ) from err
             log.warning("skipping unreadable sample %d: %s", index, err)
             return None
         return self._transform(height, width)(image), label

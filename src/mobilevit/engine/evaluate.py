@@ -2,11 +2,14 @@
 
 from __future__ import annotations
 
+from pathlib import Path
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
+
+from mobilevit.errors import CheckpointError
 
 
 @torch.no_grad()
@@ -36,3 +39,42 @@ def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device | 
         "confusion": confusion.tolist(),
         "count": count,
     }
+
+
+def _strip_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ``AveragedModel`` state dict as the plain model's: no ``module.`` prefix, no counter."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+
+
+def load_for_eval(path: str | Path, model_name: str | None = None, weights: str = "ema") -> tuple[nn.Module, list[str]]:
+    """A model ready to evaluate and its class names, from a training checkpoint (``step-N.pt``:
+    its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, or any weights
+    file of a supported port (then ``model_name`` is needed)."""
+    from mobilevit.convert import convert_state_dict
+    from mobilevit.engine.checkpoint import read_state_dict
+    from mobilevit.models.factory import create_model, from_pretrained, load_state_dict_checked
+
+    path = Path(path)
+    if path.is_dir():
+        model = from_pretrained(path)
+        return model, list(model.pretrained_cfg.get("label_names", []))
+    if path.suffix in (".pt", ".pth"):
+        if not path.exists():
+            raise FileNotFoundError(f"checkpoint not found: {path}")
+        try:
+            raw = torch.load(path, map_location="cpu", weights_only=True)
+        except Exception as err:
+            raise CheckpointError(f"cannot read {path} as a checkpoint ({err})") from err
+        if isinstance(raw, dict) and "model_name" in raw and "model" in raw:
+            classes = list(raw.get("classes", []))
+            state = _strip_ema(raw["ema"]) if weights == "ema" and raw.get("ema") else raw["model"]
+            model = create_model(raw["model_name"], num_classes=state["head.fc.weight"].shape[0])
+            load_state_dict_checked(model, state, context=f" ({path})")
+            img_size = raw.get("config", {}).get("img_size", model.pretrained_cfg["input_size"][-1])
+            model.pretrained_cfg.update(label_names=classes, input_size=(3, img_size, img_size))
+            return model, classes
+    if model_name is None:
+        raise ValueError(f"{path} is a plain weights file: pass the model name (--model) to evaluate it")
+    state = convert_state_dict(read_state_dict(path))
+    num_classes = state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 1000
+    return create_model(model_name, num_classes=num_classes, pretrained=path), []

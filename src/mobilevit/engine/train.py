@@ -18,6 +18,7 @@ import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mobilevit.data.datasets import FASHION_MNIST, class_names, fashion_mnist, image_folder
@@ -26,14 +27,12 @@ from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, col
 from mobilevit.engine.checkpoint import atomic_write
 from mobilevit.engine.config import TrainConfig, save_config
 from mobilevit.engine.evaluate import evaluate
+from mobilevit.engine.plots import plot_curves
+from mobilevit.errors import NonFiniteLossError
 from mobilevit.models.factory import create_model, load_state_dict_checked
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
-
-
-class NonFiniteLossError(RuntimeError):
-    """The loss became NaN or infinite; the last good checkpoint is kept."""
 
 
 @dataclass
@@ -121,7 +120,7 @@ class Trainer:
         )
 
         model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained)
-        model.pretrained_cfg["label_names"] = self.classes
+        model.pretrained_cfg.update(label_names=self.classes, input_size=(3, cfg.img_size, cfg.img_size))
         model.to(self.dist.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
@@ -256,14 +255,35 @@ class Trainer:
                 lr=f"{self.optimizer.param_groups[0]['lr']:.2e}",
                 img_s=f"{seen / max(elapsed, 1e-9):.0f}",
             )
-        if skipped:
+        loss_sum, seen, skipped = self._sum_over_ranks(loss_sum, seen, skipped)
+        if skipped and self.dist.is_main:
             log.warning("skipped %d unreadable images this epoch", skipped)
+        elapsed = time.perf_counter() - start
         return {
             "train_loss": loss_sum / max(seen, 1),
-            "epoch_time": time.perf_counter() - start,
-            "img_per_s": seen / max(time.perf_counter() - start, 1e-9),
-            "skipped": skipped,
+            "epoch_time": elapsed,
+            "img_per_s": seen / max(elapsed, 1e-9),
+            "skipped": int(skipped),
         }
+
+    def _average_buffers(self) -> None:
+        """Average BatchNorm statistics over ranks (DDP only syncs parameters), so every rank
+        evaluates and ends with the same weights."""
+        if self.dist.world_size == 1:
+            return
+        for module in (self.model, self.ema):
+            for buffer in module.buffers() if module is not None else ():
+                if buffer.is_floating_point():
+                    dist.all_reduce(buffer)
+                    buffer /= self.dist.world_size
+
+    def _sum_over_ranks(self, *values: float) -> list[float]:
+        """Totals over all processes, so that every rank logs the global epoch figures."""
+        if self.dist.world_size == 1:
+            return list(values)
+        totals = torch.tensor(values, dtype=torch.float64, device=self.dist.device)
+        dist.all_reduce(totals)
+        return totals.tolist()
 
     def _optimizer_step(self) -> None:
         if self.cfg.grad_clip:
@@ -288,12 +308,28 @@ class Trainer:
                 self.resume(path)
             elif cfg.resume != "auto":
                 raise FileNotFoundError(f"no checkpoint to resume from at {cfg.resume}")
+        writer = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
             save_config(cfg, self.out / "config.yaml")
+            writer = SummaryWriter(str(self.out / "tensorboard"))
+        try:
+            self._run_epochs(writer)
+        finally:
+            if writer is not None:
+                writer.close()
+        if self.dist.is_main:
+            self.eval_model().save_pretrained(self.out / "model")
+            if self.metrics:
+                plot_curves(self.metrics, self.out / "curves.png")
+        return self.metrics
+
+    def _run_epochs(self, writer: SummaryWriter | None) -> None:
+        cfg = self.cfg
         while self.epoch < cfg.epochs:
             self.sampler.set_epoch(self.epoch)  # keeps a resumed mid-epoch position
             train_metrics = self.train_epoch()
+            self._average_buffers()
             val = evaluate(self.eval_model(), self.val_loader, self.num_classes, self.dist.device)
             self.epoch += 1
             row = {
@@ -306,14 +342,15 @@ class Trainer:
                 "val_top5": val["top5"],
             }
             self.metrics.append(row)
-            if self.dist.is_main:
-                self._log_epoch(row)
+            if writer is not None:
+                self._log_epoch(row, writer)
             self.save(batches_done=0)
-        if self.dist.is_main:
-            self.eval_model().save_pretrained(self.out / "model")
-        return self.metrics
 
-    def _log_epoch(self, row: dict[str, Any]) -> None:
+    def _log_epoch(self, row: dict[str, Any], writer: SummaryWriter) -> None:
+        for key, value in row.items():
+            if key not in ("epoch", "step"):
+                writer.add_scalar(key, value, row["epoch"])
+        writer.flush()
         path = self.out / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:

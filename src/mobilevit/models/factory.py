@@ -137,4 +137,9 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> MobileViT | Mobil
             "timm or Hugging Face MobileViT."
         )
     options = {"num_classes": num_classes, **model_args, **kwargs}
-    return create_model(name, pretrained=path, **options)
+    model = create_model(name, pretrained=path, **options)
+    saved_cfg = config.get("pretrained_cfg", {}) if "architecture" in config else {}
+    model.pretrained_cfg.update(
+        {k: tuple(v) if k in ("input_size", "mean", "std") else v for k, v in saved_cfg.items()}
+    )
+    return model

@@ -1,0 +1,56 @@
+"""PNG figures of a run: loss and accuracy curves, and the confusion matrix of an evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+import matplotlib
+
+matplotlib.use("Agg")  # files only, no display
+import matplotlib.pyplot as plt
+
+from mobilevit.engine.checkpoint import atomic_write
+
+
+def _save(fig, path: Path) -> Path:
+    atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
+    plt.close(fig)
+    return path
+
+
+def plot_curves(metrics: list[dict[str, Any]], path: Path) -> Path:
+    """Training and validation loss, and validation top-1, per epoch."""
+    epochs = [m["epoch"] for m in metrics]
+    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
+    ax_loss.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
+    ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
+    ax_loss.legend()
+    ax_acc.plot(epochs, [100 * m["val_top1"] for m in metrics], "o-", label="top-1")
+    ax_acc.plot(epochs, [100 * m["val_top5"] for m in metrics], "o-", label="top-5")
+    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
+    ax_acc.legend()
+    for ax in (ax_loss, ax_acc):
+        ax.grid(alpha=0.3)
+    return _save(fig, path)
+
+
+def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
+    """Row-normalised confusion matrix (rows: true class, columns: prediction), counts annotated."""
+    n = len(confusion)
+    size = max(5.0, 0.6 * n)
+    fig, ax = plt.subplots(figsize=(size, size))
+    rows = [max(1, sum(r)) for r in confusion]
+    normalised = [[c / total for c in r] for r, total in zip(confusion, rows, strict=True)]
+    ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
+    names = classes or [str(i) for i in range(n)]
+    ax.set_xticks(range(n), names, rotation=45, ha="right")
+    ax.set_yticks(range(n), names)
+    ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
+    if n <= 30:
+        for i in range(n):
+            for j in range(n):
+                colour = "white" if normalised[i][j] > 0.5 else "black"
+                ax.text(j, i, confusion[i][j], ha="center", va="center", fontsize=7, color=colour)
+    return _save(fig, path)
