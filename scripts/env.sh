@@ -16,6 +16,11 @@ if [ ! -x .venv/bin/python ]; then
         fi
     fi
 fi
+# Fashion-MNIST, the built-in dataset, from Debian's package when we may install it.
+if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
+    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) ||
+        echo "note: could not install dataset-fashion-mnist; training will look in \$MOBILEVIT_DATA or download" >&2
+fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check --upgrade pip

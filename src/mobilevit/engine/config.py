@@ -38,6 +38,7 @@ class TrainConfig:
     label_smoothing: float = 0.1
     ema: bool = True
     ema_momentum: float = 0.0005  # ema = (1 - m) ema + m w
+    ema_warmup: bool = False  # momentum max(m, 1 - (1 + t) / (10 + t)) at step t: short runs need it
     amp: str = "none"  # none | bf16 | fp16 (fp16 needs a GPU)
     grad_clip: float | None = None
     accum_steps: int = 1

@@ -17,7 +17,7 @@ import torch
 import torch.distributed as dist
 import torch.nn.functional as F
 from torch import nn
-from torch.optim.swa_utils import AveragedModel, get_ema_multi_avg_fn
+from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
@@ -85,6 +85,26 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
     return lr / cfg.lr
 
 
+def ema_update(momentum: float, warmup: bool):
+    """``AveragedModel``'s update: ema = (1 - m) ema + m w over parameters and BatchNorm statistics.
+
+    With ``warmup`` the momentum starts near 1 and falls to ``momentum`` (``1 - (1 + t) / (10 + t)``
+    at step t), so that a short run's average is not dominated by the random initialisation.
+    """
+
+    @torch.no_grad()
+    def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
+        t = float(num_averaged)
+        m = max(momentum, 1 - (1 + t) / (10 + t)) if warmup else momentum
+        for e, c in zip(ema, current, strict=True):
+            if e.is_floating_point():
+                e.lerp_(c, m)
+            else:
+                e.copy_(c)
+
+    return update
+
+
 def latest_checkpoint(directory: Path) -> Path | None:
     found = [(int(m.group(1)), p) for p in directory.glob("step-*.pt") if (m := CHECKPOINT_PATTERN.match(p.name))]
     return max(found)[1] if found else None
@@ -126,7 +146,7 @@ class Trainer:
             model.to(memory_format=torch.channels_last)
         self.model = model
         self.ema = (
-            AveragedModel(model, multi_avg_fn=get_ema_multi_avg_fn(1 - cfg.ema_momentum), use_buffers=True)
+            AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_momentum, cfg.ema_warmup), use_buffers=True)
             if cfg.ema
             else None
         )
