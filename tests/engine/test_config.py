@@ -37,7 +37,7 @@ def test_flags_override_the_recipe(tmp_path):
     args = build_parser().parse_args(["train", "--config", str(recipe), "--epochs", "2", "--no-ema", "--lr", "0.01"])
     options = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
     cfg = load_config(args.config, **options)
-    assert (cfg.epochs, cfg.ema, cfg.lr, cfg.img_size) == (2, False, 0.01, 64)
+    assert (cfg.epochs, cfg.ema, cfg.lr, cfg.img_size) == (2, False, 0.01, 32)
     save_config(cfg, tmp_path / "config.yaml")
     assert load_config(tmp_path / "config.yaml") == cfg
 

@@ -231,3 +231,35 @@ def test_eval_cli_errors(tmp_path):
         timeout=120,
     )
     assert result.returncode == 2 and "checkpoint not found" in result.stderr
+
+
+def test_ema_update_with_and_without_warmup():
+    from mobilevit.engine.train import ema_update
+
+    ema, current = [torch.zeros(3), torch.zeros(1, dtype=torch.long)], [torch.ones(3), torch.tensor([7])]
+    ema_update(0.1, warmup=False)(ema, current, torch.tensor(5))
+    assert torch.allclose(ema[0], torch.full((3,), 0.1)) and ema[1].item() == 7
+    ema = [torch.zeros(3)]
+    ema_update(0.1, warmup=True)(ema, [torch.ones(3)], torch.tensor(0))
+    assert torch.allclose(ema[0], torch.full((3,), 0.9))  # step 0: momentum 1 - 1/10
+    ema = [torch.zeros(3)]
+    ema_update(0.1, warmup=True)(ema, [torch.ones(3)], torch.tensor(10_000))
+    assert torch.allclose(ema[0], torch.full((3,), 0.1))  # late: the configured momentum
+
+
+@pytest.mark.skipif(
+    not Path("/usr/share/datasets/fashion-mnist").is_dir(),
+    reason="Debian's dataset-fashion-mnist is not installed (scripts/env.sh installs it as root)",
+)
+def test_learns_real_fashion_mnist(tmp_path, monkeypatch):
+    """A short run on 4,000 real Fashion-MNIST images, evaluated on 1,000 test images."""
+    from mobilevit.engine.train import train
+
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path / "cache"))
+    monkeypatch.delenv("MOBILEVIT_DATA", raising=False)
+    cfg = tiny_config(
+        "fashion-mnist", tmp_path / "run", epochs=2, batch_size=64, multi_scale=False,
+        limit_train=4000, limit_val=1000, ema=False, warmup_steps=20, crop_scale=(0.8, 1.0),
+    )  # fmt: skip
+    metrics = train(cfg)
+    assert metrics[-1]["val_top1"] > 0.6, metrics  # chance is 0.1

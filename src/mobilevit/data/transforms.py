@@ -19,9 +19,9 @@ def train_transform(height: int, width: int, scale: tuple[float, float] = (0.08,
     return v2.Compose(
         [
             v2.ToImage(),
-            v2.RGB(),
             v2.RandomResizedCrop((height, width), scale=scale, antialias=True),
             v2.RandomHorizontalFlip(),
+            v2.RGB(),  # after cropping: grayscale images are cropped once, then repeated
             v2.ToDtype(torch.float32, scale=True),
         ]
     )
