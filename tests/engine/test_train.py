@@ -126,6 +126,13 @@ def test_bf16_autocast_and_grad_clip_train(image_data, tmp_path):
     assert math.isfinite(metrics[-1]["train_loss"])
 
 
+def test_fp16_on_cpu_is_refused(image_data, tmp_path):
+    from mobilevit.engine.train import Trainer
+
+    with pytest.raises(ValueError, match="fp16 needs a GPU; on CPU use --amp bf16"):
+        Trainer(tiny_config(image_data, tmp_path / "run", amp="fp16"))
+
+
 def test_fine_tuning_from_a_timm_checkpoint(image_data, tmp_path):
     import timm
     from safetensors.torch import save_file

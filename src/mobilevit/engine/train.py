@@ -114,6 +114,8 @@ class Trainer:
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.dist = setup_distributed()
+        if cfg.amp == "fp16" and self.dist.device.type != "cuda":
+            raise ValueError("--amp fp16 needs a GPU; on CPU use --amp bf16")
         if cfg.deterministic:
             torch.use_deterministic_algorithms(True)
         torch.manual_seed(cfg.seed)
