@@ -1,5 +1,5 @@
 # Sourced by the quickstart scripts: creates .venv (once) and installs the project into it.
-# Usage: source scripts/env.sh [extras], e.g. `source scripts/env.sh test`.
+# Usage: source scripts/env.sh EXTRAS, e.g. `source scripts/env.sh test` or `source scripts/env.sh ""`.
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
