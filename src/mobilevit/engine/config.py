@@ -13,6 +13,8 @@ from typing import Any
 
 import yaml
 
+from mobilevit.engine.checkpoint import atomic_write
+
 
 @dataclass
 class TrainConfig:
@@ -86,7 +88,5 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    from mobilevit.engine.checkpoint import atomic_write
-
     text = yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()})
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))
