@@ -57,7 +57,8 @@ class TrainConfig:
     resume: str | None = None  # a checkpoint path, or "auto" for the newest in output/checkpoints
 
     def to_dict(self) -> dict[str, Any]:
-        return asdict(self)
+        """Plain YAML/JSON types (tuples become lists), as saved in config.yaml and checkpoints."""
+        return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
 def _coerce(name: str, value: Any) -> Any:
@@ -88,5 +89,5 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
 
 
 def save_config(config: TrainConfig, path: Path) -> None:
-    text = yaml.safe_dump({k: list(v) if isinstance(v, tuple) else v for k, v in config.to_dict().items()})
+    text = yaml.safe_dump(config.to_dict())
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

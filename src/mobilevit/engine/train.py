@@ -206,7 +206,7 @@ class Trainer:
             "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
             "step": self.step,
             "epoch": self.epoch,
-            "config": {k: list(v) if isinstance(v, tuple) else v for k, v in self.cfg.to_dict().items()},
+            "config": self.cfg.to_dict(),
             "classes": self.classes,
             "model_name": self.cfg.model,
             "metrics": self.metrics,
@@ -376,10 +376,10 @@ class Trainer:
         path = self.out / "metrics.csv"
         new = not path.exists()
         with open(path, "a", newline="") as f:
-            writer = csv.DictWriter(f, fieldnames=list(row))
+            csv_writer = csv.DictWriter(f, fieldnames=list(row))
             if new:
-                writer.writeheader()
-            writer.writerow(row)
+                csv_writer.writeheader()
+            csv_writer.writerow(row)
         log.info(
             "epoch %d: train loss %.4f, val top-1 %.4f, %.0f img/s",
             row["epoch"],
