@@ -75,9 +75,14 @@ def _read_safetensors(path: Path) -> dict[str, torch.Tensor]:
         ) from err
 
 
-def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
+def load_pickle(path: str | os.PathLike) -> Any:
+    """``torch.load(weights_only=True)`` with errors that say what is wrong: a missing file, a
+    truncated or corrupt one, or one holding code (refused, never run)."""
+    path = Path(path)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}. Check the path, or download the weights first.")
     try:
-        obj = torch.load(path, map_location="cpu", weights_only=True)
+        return torch.load(path, map_location="cpu", weights_only=True)
     except pickle.UnpicklingError as err:
         if "global" not in str(err):  # weights_only names the disallowed global
             raise CheckpointError(
@@ -94,7 +99,6 @@ def _read_pickle(path: Path) -> dict[str, torch.Tensor]:
             f"cannot read {path} as a PyTorch checkpoint ({err}); the file is truncated or corrupt: "
             "download or save it again."
         ) from err
-    return _unwrap(obj, path)
 
 
 def _unwrap(obj: Any, path: Path) -> dict[str, torch.Tensor]:
@@ -136,7 +140,7 @@ def read_state_dict(path: str | os.PathLike) -> dict[str, torch.Tensor]:
     if path.suffix == ".safetensors":
         return _read_safetensors(path)
     if path.suffix in PICKLE_SUFFIXES:
-        return _read_pickle(path)
+        return _unwrap(load_pickle(path), path)
     raise CheckpointError(
         f"unsupported checkpoint file {path}: expected .safetensors, {', '.join(PICKLE_SUFFIXES)} or a model directory."
     )

@@ -9,8 +9,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilevit.errors import CheckpointError
-
 
 @torch.no_grad()
 def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device | str = "cpu") -> dict[str, Any]:
@@ -51,7 +49,7 @@ def load_for_eval(path: str | Path, model_name: str | None = None, weights: str 
     its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, or any weights
     file of a supported port (then ``model_name`` is needed)."""
     from mobilevit.convert import convert_state_dict
-    from mobilevit.engine.checkpoint import read_state_dict
+    from mobilevit.engine.checkpoint import load_pickle, read_state_dict
     from mobilevit.models.factory import create_model, from_pretrained, load_state_dict_checked
 
     path = Path(path)
@@ -59,12 +57,7 @@ def load_for_eval(path: str | Path, model_name: str | None = None, weights: str 
         model = from_pretrained(path)
         return model, list(model.pretrained_cfg.get("label_names", []))
     if path.suffix in (".pt", ".pth"):
-        if not path.exists():
-            raise FileNotFoundError(f"checkpoint not found: {path}")
-        try:
-            raw = torch.load(path, map_location="cpu", weights_only=True)
-        except Exception as err:
-            raise CheckpointError(f"cannot read {path} as a checkpoint ({err})") from err
+        raw = load_pickle(path)
         if isinstance(raw, dict) and "model_name" in raw and "model" in raw:
             classes = list(raw.get("classes", []))
             state = _strip_ema(raw["ema"]) if weights == "ema" and raw.get("ema") else raw["model"]

@@ -24,7 +24,7 @@ from tqdm import tqdm
 from mobilevit.data.datasets import FASHION_MNIST, class_names, fashion_mnist, image_folder
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
-from mobilevit.engine.checkpoint import atomic_write
+from mobilevit.engine.checkpoint import atomic_write, load_pickle
 from mobilevit.engine.config import TrainConfig, save_config
 from mobilevit.engine.evaluate import evaluate
 from mobilevit.engine.plots import plot_curves
@@ -224,7 +224,7 @@ class Trainer:
         return path
 
     def resume(self, path: Path) -> None:
-        state = torch.load(path, map_location="cpu", weights_only=True)
+        state = load_pickle(path)
         load_state_dict_checked(self.model, state["model"], context=f" (resuming from {path})")
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
