@@ -31,6 +31,7 @@ class TrainConfig:
     num_scales: int = 5
     size_divisor: int = 32
     crop_scale: tuple[float, float] = (0.08, 1.0)
+    transformer_dropout: float | None = None  # None: the model's published rate (0.05 xxs, 0.1 xs and s)
     lr: float = 0.002
     min_lr: float = 0.0002
     warmup_lr: float = 0.0002

@@ -96,10 +96,11 @@ def ema_update(momentum: float, warmup: bool):
     def update(ema: list[torch.Tensor], current: list[torch.Tensor], num_averaged: torch.Tensor) -> None:
         t = float(num_averaged)
         m = max(momentum, 1 - (1 + t) / (10 + t)) if warmup else momentum
+        floats = [(e, c) for e, c in zip(ema, current, strict=True) if e.is_floating_point()]
+        if floats:  # AveragedModel groups tensors by dtype: the integer group has none
+            torch._foreach_lerp_([e for e, _ in floats], [c for _, c in floats], m)
         for e, c in zip(ema, current, strict=True):
-            if e.is_floating_point():
-                e.lerp_(c, m)
-            else:
+            if not e.is_floating_point():
                 e.copy_(c)
 
     return update
@@ -141,7 +142,8 @@ class Trainer:
             num_workers=cfg.workers,
         )
 
-        model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained)
+        overrides = {} if cfg.transformer_dropout is None else {"transformer_dropout": cfg.transformer_dropout}
+        model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained, **overrides)
         model.pretrained_cfg.update(label_names=self.classes, input_size=(3, cfg.img_size, cfg.img_size))
         model.to(self.dist.device)
         if cfg.channels_last:
