@@ -30,3 +30,12 @@ def test_block_keeps_shape_for_odd_sizes():
     for size in [(7, 7), (8, 8), (5, 12)]:
         x = torch.randn(2, 8, *size)
         assert block(x).shape == x.shape
+
+
+def test_fold_channels_last_is_the_same_tensor_in_channels_last_memory():
+    x = torch.randn(2, 6, 8, 4)
+    patches = unfold(x.contiguous(memory_format=torch.channels_last), 2)
+    assert torch.equal(patches, unfold(x, 2))
+    folded = fold(patches, 2, 8, 4, channels_last=True)
+    assert torch.equal(folded, x)
+    assert folded.is_contiguous(memory_format=torch.channels_last)

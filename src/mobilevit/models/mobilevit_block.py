@@ -2,8 +2,6 @@
 
 from __future__ import annotations
 
-import math
-
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -81,24 +79,28 @@ class Transformer(nn.Module):
 def unfold(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """[B, d, H, W] -> [B*P, N, d]: P = patch_size**2 pixel positions, N = H*W/P patches.
 
-    A non-overlapping patch unfold is ``pixel_unshuffle``: it moves each patch's P pixels into
-    the channel axis as (d, P), so only one permute remains to put the patches on the token axis.
+    A non-overlapping patch unfold is ``pixel_unshuffle`` followed by a transpose to tokens; written
+    as one reshape-permute-reshape it costs a single copy, which reads whole d-vectors when ``x`` is
+    channels_last.
     """
-    batch, dim = x.shape[:2]
-    area = patch_size * patch_size
-    x = F.pixel_unshuffle(x, patch_size)  # [B, d*P, H/p, W/p]
-    x = x.reshape(batch, dim, area, -1)  # [B, d, P, N]
-    return x.permute(0, 2, 3, 1).reshape(batch * area, -1, dim)  # [B*P, N, d]
+    batch, dim, height, width = x.shape
+    p = patch_size
+    x = x.reshape(batch, dim, height // p, p, width // p, p)  # [B, d, h, p, w, p]
+    x = x.permute(0, 3, 5, 2, 4, 1)  # [B, p, p, h, w, d]
+    return x.reshape(batch * p * p, (height // p) * (width // p), dim)  # [B*P, N, d]
 
 
-def fold(x: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
-    """[B*P, N, d] -> [B, d, H, W]: the exact inverse of :func:`unfold`."""
-    area = patch_size * patch_size
-    batch_area, tokens, dim = x.shape
-    batch = batch_area // area
-    x = x.reshape(batch, area, tokens, dim).permute(0, 3, 1, 2)  # [B, d, P, N]
-    x = x.reshape(batch, dim * area, height // patch_size, width // patch_size)
-    return F.pixel_shuffle(x, patch_size)  # [B, d, H, W]
+def fold(x: torch.Tensor, patch_size: int, height: int, width: int, channels_last: bool = False) -> torch.Tensor:
+    """[B*P, N, d] -> [B, d, H, W]: the exact inverse of :func:`unfold`, in one copy, laid out in
+    the requested memory format (``pixel_shuffle`` would need a second copy)."""
+    p = patch_size
+    batch_area, _, dim = x.shape
+    batch = batch_area // (p * p)
+    x = x.reshape(batch, p, p, height // p, width // p, dim)  # [B, p, p, h, w, d]
+    if channels_last:
+        x = x.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, dim)  # [B, H, W, d]
+        return x.permute(0, 3, 1, 2)  # [B, d, H, W], channels_last strides
+    return x.permute(0, 5, 3, 1, 4, 2).reshape(batch, dim, height, width)  # [B, d, H, W]
 
 
 class MobileViTBlock(nn.Module):
@@ -131,15 +133,18 @@ class MobileViTBlock(nn.Module):
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         shortcut = x
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         x = self.local_rep(x)  # [B, d, H, W]
         height, width = x.shape[-2:]
         p = self.patch_size
-        new_h, new_w = math.ceil(height / p) * p, math.ceil(width / p) * p
-        resize = (new_h, new_w) != (height, width)
+        new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
+        # A traced or shape-generic exported graph always resizes (to the same size when the sides are
+        # multiples of p, an exact identity): a size test here would be frozen into the graph.
+        resize = torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width)
         if resize:
             x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
         x = self.global_rep(unfold(x, p))  # [B*P, N, d]
-        x = fold(x, p, new_h, new_w)  # [B, d, H', W']
+        x = fold(x, p, new_h, new_w, channels_last)  # [B, d, H', W']
         if resize:
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
         x = self.conv_proj(x)  # [B, C, H, W]
