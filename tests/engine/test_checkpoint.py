@@ -229,3 +229,17 @@ def test_atomic_write_keeps_previous_file_on_failure(tmp_path):
         atomic_write(target, failing_write)
     assert target.read_bytes() == b"previous"
     assert [p.name for p in tmp_path.iterdir()] == ["ckpt.safetensors"]
+
+
+def test_atomic_write_gives_files_the_umask_permissions(tmp_path):
+    import os
+    from pathlib import Path
+
+    from mobilevit.engine.checkpoint import atomic_write
+
+    old = os.umask(0o022)
+    try:
+        atomic_write(tmp_path / "f.txt", lambda tmp: Path(tmp).write_text("x"))
+    finally:
+        os.umask(old)
+    assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
