@@ -1,0 +1,74 @@
+"""Latency of every model on every backend, against timm and Hugging Face where they can follow.
+
+    python benchmarks/backends.py [--models ...] [--backends ...] [--threads 2] [--json out.json]
+
+Each (model, backend) pair is one ``mobilevit bench`` run (``mobilevit.export.bench.bench``): ours and
+the peers in one process, interleaved, medians over rounds. Peers: timm and Hugging Face in eager
+mode (for ``eager`` and ``optimized``), timm alone on the export backends (its ONNX export is the
+issue's yardstick; Hugging Face's exports are slower still), none for ``int8``, which is compared
+with our own fp32 ONNX Runtime row instead.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import mobilevit
+from common import print_table, write_json
+from mobilevit.export.bench import BACKENDS, bench
+
+PEERS = {"eager": ("timm", "hf"), "optimized": ("timm", "hf"), "compile": ("timm",), "onnxruntime": ("timm",)}
+PEERS |= {"executorch": ("timm",), "int8": ()}
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=mobilevit.list_models())
+    parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
+    parser.add_argument("--rounds", type=int, default=7)
+    parser.add_argument("--iters", type=int, default=10)
+    parser.add_argument("--threads", type=int, help="default: torch's")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    if args.threads:
+        torch.set_num_threads(args.threads)
+
+    rows = []
+    for name in args.models:
+        fp32_onnx_ms = None
+        for backend in args.backends:
+            size = tuple(args.img_size)
+            result = bench(name, backend, img_size=size, compare=PEERS[backend], rounds=args.rounds, iters=args.iters)
+            ours = result[0]
+            if backend == "onnxruntime":
+                fp32_onnx_ms = ours["median_ms"]
+            peers = {r["impl"]: r for r in result[1:]}
+            rows.append(
+                {
+                    "model": name,
+                    "backend": backend,
+                    "median ms": ours["median_ms"],
+                    "p90 ms": ours["p90_ms"],
+                    "img/s": ours["img_per_s"],
+                    "% fp32 peak": ours["peak_pct"],
+                    "timm ms": peers["timm"]["median_ms"] if "timm" in peers else "",
+                    "vs timm": f"{peers['timm']['ours_over_this']:.2f}x" if "timm" in peers else "",
+                    "hf ms": peers["hf"]["median_ms"] if "hf" in peers else "",
+                    "vs hf": f"{peers['hf']['ours_over_this']:.2f}x" if "hf" in peers else "",
+                    "vs our fp32 onnx": f"{ours['median_ms'] / fp32_onnx_ms:.2f}x"
+                    if backend == "int8" and fp32_onnx_ms
+                    else "",
+                }
+            )
+            print(rows[-1], flush=True)
+    h, w = args.img_size
+    print(f"\nbatch 1, {h}x{w}, fp32 unless int8, {torch.get_num_threads()} threads; ratios: our latency / theirs")
+    print_table(rows, list(rows[0]))
+    write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
