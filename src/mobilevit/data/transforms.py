@@ -4,7 +4,9 @@ crops each sample to the size the multi-scale sampler chose for its batch."""
 from __future__ import annotations
 
 import logging
+from collections.abc import Mapping
 from functools import lru_cache
+from typing import Any
 
 import torch
 from torchvision.transforms import v2
@@ -27,18 +29,38 @@ def train_transform(height: int, width: int, scale: tuple[float, float] = (0.08,
     )
 
 
-def eval_transform(size: int, crop_pct: float = 0.9, interpolation: str = "bicubic") -> v2.Compose:
-    """Resize the shorter side to ``size / crop_pct``, centre-crop ``size``; RGB in [0, 1]."""
+def eval_transform(size: int | tuple[int, int], crop_pct: float = 0.9, interpolation: str = "bicubic") -> v2.Compose:
+    """Resize the shorter side to ``max(size) / crop_pct``, centre-crop ``size`` (an int or (H, W));
+    RGB in [0, 1]."""
     mode = v2.InterpolationMode(interpolation)
+    longest = size if isinstance(size, int) else max(size)
     return v2.Compose(
         [
             v2.ToImage(),
             v2.RGB(),
-            v2.Resize(int(size / crop_pct), interpolation=mode, antialias=True),
+            v2.Resize(int(longest / crop_pct), interpolation=mode, antialias=True),
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
         ]
     )
+
+
+def _flip_channels(image: torch.Tensor) -> torch.Tensor:
+    return image.flip(-3)
+
+
+def pretrained_transform(cfg: Mapping[str, Any]) -> v2.Compose:
+    """The evaluation preprocessing that a model's ``pretrained_cfg`` describes: :func:`eval_transform`
+    at its ``input_size``, then its channel order, then its ``mean`` / ``std`` (given per input channel
+    of the model, so in its channel order). Images of any mode come out as 3-channel tensors."""
+    _, height, width = cfg["input_size"]
+    steps: list[Any] = [eval_transform((height, width), cfg.get("crop_pct", 0.9), cfg.get("interpolation", "bicubic"))]
+    if cfg.get("channel_order", "RGB") == "BGR":
+        steps.append(v2.Lambda(_flip_channels))
+    mean, std = tuple(cfg.get("mean", (0.0,) * 3)), tuple(cfg.get("std", (1.0,) * 3))
+    if mean != (0.0,) * 3 or std != (1.0,) * 3:
+        steps.append(v2.Normalize(mean, std))
+    return v2.Compose(steps)
 
 
 class MultiScaleDataset(torch.utils.data.Dataset):

@@ -1,0 +1,52 @@
+"""Calibration images for post-training quantization, preprocessed as the model sees them at evaluation."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import torch
+from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
+from torchvision.transforms import v2
+
+from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
+from mobilevit.data.transforms import eval_transform
+
+
+def calibration_images(
+    source: str,
+    n: int,
+    img_size: tuple[int, int],
+    *,
+    crop_pct: float = 0.9,
+    interpolation: str = "bicubic",
+) -> torch.Tensor:
+    """``n`` images [n, 3, H, W] from ``source``: 'fashion-mnist' (its training split), an ImageFolder
+    root (its ``train/`` split when there is one) or any folder of images, searched recursively.
+
+    The images are spread evenly over the sorted files (so over the classes of an ImageFolder) and
+    preprocessed with the evaluation transform: shorter side resized to size / crop_pct, centre crop.
+    """
+    if n <= 0:
+        raise ValueError(f"the number of calibration images must be positive, got {n}")
+    height, width = img_size
+    transform = v2.Compose(
+        [eval_transform(max(height, width), crop_pct, interpolation), v2.CenterCrop((height, width))]
+    )
+    if source == FASHION_MNIST:
+        dataset = fashion_mnist(train=True)
+        return torch.stack([transform(dataset[i][0]) for i in _spread(len(dataset), n)])
+    root = Path(source)
+    if not root.is_dir():
+        raise FileNotFoundError(f"calibration source {source} is neither '{FASHION_MNIST}' nor a folder of images")
+    if (root / "train").is_dir():
+        root = root / "train"
+    files = sorted(p for p in root.rglob("*") if p.suffix.lower() in IMG_EXTENSIONS and p.is_file())
+    if not files:
+        raise FileNotFoundError(f"no images ({', '.join(IMG_EXTENSIONS)}) found under {root}")
+    return torch.stack([transform(default_loader(str(files[i]))) for i in _spread(len(files), n)])
+
+
+def _spread(total: int, n: int) -> list[int]:
+    """``min(n, total)`` indices evenly spaced over ``range(total)``."""
+    n = min(n, total)
+    return [i * total // n for i in range(n)]

@@ -1,0 +1,162 @@
+"""Deployment exports (ONNX, TorchScript, ExecuTorch, CoreML), each checked against PyTorch afterwards.
+
+Every format except CoreML (which runs only on macOS) is run with its own runtime on structured images
+and compared with the PyTorch model: an fp32 export that differs by more than 1e-4 is an error, since
+then the file does not compute what the model computes. int8 exports are compared by top-1 agreement
+with fp32 on the calibration images instead.
+"""
+
+from __future__ import annotations
+
+import copy
+import os
+import tempfile
+from collections.abc import Callable
+from dataclasses import dataclass, field
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobilevit.testing import structured_images
+
+FORMATS = ("onnx", "torchscript", "executorch", "coreml")
+INT8_FORMATS = ("onnx", "executorch")
+DYNAMIC_FORMATS = ("onnx", "torchscript")
+FP32_TOLERANCE = 1e-4
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+class ExportCheckError(ValueError):
+    """The exported file's outputs differ from the PyTorch model's by more than the tolerance."""
+
+
+@dataclass
+class ExportReport:
+    """What was written and how well it matches PyTorch.
+
+    ``max_abs_diff`` is the largest logit difference on the check images (None when the format cannot
+    run here); ``top1_agreement`` is, for int8, the share of calibration images whose top-1 class is
+    the fp32 model's.
+    """
+
+    path: Path
+    format: str
+    max_abs_diff: float | None
+    top1_agreement: float | None = None
+    notes: list[str] = field(default_factory=list)
+
+
+def export(
+    model: nn.Module,
+    fmt: str,
+    path: str | os.PathLike,
+    *,
+    img_size: tuple[int, int] = (256, 256),
+    dynamic: bool = False,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+    opset: int = 17,
+    precision: str = "fp16",
+) -> ExportReport:
+    """Export a classifier to ``fmt`` at ``path`` for inputs [1, 3, *img_size], then check the file.
+
+    ``dynamic`` (onnx, torchscript) makes batch, height and width free; the check then also runs at
+    another batch size and input size. ``int8`` (onnx, executorch) quantizes with static calibration on
+    ``calibration`` [N, 3, *img_size], preprocessed like real inputs (see
+    :func:`mobilevit.data.calibration.calibration_images`). ``opset`` is ONNX's, ``precision`` CoreML's.
+    The model is copied, never modified. Raises :class:`ExportCheckError` when an fp32 export differs from
+    PyTorch by more than 1e-4 (the file is kept for inspection).
+    """
+    if fmt not in FORMATS:
+        raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    if int8 and fmt not in INT8_FORMATS:
+        raise ValueError(f"int8 is not supported for {fmt}, use onnx or executorch")
+    if dynamic and fmt not in DYNAMIC_FORMATS:
+        raise ValueError(f"dynamic shapes are not supported for {fmt} (its programs have a fixed input shape)")
+    height, width = img_size
+    if int8:
+        if calibration is None:
+            raise ValueError("int8 export needs calibration images (static quantization measures activation ranges)")
+        if tuple(calibration.shape[-2:]) != (height, width):
+            raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is {img_size}")
+    model = copy.deepcopy(model).eval()
+    path = Path(path)
+    checks = [structured_images(1, height, width, seed=1)]
+    if dynamic:
+        checks.append(structured_images(3, height + 32, width + 64, seed=2))
+    notes: list[str] = []
+    with torch.no_grad():
+        run = _export(model, fmt, path, img_size, dynamic, int8, calibration, opset, precision, notes)
+        if run is None:
+            return ExportReport(path, fmt, None, notes=notes)
+        if fmt == "coreml":  # its image input has 8 bits per channel
+            checks = [(x * 255).round() / 255 for x in checks]
+        diff = max((run(x) - model(x)).abs().max().item() for x in checks)
+        if int8:
+            agree = sum(run(x).argmax(1).item() == model(x).argmax(1).item() for x in calibration.split(1))
+            return ExportReport(path, fmt, diff, top1_agreement=agree / len(calibration), notes=notes)
+    if fmt != "coreml" and diff > FP32_TOLERANCE:
+        shapes = ", ".join(str(tuple(x.shape)) for x in checks)
+        raise ExportCheckError(
+            f"{path} ({fmt}) does not match PyTorch: max abs difference {diff:.3g} > {FP32_TOLERANCE:g} on inputs "
+            f"{shapes}. The file is kept for inspection; please report this with the model name and options."
+        )
+    return ExportReport(path, fmt, diff, notes=notes)
+
+
+def _export(
+    model: nn.Module,
+    fmt: str,
+    path: Path,
+    img_size: tuple[int, int],
+    dynamic: bool,
+    int8: bool,
+    calibration: torch.Tensor | None,
+    opset: int,
+    precision: str,
+    notes: list[str],
+) -> Runner | None:
+    """Write the file; return a function that runs it, or None where its runtime is unavailable."""
+    example = structured_images(1, *img_size)
+    if fmt == "onnx":
+        from mobilevit.export.onnx import DYNAMIC_MIN_BATCH, DYNAMIC_MIN_SIDE, OnnxRunner, export_onnx, quantize_onnx
+
+        if dynamic:
+            height, width = (max(s, DYNAMIC_MIN_SIDE) for s in img_size)
+            example = structured_images(DYNAMIC_MIN_BATCH, height, width)
+            notes.append("dynamic batch, height and width (any input of at least 32x32)")
+        if int8:
+            with tempfile.TemporaryDirectory() as tmp:
+                fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example, dynamic=dynamic, opset=opset)
+                quantize_onnx(fp32, path, calibration)
+            notes.append(f"int8 QDQ, calibrated on {len(calibration)} images")
+        else:
+            export_onnx(model, path, example, dynamic=dynamic, opset=opset)
+        notes.append(f"opset {opset}")
+        return OnnxRunner(path)
+    if fmt == "torchscript":
+        from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
+
+        export_torchscript(model, path, example)
+        notes.append("frozen trace; runs at any batch size and input size")
+        return TorchScriptRunner(path)
+    if fmt == "executorch":
+        from mobilevit.export.executorch import export_executorch, run_executorch
+
+        export_executorch(model, path, example, int8=int8, calibration=calibration)
+        notes.append(f"XNNPACK, {'int8' if int8 else 'fp32'}, fixed input shape {tuple(example.shape)}")
+        return lambda x: run_executorch(path, x)
+    from mobilevit.export.coreml import can_run_coreml, export_coreml, run_coreml, validate_coreml
+
+    cfg = getattr(model, "pretrained_cfg", {})
+    export_coreml(
+        model, path, example, precision=precision, mean=cfg.get("mean", (0.0,) * 3), std=cfg.get("std", (1.0,) * 3)
+    )
+    notes.append(f"ML Program, {precision}, {validate_coreml(path, tuple(example.shape), model(example).shape[1])}")
+    if not can_run_coreml():
+        notes.append("not run: CoreML predictions need macOS; the saved spec was loaded and validated")
+        return None
+    notes.append(f"max abs diff is informational ({precision} compute, 8-bit image input)")
+    return lambda x: run_coreml(path, x)

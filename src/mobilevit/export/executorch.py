@@ -1,0 +1,109 @@
+"""ExecuTorch export: a ``.pte`` program lowered to the XNNPACK delegate (fp32, or int8 by static
+post-training quantization), and a runner on the ExecuTorch Python runtime.
+
+Shapes are static: a program runs at the input shape it was exported with (MobileViT's resize of
+odd-sized feature maps is then decided once, at export). LayerNorm has no XNNPACK kernel and runs on
+ExecuTorch's portable kernels between the delegated parts.
+"""
+
+from __future__ import annotations
+
+import math
+import os
+from pathlib import Path
+
+import torch
+from torch import nn
+
+from mobilevit.engine.checkpoint import atomic_write
+
+INSTALL_HINT = "ExecuTorch export needs executorch: pip install 'mobilevit[executorch]'"
+
+
+def _require_executorch() -> None:
+    """Raise an ImportError with the install hint when the ``executorch`` extra is missing."""
+    try:
+        import executorch.exir  # noqa: F401
+    except ImportError as err:
+        raise ImportError(INSTALL_HINT) from err
+
+
+def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor) -> nn.Module:
+    """Static int8 PTQ for XNNPACK (PT2E): per-channel symmetric weights, per-tensor activations whose
+    ranges are observed on ``calibration`` (images preprocessed like the model's real inputs).
+
+    The traced graph is specialised to the batch size of ``example``, so the calibration images are fed
+    in batches of that size (the last one filled up by starting over).
+    """
+    from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
+        XNNPACKQuantizer,
+        get_symmetric_quantization_config,
+    )
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    if calibration.shape[1:] != example.shape[1:]:
+        shapes = f"{tuple(calibration.shape[1:])} vs {tuple(example.shape[1:])}"
+        raise ValueError(f"calibration images must have the example's shape: {shapes}")
+    if not len(calibration):
+        raise ValueError("int8 export needs at least one calibration image")
+    batch = example.shape[0]
+    padded = math.ceil(len(calibration) / batch) * batch
+    calibration = calibration[torch.arange(padded) % len(calibration)]
+    quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
+    prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for chunk in calibration.split(batch):
+            prepared(chunk)
+    return convert_pt2e(prepared)
+
+
+def export_executorch(
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: torch.Tensor,
+    *,
+    int8: bool = False,
+    calibration: torch.Tensor | None = None,
+) -> Path:
+    """Export ``model`` (switched to eval mode) to an ExecuTorch program at ``path`` for inputs of
+    ``example``'s shape, delegated to XNNPACK; ``int8`` quantizes it first, calibrated on
+    ``calibration`` [N, C, H, W]. The file is written atomically."""
+    _require_executorch()
+    from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
+    from executorch.exir import to_edge_transform_and_lower
+
+    if int8 and calibration is None:
+        raise ValueError("int8 export needs calibration images: static quantization measures activation ranges")
+    model = model.eval()
+    with torch.no_grad():
+        if int8:
+            model = quantize_int8(model, example, calibration)
+        exported = torch.export.export(model, (example,))
+    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    path = Path(path)
+    atomic_write(path, lambda tmp: Path(tmp).write_bytes(program.buffer))
+    return path
+
+
+class ExecuTorchRunner:
+    """The ``forward`` method of a ``.pte`` program, loaded once, taking and returning torch tensors."""
+
+    def __init__(self, path: str | os.PathLike) -> None:
+        _require_executorch()
+        from executorch.runtime import Runtime
+
+        self.path = Path(path)
+        self.program = Runtime.get().load_program(self.path)  # kept: the method runs inside it
+        self.method = self.program.load_method("forward")
+        self.input_shape = tuple(self.method.metadata.input_tensor_meta(0).sizes())
+
+    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+        if tuple(x.shape) != self.input_shape:
+            raise ValueError(f"{self.path} was exported for inputs of shape {self.input_shape}, got {tuple(x.shape)}")
+        return self.method.execute([x.detach().cpu().float().contiguous()])[0]
+
+
+def run_executorch(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+    """Logits of the program at ``path`` for ``x`` of its exported shape (one-off; keep an
+    :class:`ExecuTorchRunner` to reuse)."""
+    return ExecuTorchRunner(path)(x)

@@ -1,0 +1,42 @@
+"""CoreML export: an ML Program whose spec is validated everywhere and which runs on macOS only."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+
+ct = pytest.importorskip("coremltools")
+
+from mobilevit.export import export  # noqa: E402
+
+
+@pytest.mark.parametrize(
+    ("img_size", "precision"),
+    [((64, 96), "fp16"), pytest.param((128, 128), "fp32", marks=pytest.mark.slow)],
+)
+def test_mlpackage_has_image_input_and_logits(model, tmp_path, img_size, precision):
+    report = export(model, "coreml", tmp_path / "m.mlpackage", img_size=img_size, precision=precision)
+    spec = ct.utils.load_spec(str(report.path))
+    (inp,), (out,) = spec.description.input, spec.description.output
+    assert (inp.name, inp.type.imageType.height, inp.type.imageType.width) == ("image", *img_size)
+    assert inp.type.imageType.colorSpace == ct.proto.FeatureTypes_pb2.ImageFeatureType.RGB
+    assert (out.name, list(out.type.multiArrayType.shape)) == ("logits", [1, 10])
+    if sys.platform == "darwin":
+        assert report.max_abs_diff < (5e-2 if precision == "fp16" else 1e-3)
+    else:
+        assert report.max_abs_diff is None
+        assert any("need macOS" in note for note in report.notes)
+
+
+def test_wrong_suffix_and_int8_are_refused(model, tmp_path):
+    with pytest.raises(ValueError, match=r"\.mlpackage"):
+        export(model, "coreml", tmp_path / "m.mlmodel", img_size=(64, 64))
+    with pytest.raises(ValueError, match="int8 is not supported for coreml, use onnx or executorch"):
+        export(model, "coreml", tmp_path / "m.mlpackage", int8=True)
+
+
+def test_missing_extra_names_the_install(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "coremltools", None)
+    with pytest.raises(ImportError, match=r"pip install 'mobilevit\[coreml\]'"):
+        export(model, "coreml", tmp_path / "m.mlpackage", img_size=(64, 64))

@@ -1,0 +1,102 @@
+"""ExecuTorch export: fp32 parity with PyTorch, int8 agreement on top-1, the missing-extra message.
+
+Lowering to XNNPACK takes about 25 s for an fp32 mobilevit_xxs and 2 min for int8 on a small
+shared CPU, so only the 256x256 fp32 program is built in the default run.
+"""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from mobilevit import create_model
+from mobilevit.export.executorch import ExecuTorchRunner, export_executorch, run_executorch
+from mobilevit.testing import randomize_, structured_images
+
+FP32_TOLERANCE = 1e-4
+
+
+@pytest.fixture(scope="module")
+def model():
+    return randomize_(create_model("mobilevit_xxs", num_classes=10)).eval()
+
+
+@pytest.fixture(scope="module")
+def program_256(model, tmp_path_factory):
+    """One fp32 program for [2, 3, 256, 256] inputs, shared by the tests that only run it."""
+    pytest.importorskip("executorch.exir")
+    example = structured_images(2, 256, 256, seed=1)
+    return export_executorch(model, tmp_path_factory.mktemp("executorch") / "xxs.pte", example)
+
+
+def max_abs_diff(model, runner, x: torch.Tensor) -> float:
+    with torch.no_grad():
+        return (runner(x) - model(x)).abs().max().item()
+
+
+def test_fp32_matches_pytorch(model, program_256):
+    runner = ExecuTorchRunner(program_256)
+    for seed in (1, 2):  # the export example and images it never saw
+        assert max_abs_diff(model, runner, structured_images(2, 256, 256, seed=seed)) <= FP32_TOLERANCE
+    assert not list(program_256.parent.glob(".*.tmp"))  # written atomically: no temporary file left
+
+
+def test_run_rejects_another_shape(program_256):
+    with pytest.raises(ValueError, match=r"exported for inputs of shape \(2, 3, 256, 256\), got \(1, 3, 256, 256\)"):
+        run_executorch(program_256, structured_images(1, 256, 256))
+
+
+@pytest.mark.slow
+def test_fp32_matches_pytorch_when_blocks_resize(model, tmp_path):
+    """At 160x224 the last MobileViT block sees a 5x7 map and resizes it to 6x8 and back."""
+    example = structured_images(1, 160, 224, seed=1)
+    path = export_executorch(model, tmp_path / "xxs_160x224.pte", example)
+    assert max_abs_diff(model, ExecuTorchRunner(path), structured_images(1, 160, 224, seed=3)) <= FP32_TOLERANCE
+
+
+def with_fitted_head(model, images: torch.Tensor):
+    """Give each image its own class with a clear margin (a least-squares classifier on the pooled
+    features): a random head's top-1 hangs on margins smaller than any int8 error, a trained one's does not."""
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+        mean = features.mean(0)
+        n = len(images)
+        weight = torch.linalg.lstsq(features - mean, 4 * (torch.eye(n) - 1 / n)).solution.T
+        model.reset_classifier(n)
+        model.head.fc.weight.copy_(weight)
+        model.head.fc.bias.copy_(-weight @ mean)
+    return model.eval()
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_fp32_on_top1(tmp_path):
+    pytest.importorskip("executorch.exir")
+    images = structured_images(8, 128, 128, seed=1)
+    model = with_fitted_head(randomize_(create_model("mobilevit_xxs")), images)
+    calibration = structured_images(4, 128, 128, seed=2)
+    path = export_executorch(model, tmp_path / "xxs_int8.pte", images[:1], int8=True, calibration=calibration)
+    runner = ExecuTorchRunner(path)
+    int8 = torch.cat([runner(x) for x in images.split(1)])
+    with torch.no_grad():
+        fp32 = model(images)
+    assert fp32.argmax(1).tolist() == list(range(8))
+    assert (int8.argmax(1) == fp32.argmax(1)).sum() >= 6
+    params = sum(p.numel() for p in model.parameters())
+    assert path.stat().st_size < 2 * params  # int8 weights: about 1 byte per parameter, fp32 would be 4
+
+
+def test_int8_needs_calibration(model, tmp_path):
+    pytest.importorskip("executorch.exir")
+    with pytest.raises(ValueError, match="calibration"):
+        export_executorch(model, tmp_path / "x.pte", structured_images(1, 64, 64), int8=True)
+
+
+def test_missing_extra_says_what_to_install(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(sys.modules, "executorch", None)  # as if not installed
+    hint = r"pip install 'mobilevit\[executorch\]'"
+    with pytest.raises(ImportError, match=hint):
+        export_executorch(model, tmp_path / "x.pte", structured_images(1, 64, 64))
+    with pytest.raises(ImportError, match=hint):
+        run_executorch(tmp_path / "x.pte", structured_images(1, 64, 64))

@@ -1,0 +1,75 @@
+"""ONNX export: fp32 parity, dynamic batch and input size, opsets, int8 static quantization."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+pytest.importorskip("onnx")
+pytest.importorskip("onnxscript")
+pytest.importorskip("onnxruntime")
+
+import onnx
+
+from mobilevit.export import FP32_TOLERANCE, export
+from mobilevit.export.onnx import OnnxRunner, quantize_onnx, run_onnx
+from mobilevit.testing import structured_images
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(model, tmp_path_factory):
+    return export(model, "onnx", tmp_path_factory.mktemp("onnx") / "dynamic.onnx", img_size=(256, 256), dynamic=True)
+
+
+def test_dynamic_export_is_checked_and_opset_17(dynamic_export):
+    assert dynamic_export.max_abs_diff <= FP32_TOLERANCE
+    proto = onnx.load(dynamic_export.path)
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
+    (inp,) = proto.graph.input
+    assert [d.dim_param or d.dim_value for d in inp.type.tensor_type.shape.dim] == ["batch", 3, "height", "width"]
+    assert [o.name for o in proto.graph.output] == ["logits"]
+
+
+@pytest.fixture(scope="module")
+def runner(dynamic_export):
+    return OnnxRunner(dynamic_export.path, threads=1)
+
+
+@pytest.mark.parametrize("shape", [(3, 224, 320), (2, 100, 130)], ids=["batch3-224x320", "sides-not-multiples-of-32"])
+def test_dynamic_export_runs_at_unseen_batch_and_sizes(model, runner, shape):
+    x = structured_images(*shape, seed=7)
+    logits = runner(x)
+    assert logits.shape == (shape[0], 10)
+    torch.testing.assert_close(logits, model(x), rtol=0, atol=FP32_TOLERANCE)
+
+
+@pytest.mark.slow
+def test_static_export_at_opset_18(model, tmp_path):
+    report = export(model, "onnx", tmp_path / "static.onnx", img_size=(160, 224), opset=18)
+    assert report.max_abs_diff <= FP32_TOLERANCE
+    proto = onnx.load(report.path)
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 160, 224]
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+
+
+def test_int8_agrees_with_fp32_on_top1(model, dynamic_export, tmp_path):
+    path = quantize_onnx(dynamic_export.path, tmp_path / "int8.onnx", structured_images(32, 128, 128, seed=3))
+    ops = {n.op_type for n in onnx.load(path).graph.node}
+    assert {"QuantizeLinear", "DequantizeLinear"} <= ops
+    x = structured_images(32, 128, 128, seed=4)
+    reference, logits = model(x), run_onnx(path, x)
+    # A random model's top-2 logits are close (median margin ~0.4), so int8 flips some of them (~22%
+    # here; 0.9% on a trained Fashion-MNIST model); a broken quantization would agree by chance only.
+    assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.6
+    assert (logits - reference).pow(2).mean().sqrt() < 0.4 * reference.std()
+
+
+def test_old_opset_is_refused(model, tmp_path):
+    with pytest.raises(ValueError, match="opset 16 is too old"):
+        export(model, "onnx", tmp_path / "m.onnx", img_size=(64, 64), opset=16)
+
+
+def test_missing_extra_names_the_install(model, tmp_path, monkeypatch):
+    monkeypatch.setitem(__import__("sys").modules, "onnxruntime", None)
+    with pytest.raises(ImportError, match=r"pip install 'mobilevit\[onnx\]'"):
+        export(model, "onnx", tmp_path / "m.onnx", img_size=(64, 64))

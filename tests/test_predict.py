@@ -1,0 +1,190 @@
+"""``mobilevit predict`` on real photos (scikit-image's samples): loading, preprocessing, class names,
+bad files, JSON output and the ONNX Runtime backend."""
+
+from __future__ import annotations
+
+import json
+
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from mobilevit import create_model
+from mobilevit.cli import main
+from mobilevit.predict import class_names, imagenet_class_names, predict_files, preprocess, read_image
+from mobilevit.testing import randomize_
+
+skimage_data = pytest.importorskip("skimage.data")
+
+LABELS = [f"label {i}" for i in range(6)]
+SIZE = 64  # a small input keeps the tests fast
+
+
+@pytest.fixture(scope="module")
+def photos(tmp_path_factory) -> dict[str, str]:
+    """RGB PNG and JPEG photos, a grayscale one, an RGBA one, a truncated JPEG and a missing path."""
+    root = tmp_path_factory.mktemp("photos")
+    files = {
+        "astronaut": ("astronaut.png", skimage_data.astronaut()),
+        "chelsea": ("chelsea.jpg", skimage_data.chelsea()),
+        "coffee": ("coffee.jpeg", skimage_data.coffee()),
+        "camera": ("camera.png", skimage_data.camera()),
+    }
+    paths = {}
+    for key, (name, pixels) in files.items():
+        Image.fromarray(pixels).save(root / name)
+        paths[key] = str(root / name)
+    rgba = np.dstack([skimage_data.coffee(), np.full(skimage_data.coffee().shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba).save(root / "coffee_rgba.png")
+    paths["rgba"] = str(root / "coffee_rgba.png")
+    (root / "truncated.jpg").write_bytes((root / "chelsea.jpg").read_bytes()[:2000])
+    paths["truncated"] = str(root / "truncated.jpg")
+    paths["missing"] = str(root / "missing.png")
+    return paths
+
+
+@pytest.fixture(scope="module")
+def model_dir(tmp_path_factory):
+    """A training output: save_pretrained with the class names training stores in pretrained_cfg."""
+    model = randomize_(create_model("mobilevit_xxs", num_classes=len(LABELS)))
+    model.pretrained_cfg.update(label_names=LABELS, input_size=(3, SIZE, SIZE))
+    return model.save_pretrained(tmp_path_factory.mktemp("run") / "model")
+
+
+def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
+    code = main(["predict", *argv])
+    out, err = capsys.readouterr()
+    return code, out, err
+
+
+def test_table_for_good_images_and_errors_for_bad_ones(capsys, photos, model_dir):
+    images = [photos[k] for k in ("astronaut", "truncated", "camera", "missing", "chelsea", "rgba")]
+    code, out, err = run_cli(capsys, *images, "--checkpoint", str(model_dir), "--topk", "3")
+    assert code == 2  # some images failed, the others were still classified
+    assert "truncated.jpg" in err and "missing.png" in err and "No such file" in err
+    for key in ("astronaut", "camera", "chelsea", "rgba"):
+        assert photos[key] in out
+    assert "truncated" not in out
+    rows = [line.split() for line in out.splitlines() if line.strip().startswith(("1 ", "2 ", "3 "))]
+    assert len(rows) == 4 * 3
+    assert {" ".join(row[1:-1]) for row in rows} <= set(LABELS)
+
+
+def test_json_matches_the_model(capsys, photos, model_dir):
+    from mobilevit.models.factory import from_pretrained
+
+    images = [photos["chelsea"], photos["missing"], photos["coffee"]]
+    code, out, _ = run_cli(capsys, *images, "--checkpoint", str(model_dir), "--topk", "4", "--json")
+    assert code == 2
+    report = json.loads(out)
+    assert [e["image"] for e in report["errors"]] == [photos["missing"]]
+    assert [r["image"] for r in report["results"]] == [photos["chelsea"], photos["coffee"]]
+    model = from_pretrained(model_dir).eval()
+    for result in report["results"]:
+        x = preprocess(read_image(result["image"]), model.pretrained_cfg)
+        assert x.shape == (3, SIZE, SIZE)
+        with torch.no_grad():
+            probs = model(x[None]).softmax(1)[0]
+        top = probs.topk(4)
+        preds = result["predictions"]
+        assert [p["index"] for p in preds] == top.indices.tolist()
+        assert [p["label"] for p in preds] == [LABELS[i] for i in top.indices.tolist()]
+        assert [p["prob"] for p in preds] == pytest.approx(top.values.tolist(), abs=1e-5)  # batched vs one image
+
+
+def test_all_good_images_exit_zero(capsys, photos, model_dir):
+    code, out, err = run_cli(capsys, photos["astronaut"], "--checkpoint", str(model_dir), "--topk", "10")
+    assert code == 0 and not err
+    assert len([line for line in out.splitlines() if "%" in line]) == len(LABELS)  # top-k capped at the classes
+
+
+def test_training_checkpoint_file(capsys, photos, tmp_path):
+    state = create_model("mobilevit_xxs", num_classes=3).state_dict()
+    checkpoint = {"model_name": "mobilevit_xxs", "model": state, "ema": None, "classes": ["a", "b", "c"]}
+    torch.save({**checkpoint, "config": {"img_size": SIZE}}, tmp_path / "step-00000010.pt")
+    code, out, _ = run_cli(capsys, photos["coffee"], "--checkpoint", str(tmp_path / "step-00000010.pt"), "--json")
+    assert code == 0
+    assert {p["label"] for p in json.loads(out)["results"][0]["predictions"]} == {"a", "b", "c"}
+
+
+def test_published_weights_file_gets_imagenet_names(capsys, photos, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(create_model("mobilevit_xxs").state_dict(), tmp_path / "weights.safetensors")
+    argv = [photos["chelsea"], "--pretrained", str(tmp_path / "weights.safetensors"), "--model", "mobilevit_xxs"]
+    code, out, _ = run_cli(capsys, *argv, "--json", "--topk", "2")
+    assert code == 0
+    (result,) = json.loads(out)["results"]
+    imagenet = imagenet_class_names()
+    assert imagenet[0] == "tench" and imagenet[281] == "tabby" and len(imagenet) == 1000
+    assert [p["label"] for p in result["predictions"]] == [imagenet[p["index"]] for p in result["predictions"]]
+
+
+def test_plain_weights_file_needs_the_model_name(capsys, photos, tmp_path):
+    from safetensors.torch import save_file
+
+    save_file(create_model("mobilevit_xxs").state_dict(), tmp_path / "weights.safetensors")
+    code, _, err = run_cli(capsys, photos["chelsea"], "--pretrained", str(tmp_path / "weights.safetensors"))
+    assert code == 2 and "--model" in err
+
+
+def test_class_names_fall_back_to_indices():
+    model = create_model("mobilevit_xxs", num_classes=3)
+    assert class_names(model) == ["class_0", "class_1", "class_2"]
+    assert class_names(model, ["x", "y", "z"]) == ["x", "y", "z"]
+    model.pretrained_cfg["label_names"] = ["only", "two"]  # does not fit the classifier: not used
+    assert class_names(model) == ["class_0", "class_1", "class_2"]
+
+
+def test_preprocess_matches_a_manual_computation(photos):
+    """Shorter side to size / crop_pct, centre crop, [0, 1], BGR, then mean/std in the model's channel order."""
+    cfg = {
+        "input_size": (3, 48, 64),
+        "crop_pct": 0.875,
+        "interpolation": "bilinear",
+        "channel_order": "BGR",
+        "mean": (0.4, 0.5, 0.6),
+        "std": (0.2, 0.25, 0.3),
+    }
+    image = read_image(photos["chelsea"])  # 451 x 300: landscape
+    short = int(64 / 0.875)
+    long = int(short * image.width / image.height)
+    resized = np.asarray(image.resize((long, short), Image.BILINEAR), dtype=np.float64) / 255
+    top, left = round((short - 48) / 2), round((long - 64) / 2)
+    crop = resized[top : top + 48, left : left + 64, ::-1]  # RGB -> BGR
+    expected = (crop - np.array(cfg["mean"])) / np.array(cfg["std"])
+    actual = preprocess(image, cfg).permute(1, 2, 0).double().numpy()
+    assert actual.shape == (48, 64, 3)
+    assert np.abs(actual - expected).max() <= 2 / 255 / min(cfg["std"])  # PIL and torchvision round apart
+
+
+def test_grayscale_and_transparent_images_become_rgb(photos):
+    cfg = {"input_size": (3, 32, 32)}
+    gray = preprocess(read_image(photos["camera"]), cfg)
+    assert gray.shape == (3, 32, 32) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
+    clear = Image.fromarray(np.zeros((40, 40, 4), np.uint8))  # fully transparent black
+    assert torch.equal(preprocess(clear, cfg), torch.ones(3, 32, 32))  # laid on white
+    alpha = 128 / 255
+    expected = alpha * preprocess(read_image(photos["coffee"]), cfg) + (1 - alpha)  # the photo on white
+    assert (preprocess(read_image(photos["rgba"]), cfg) - expected).abs().max() <= 3 / 255
+
+
+@pytest.mark.slow  # about 30 s: the dynamic ONNX export
+def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
+    pytest.importorskip("onnxruntime")
+    from mobilevit.models.factory import from_pretrained
+
+    model = from_pretrained(model_dir).eval()
+    images = [photos[k] for k in ("astronaut", "chelsea", "camera", "missing")]
+    eager, eager_errors = predict_files(images, model, LABELS, k=3)
+    onnx, onnx_errors = predict_files(images, model, LABELS, k=3, backend="onnxruntime")
+    assert eager_errors == onnx_errors and len(eager) == 3
+    for a, b in zip(eager, onnx, strict=True):
+        assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
+        assert [p["prob"] for p in a["predictions"]] == pytest.approx([p["prob"] for p in b["predictions"]], abs=1e-5)
+
+
+def test_unknown_backend_is_refused(model_dir):
+    with pytest.raises(ValueError, match="onnxruntime"):
+        predict_files([], create_model("mobilevit_xxs", num_classes=2), ["a", "b"], backend="tflite")
