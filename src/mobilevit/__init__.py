@@ -2,6 +2,7 @@
 
 from mobilevit.convert import convert_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.export.optimize import optimize_for_inference
 from mobilevit.models import (
     MobileViT,
     MobileViTFeatures,
@@ -24,4 +25,5 @@ __all__ = [
     "from_pretrained",
     "list_models",
     "load_pretrained",
+    "optimize_for_inference",
 ]

@@ -120,6 +120,162 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_export(args: argparse.Namespace) -> int:
+    """Export a model, then run the file with its runtime and print how far it is from PyTorch."""
+    from pathlib import Path
+
+    from mobilevit.engine.evaluate import load_for_eval
+    from mobilevit.export import FP32_TOLERANCE, INT8_FORMATS, export
+    from mobilevit.models import create_model
+
+    if args.checkpoint is None:
+        if args.model is None:
+            raise ValueError("pass --model NAME, --checkpoint PATH or both")
+        print("no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
+        model = create_model(args.model)
+    else:
+        if not Path(args.checkpoint).exists():
+            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
+        model, _ = load_for_eval(args.checkpoint, args.model)
+        if args.model and model.model_name != args.model:
+            raise ValueError(f"--model {args.model} but {args.checkpoint} holds a {model.model_name}")
+    cfg = model.pretrained_cfg
+    img_size = tuple(args.img_size or cfg["input_size"][1:])
+    calibration = None
+    if args.int8 and args.format in INT8_FORMATS:
+        if args.calibration is None:
+            raise ValueError("--int8 needs --calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
+        from mobilevit.data.calibration import calibration_images
+
+        options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
+        calibration = calibration_images(args.calibration, args.calibration_images, img_size, **options)
+    try:
+        report = export(
+            model,
+            args.format,
+            args.output,
+            img_size=img_size,
+            dynamic=args.dynamic,
+            int8=args.int8,
+            calibration=calibration,
+            opset=args.opset,
+            precision=args.precision,
+        )
+    except ImportError as err:  # a missing optional extra: the message says what to install
+        print(f"mobilevit export: error: {err}", file=sys.stderr)
+        return 2
+    print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
+    for note in report.notes:
+        print(f"  {note}")
+    if report.top1_agreement is not None:
+        print(f"  max abs diff vs PyTorch fp32: {report.max_abs_diff:.3g} (int8: informational)")
+        agreement = 100 * report.top1_agreement
+        print(f"  top-1 agreement with fp32 on {len(calibration)} calibration images: {agreement:.1f}%")
+    elif report.max_abs_diff is not None:
+        bound = "informational" if report.format == "coreml" else f"tolerance {FP32_TOLERANCE:g}"
+        print(f"  max abs diff vs PyTorch: {report.max_abs_diff:.3g} ({bound})")
+    return 0
+
+
+def _add_export_parser(sub: argparse._SubParsersAction) -> None:
+    from mobilevit.export import FORMATS
+    from mobilevit.export.coreml import PRECISIONS
+
+    p = sub.add_parser("export", help="export to ONNX, TorchScript, ExecuTorch or CoreML and check it against PyTorch")
+    p.add_argument("--model", help="model name (default: the checkpoint's; needed for a plain weights file)")
+    p.add_argument("--checkpoint", help="training checkpoint, model directory or weights file (default: random init)")
+    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
+    p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch)")
+    p.add_argument("--calibration", help="int8 calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
+    p.add_argument("--calibration-images", type=int, default=64, help="number of calibration images (default: 64)")
+    p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
+    p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="CoreML compute precision (default: fp16)")
+    p.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage)")
+    p.set_defaults(func=_cmd_export)
+
+
+def _cmd_predict(args: argparse.Namespace) -> int:
+    """Top-k classes of each image; unreadable images are reported and make the exit status 2."""
+    from mobilevit.predict import format_table, load_model, predict_files
+
+    model, names = load_model(args.checkpoint or args.pretrained, args.model)
+    try:
+        results, errors = predict_files(args.images, model, names, k=args.topk, backend=args.backend)
+    except ImportError as err:  # the backend's optional extra is missing: the message says what to install
+        print(f"mobilevit predict: error: {err}", file=sys.stderr)
+        return 2
+    for error in errors:
+        print(f"mobilevit predict: error: {error['error']}", file=sys.stderr)
+    if args.json:
+        print(json.dumps({"results": results, "errors": errors}, indent=2))
+    elif results:
+        print("\n\n".join(format_table(result) for result in results))
+    return 2 if errors else 0
+
+
+def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
+    from mobilevit.predict import BACKENDS
+
+    p = sub.add_parser("predict", help="classify image files with a trained or published model")
+    p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
+    source = p.add_mutually_exclusive_group(required=True)
+    source.add_argument("--checkpoint", help="training output: a model directory or a step-N.pt (its EMA weights)")
+    source.add_argument("--pretrained", help="published weights: timm / Hugging Face / ml-cvnets file or directory")
+    p.add_argument("--model", help="model name, needed for a plain weights file")
+    p.add_argument("--topk", type=_positive_size, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--backend", choices=BACKENDS, default="eager", help="eager PyTorch or ONNX Runtime")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_predict)
+
+
+def _cmd_bench(args: argparse.Namespace) -> int:
+    import torch
+
+    from mobilevit.export.bench import bench
+
+    if args.threads:
+        torch.set_num_threads(args.threads)
+    compare = tuple(p for p in args.compare.split(",") if p) if args.compare else ()
+    rows = bench(
+        args.model,
+        args.backend,
+        batch_size=args.batch_size,
+        img_size=tuple(args.img_size),
+        compare=compare,
+        rounds=args.rounds,
+        iters=args.iters,
+    )
+    if args.json:
+        print(json.dumps(rows, indent=2))
+        return 0
+    print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32, {torch.get_num_threads()} threads")
+    header = f"{'impl':<10}{'backend':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'% peak':>8}"
+    print(header + ("  ours/this" if compare else ""))
+    for r in rows:
+        line = f"{r['impl']:<10}{r['backend']:<13}{r['median_ms']:>10.2f}{r['p90_ms']:>9.2f}{r['img_per_s']:>8.1f}"
+        line += f"{r['gflop_per_s']:>9.1f}{r['peak_pct']:>8.1f}"
+        print(line + (f"  {r['ours_over_this']:>8.2f}x" if compare else ""))
+    return 0
+
+
+def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
+    from mobilevit.export.bench import BACKENDS
+
+    p = sub.add_parser("bench", help="latency of a model on a backend, optionally against timm and Hugging Face")
+    p.add_argument("--model", default="mobilevit_s", help="model name (default: mobilevit_s)")
+    p.add_argument("--backend", choices=BACKENDS, default="eager")
+    p.add_argument("--batch-size", type=_positive_size, default=1)
+    p.add_argument("--img-size", nargs=2, type=_positive_size, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--compare", help="peers run in the same process, interleaved: 'timm', 'hf' or 'timm,hf'")
+    p.add_argument("--rounds", type=_positive_size, default=7, help="interleaved rounds (default: 7)")
+    p.add_argument("--iters", type=_positive_size, default=10, help="timed calls per round (default: 10)")
+    p.add_argument("--threads", type=_positive_size, help="torch and ONNX Runtime threads (default: torch's)")
+    p.add_argument("--json", action="store_true", help="print machine-readable JSON")
+    p.set_defaults(func=_cmd_bench)
+
+
 def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
@@ -150,6 +306,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--output", help="folder for confusion_matrix.png (default: beside the checkpoint)")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_eval)
+    _add_export_parser(sub)
+    _add_predict_parser(sub)
+    _add_bench_parser(sub)
     return parser
 
 

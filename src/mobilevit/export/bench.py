@@ -1,0 +1,167 @@
+"""``mobilevit bench``: latency of one model on one backend, optionally against timm's and Hugging
+Face's same model, run in the same process and interleaved so that machine load hits all alike.
+
+Backends: ``eager`` (the model as built), ``optimized`` (:func:`optimize_for_inference`), ``compile``
+(``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK) and ``int8``
+(a static int8 ONNX export on ONNX Runtime). Peers run on the same backend, except ``optimized``,
+which is ours alone: they run eagerly there.
+"""
+
+from __future__ import annotations
+
+import statistics
+import tempfile
+import time
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any
+
+import torch
+from torch import nn
+
+from mobilevit.export.optimize import optimize_for_inference
+from mobilevit.models.factory import create_model
+from mobilevit.models.summary import count_macs
+from mobilevit.testing import structured_images
+
+BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8")
+PEERS = ("timm", "hf")
+CALIBRATION_IMAGES = 16  # for int8 timing only; accuracy is measured in benchmarks/int8.py
+
+Runner = Callable[[torch.Tensor], torch.Tensor]
+
+
+def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
+    """This machine's measured fp32 matmul throughput (the best of ``repeats`` square products):
+    the yardstick for how much of the CPU a model's forward pass uses."""
+    a, b = torch.randn(size, size), torch.randn(size, size)
+    best = float("inf")
+    with torch.inference_mode():
+        torch.mm(a, b)
+        for _ in range(repeats):
+            start = time.perf_counter()
+            torch.mm(a, b)
+            best = min(best, time.perf_counter() - start)
+    return 2 * size**3 / best / 1e9
+
+
+class _HFLogits(nn.Module):
+    """Hugging Face's classifier behind our call signature: images in, logits out."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__()
+        import transformers
+
+        from mobilevit.testing import hf_config
+
+        self.model = transformers.MobileViTForImageClassification(hf_config(name))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.model(pixel_values=x).logits
+
+
+def peer_model(peer: str, name: str) -> nn.Module:
+    """timm's or Hugging Face's ``name`` with random weights (speed does not depend on them)."""
+    if peer == "timm":
+        import timm
+
+        return timm.create_model(name).eval()
+    if peer == "hf":
+        return _HFLogits(name).eval()
+    raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
+
+
+def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir: Path) -> Runner:
+    """``model`` prepared for ``backend`` at the shape of ``example``, as a tensor-in tensor-out call."""
+    model = model.eval()
+    if backend == "eager":
+        return model
+    if backend == "optimized":
+        fast = optimize_for_inference(model)
+        return lambda x: fast(x.contiguous(memory_format=torch.channels_last))
+    if backend == "compile":
+        return torch.compile(model)
+    if backend in ("onnxruntime", "int8"):
+        from mobilevit.export.onnx import OnnxRunner, export_onnx, quantize_onnx
+
+        path = export_onnx(model, workdir / "model.onnx", example)
+        if backend == "int8":
+            calibration = structured_images(CALIBRATION_IMAGES, *example.shape[-2:], seed=5)
+            path = quantize_onnx(path, workdir / "model-int8.onnx", calibration)
+        return OnnxRunner(path, threads=torch.get_num_threads())
+    if backend == "executorch":
+        from mobilevit.export.executorch import ExecuTorchRunner, export_executorch
+
+        return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example))
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+
+
+def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, rounds: int, iters: int) -> dict[str, list[float]]:
+    """Seconds per call of each runner: ``rounds`` rounds, each timing every runner ``iters`` times in turn."""
+    times: dict[str, list[float]] = {key: [] for key in runners}
+    with torch.inference_mode():
+        for run in runners.values():  # warm-up: compilation, allocator, oneDNN weight reorders
+            for _ in range(3):
+                run(x)
+        for _ in range(rounds):
+            for key, run in runners.items():
+                for _ in range(iters):
+                    start = time.perf_counter()
+                    run(x)
+                    times[key].append(time.perf_counter() - start)
+    return times
+
+
+def _percentile(values: list[float], q: float) -> float:
+    return statistics.quantiles(values, n=100, method="inclusive")[q - 1] if len(values) > 1 else values[0]
+
+
+def bench(
+    name: str,
+    backend: str = "eager",
+    *,
+    batch_size: int = 1,
+    img_size: tuple[int, int] = (256, 256),
+    compare: tuple[str, ...] = (),
+    rounds: int = 7,
+    iters: int = 10,
+) -> list[dict[str, Any]]:
+    """One row per implementation: median and p90 latency, img/s, GFLOP/s and its share of the
+    measured matmul peak, and (with ``compare``) the peers' latency over ours."""
+    if backend not in BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    unknown = set(compare) - set(PEERS)
+    if unknown:
+        raise ValueError(f"unknown peer(s) {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
+    model = create_model(name).eval()
+    x = structured_images(batch_size, *img_size)
+    flops = 2 * count_macs(model, x)
+    peer_backend = "eager" if backend == "optimized" else backend
+    with tempfile.TemporaryDirectory() as tmp:
+        models = {"mobilevit": model, **{peer: peer_model(peer, name) for peer in compare}}
+        runners = {}
+        for key, impl in models.items():
+            (Path(tmp) / key).mkdir()
+            runners[key] = build_runner(impl, backend if key == "mobilevit" else peer_backend, x, Path(tmp) / key)
+        times = time_interleaved(runners, x, rounds, iters)
+    peak = matmul_peak_gflops()
+    ours = statistics.median(times["mobilevit"])
+    rows = []
+    for key, values in times.items():
+        median = statistics.median(values)
+        rows.append(
+            {
+                "impl": key,
+                "backend": backend if key == "mobilevit" else peer_backend,
+                "model": name,
+                "batch": batch_size,
+                "img_size": f"{img_size[0]}x{img_size[1]}",
+                "median_ms": round(median * 1e3, 2),
+                "p90_ms": round(_percentile(values, 90) * 1e3, 2),
+                "img_per_s": round(batch_size / median, 1),
+                "gflop_per_s": round(flops / median / 1e9, 1),
+                "peak_pct": round(100 * flops / median / 1e9 / peak, 1),
+                "ours_over_this": round(ours / median, 2),
+            }
+        )
+    return rows

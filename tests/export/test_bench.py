@@ -1,0 +1,49 @@
+"""mobilevit bench: the rows it reports and its errors (timings themselves live in benchmarks/)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from mobilevit.cli import main
+from mobilevit.export.bench import bench, matmul_peak_gflops
+
+KEYS = {"impl", "backend", "median_ms", "p90_ms", "img_per_s", "gflop_per_s", "peak_pct", "ours_over_this"}
+
+
+def test_optimized_against_timm_and_hf_rows():
+    rows = bench(
+        "mobilevit_xxs", "optimized", batch_size=2, img_size=(64, 96), compare=("timm", "hf"), rounds=1, iters=2
+    )
+    assert [r["impl"] for r in rows] == ["mobilevit", "timm", "hf"]
+    assert [r["backend"] for r in rows] == ["optimized", "eager", "eager"]  # peers have no optimized path
+    for row in rows:
+        assert row.keys() >= KEYS
+        assert 0 < row["median_ms"] <= row["p90_ms"]
+        assert row["img_per_s"] == pytest.approx(2 / row["median_ms"] * 1e3, rel=0.01)
+        assert row["gflop_per_s"] > 0 and row["peak_pct"] > 0
+    assert rows[0]["ours_over_this"] == 1.0
+
+
+def test_onnxruntime_backend_runs_for_us_and_timm():
+    pytest.importorskip("onnxruntime")
+    rows = bench("mobilevit_xxs", "onnxruntime", img_size=(64, 64), compare=("timm",), rounds=1, iters=1)
+    assert [(r["impl"], r["backend"]) for r in rows] == [("mobilevit", "onnxruntime"), ("timm", "onnxruntime")]
+
+
+def test_matmul_peak_is_measured():
+    assert matmul_peak_gflops(size=128, repeats=2) > 0.1
+
+
+def test_cli_json_and_errors(capsys):
+    argv = ["bench", "--model", "mobilevit_xxs", "--img-size", "64", "64", "--rounds", "1", "--iters", "1", "--json"]
+    assert main(argv) == 0
+    (row,) = json.loads(capsys.readouterr().out)
+    assert row["impl"] == "mobilevit" and row["backend"] == "eager"
+    assert main(["bench", "--model", "mobilevit_xxs", "--compare", "timm,nope"]) == 2
+    assert "unknown peer(s) nope" in capsys.readouterr().err
+    assert main(["bench", "--model", "resnet50"]) == 2
+    assert "unknown model" in capsys.readouterr().err
+    with pytest.raises(SystemExit):
+        main(["bench", "--backend", "tensorrt"])
