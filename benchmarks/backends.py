@@ -53,6 +53,7 @@ def main() -> None:
                     "median ms": ours["median_ms"],
                     "p90 ms": ours["p90_ms"],
                     "img/s": ours["img_per_s"],
+                    "GFLOP/s": ours["gflop_per_s"],
                     "% fp32 peak": ours["peak_pct"],
                     "timm ms": peers["timm"]["median_ms"] if "timm" in peers else "",
                     "vs timm": f"{peers['timm']['ours_over_this']:.2f}x" if "timm" in peers else "",

@@ -1,6 +1,6 @@
 """``optimize_for_inference``: the same network, rewritten for fast eager inference.
 
-What it changes, each measured on a 2-core x86 CPU (``benchmarks/latency.py``):
+What it changes, each measured on a 2-core x86 CPU (``benchmarks/backends.py``):
 
 * BatchNorm is folded into the convolution before it (``fuse_conv_bn_eval``).
 * Each convolution runs as one oneDNN call with its activation (SiLU) and, in inverted residuals,
