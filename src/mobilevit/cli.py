@@ -149,21 +149,17 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
         options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
         calibration = calibration_images(args.calibration, args.calibration_images, img_size, **options)
-    try:
-        report = export(
-            model,
-            args.format,
-            args.output,
-            img_size=img_size,
-            dynamic=args.dynamic,
-            int8=args.int8,
-            calibration=calibration,
-            opset=args.opset,
-            precision=args.precision,
-        )
-    except ImportError as err:  # a missing optional extra: the message says what to install
-        print(f"mobilevit export: error: {err}", file=sys.stderr)
-        return 2
+    report = export(
+        model,
+        args.format,
+        args.output,
+        img_size=img_size,
+        dynamic=args.dynamic,
+        int8=args.int8,
+        calibration=calibration,
+        opset=args.opset,
+        precision=args.precision,
+    )
     print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
     for note in report.notes:
         print(f"  {note}")
@@ -201,11 +197,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mobilevit.predict import format_table, load_model, predict_files
 
     model, names = load_model(args.checkpoint or args.pretrained, args.model)
-    try:
-        results, errors = predict_files(args.images, model, names, k=args.topk, backend=args.backend)
-    except ImportError as err:  # the backend's optional extra is missing: the message says what to install
-        print(f"mobilevit predict: error: {err}", file=sys.stderr)
-        return 2
+    results, errors = predict_files(args.images, model, names, k=args.topk, backend=args.backend)
     for error in errors:
         print(f"mobilevit predict: error: {error['error']}", file=sys.stderr)
     if args.json:
@@ -315,9 +307,10 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
+    # ImportError: a missing optional extra (onnx, executorch, coreml); its message says what to install
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingError) as err:
+    except (ValueError, FileNotFoundError, TrainingError, ImportError) as err:
         print(f"mobilevit {args.command}: error: {err}", file=sys.stderr)
         return 2
 
