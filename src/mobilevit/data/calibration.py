@@ -6,7 +6,6 @@ from pathlib import Path
 
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
-from torchvision.transforms import v2
 
 from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import eval_transform
@@ -28,10 +27,7 @@ def calibration_images(
     """
     if n <= 0:
         raise ValueError(f"the number of calibration images must be positive, got {n}")
-    height, width = img_size
-    transform = v2.Compose(
-        [eval_transform(max(height, width), crop_pct, interpolation), v2.CenterCrop((height, width))]
-    )
+    transform = eval_transform(tuple(img_size), crop_pct, interpolation)
     if source == FASHION_MNIST:
         dataset = fashion_mnist(train=True)
         return torch.stack([transform(dataset[i][0]) for i in _spread(len(dataset), n)])
