@@ -16,7 +16,7 @@ import argparse
 import torch
 
 import mobilevit
-from common import print_table, write_json
+from common import add_timing_args, parse_timing_args, print_table, write_json
 from mobilevit.export.bench import BACKENDS, bench
 
 PEERS = {"eager": ("timm", "hf"), "optimized": ("timm", "hf"), "compile": ("timm",), "onnxruntime": ("timm",)}
@@ -28,13 +28,8 @@ def main() -> None:
     parser.add_argument("--models", nargs="*", default=mobilevit.list_models())
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--threads", type=int, help="default: torch's")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_timing_args(parser)
+    args = parse_timing_args(parser)
 
     rows = []
     for name in args.models:

@@ -19,7 +19,7 @@ from pathlib import Path
 
 import torch
 
-from common import print_table, write_json
+from common import add_timing_args, parse_timing_args, print_table, write_json
 from mobilevit.data.calibration import calibration_images
 from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
@@ -72,13 +72,8 @@ def main() -> None:
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/model")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--speed-model", default="mobilevit_s")
-    parser.add_argument("--rounds", type=int, default=7)
-    parser.add_argument("--iters", type=int, default=10)
-    parser.add_argument("--threads", type=int, help="default: torch's")
-    parser.add_argument("--json", help="also write the results to this JSON file")
-    args = parser.parse_args()
-    if args.threads:
-        torch.set_num_threads(args.threads)
+    add_timing_args(parser)
+    args = parse_timing_args(parser)
     with tempfile.TemporaryDirectory() as tmp:
         for sub in ("acc", "onnxruntime", "int8"):
             (Path(tmp) / sub).mkdir()
