@@ -75,6 +75,17 @@ _CVNETS: _Rules = [
     (r"(?<!global_rep)\.norm\.", ".bn."),
 ]
 
+# DeepLabv3 heads: Hugging Face's ``segmentation_head.*`` and ml-cvnets' ``seg_head.*``.
+_SEGMENTATION_HEAD: _Rules = [
+    (r"^(segmentation_head|seg_head)\.", "head."),
+    (r"\.(aspp_layer|aspp_pool|block)\.", "."),
+    (r"\.convolution\.", ".conv."),
+    (r"\.(normalization|norm)\.", ".bn."),
+    (r"^head\.classifier\.conv\.", "head.classifier."),
+]
+_SEGMENTATION_HEADS = ("segmentation_head.", "seg_head.")
+_BACKBONE_PREFIX = "backbone."
+
 _RULES: dict[str, _Rules] = {"timm": _TIMM, "hf": _HF, "cvnets": _CVNETS, "mobilevit": []}
 _BGR_SOURCES = ("hf", "cvnets")
 
@@ -118,17 +129,31 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _convert_segmentation(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    """A Hugging Face (``mobilevit.*`` + ``segmentation_head.*``) or ml-cvnets (``encoder.*`` +
+    ``seg_head.*``) DeepLabv3 state dict with our ``backbone.*`` + ``head.*`` keys. The encoder's
+    classifier layers, if the file kept them, are dropped: segmentation does not use them."""
+    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(_SEGMENTATION_HEADS)}
+    backbone = convert_state_dict(encoder, source)
+    out = {_BACKBONE_PREFIX + k: v for k, v in backbone.items() if not k.startswith(("final_conv.", "head.fc."))}
+    out.update({_rename(k, _SEGMENTATION_HEAD): v for k, v in state.items() if k.startswith(_SEGMENTATION_HEADS)})
+    return out
+
+
 def convert_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "auto") -> dict[str, torch.Tensor]:
     """Return ``state_dict`` with this project's key names.
 
     ``source`` is ``"timm"``, ``"hf"``, ``"cvnets"``, ``"mobilevit"`` (already ours) or ``"auto"``
     (detected from the keys). A ``module.`` prefix left by DistributedDataParallel is removed.
     Weights from ``hf`` and ``cvnets`` were trained on BGR images: their stem is flipped so the
-    converted model takes RGB, like every other model of this package.
+    converted model takes RGB, like every other model of this package. DeepLabv3 checkpoints of
+    both become ``backbone.*`` + ``head.*``.
     """
     if source != "auto" and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of: auto, {', '.join(SOURCES)}")
     state = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}
+    if any(k.startswith(_SEGMENTATION_HEADS) for k in state):
+        return _convert_segmentation(state, source)
     if source == "auto":
         source = detect_source(list(state))
     rules = _RULES[source]

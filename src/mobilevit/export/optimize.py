@@ -30,7 +30,8 @@ from torch.nn.utils.fusion import fuse_conv_bn_eval
 from mobilevit.models.layers import ConvNormAct, InvertedResidual
 from mobilevit.models.mobilevit_block import FeedForward
 
-ACTIVATIONS = {"none": lambda x: x, "swish": F.silu}  # oneDNN's names for the fused post-ops
+ACTIVATIONS = {"none": lambda x: x, "swish": F.silu, "relu": F.relu}  # oneDNN's names for the fused post-ops
+_ONEDNN_NAMES = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 
 
 def _onednn_usable(x: torch.Tensor) -> bool:
@@ -119,7 +120,9 @@ class FusedInvertedResidual(nn.Module):
 def fuse_conv_norm_act(block: ConvNormAct) -> FusedConv2d:
     """ConvNormAct in eval mode -> one FusedConv2d with the BatchNorm folded into its weights."""
     conv = fuse_conv_bn_eval(block.conv.eval(), block.bn.eval())
-    return FusedConv2d(conv, "swish" if isinstance(block.act, nn.SiLU) else "none")
+    if type(block.act) not in _ONEDNN_NAMES:
+        raise ValueError(f"cannot fuse activation {type(block.act).__name__}; expected one of SiLU, ReLU, Identity")
+    return FusedConv2d(conv, _ONEDNN_NAMES[type(block.act)])
 
 
 def _fuse(module: nn.Module) -> nn.Module:

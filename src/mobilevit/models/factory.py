@@ -20,35 +20,67 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
+from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
+
+TASKS = ("classification", "segmentation", "detection")
+_SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout")
+_FEATURE_ARGS = ("output_stride",)
 
 
-def list_models(pattern: str | None = None) -> list[str]:
-    """Registered model names, sorted, optionally filtered by a shell-style ``pattern``."""
-    names = sorted(MODEL_CONFIGS)
+def model_task(name: str) -> str:
+    """``classification``, ``segmentation`` or ``detection``: what the registered model ``name`` does."""
+    if name in MODEL_CONFIGS:
+        return "classification"
+    if name in SEGMENTATION_MODELS:
+        return "segmentation"
+    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+
+
+def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
+    """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and a task."""
+    names = sorted([*MODEL_CONFIGS, *SEGMENTATION_MODELS])
+    if task is not None:
+        names = [n for n in names if model_task(n) == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+
+
+def _split(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
+    return {k: options.pop(k) for k in keys if k in options}
 
 
 def create_model(
     name: str,
     *,
-    num_classes: int = 1000,
+    num_classes: int | None = None,
     pretrained: str | os.PathLike | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
     source: str = "auto",
     **overrides: Any,
-) -> MobileViT | MobileViTFeatures:
+) -> nn.Module:
     """Build a registered model, optionally loading weights from ``pretrained``.
 
     ``pretrained`` is a checkpoint of this package, timm, Hugging Face or ml-cvnets (see
-    :func:`mobilevit.engine.checkpoint.read_state_dict` for the file layouts). ``overrides`` replace
-    fields of the size's :class:`~mobilevit.models.mobilevit.MobileViTConfig`, e.g. ``drop_rate=0.2``.
+    :func:`mobilevit.engine.checkpoint.read_state_dict` for the file layouts); a classification
+    checkpoint initialises the backbone of a segmentation model. ``num_classes`` defaults to the
+    task's dataset (1000 ImageNet, 21 VOC). ``overrides`` replace fields of the size's
+    :class:`~mobilevit.models.mobilevit.MobileViTConfig` (e.g. ``drop_rate=0.2``) or set head options
+    (``output_stride``, ``aspp_rates``, ...).
     """
-    cfg = resolve_config(name, overrides)
-    if features_only:
-        model: MobileViT | MobileViTFeatures = MobileViTFeatures(name, cfg, out_indices=out_indices)
+    task = model_task(name)
+    overrides = dict(overrides)
+    model: nn.Module
+    if task == "segmentation":
+        head_args = _split(overrides, _SEGMENTATION_ARGS)
+        cfg = resolve_config(SEGMENTATION_MODELS[name], overrides)
+        model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
+    elif features_only:
+        feature_args = _split(overrides, _FEATURE_ARGS)
+        model = MobileViTFeatures(name, resolve_config(name, overrides), out_indices=out_indices, **feature_args)
     else:
-        model = MobileViT(name, cfg, num_classes=num_classes)
+        model = MobileViT(
+            name, resolve_config(name, overrides), num_classes=1000 if num_classes is None else num_classes
+        )
     if pretrained is not None:
         load_pretrained(model, pretrained, source=source)
     return model
@@ -64,6 +96,11 @@ def _fit_classifier(
     """
     if isinstance(model, MobileViTFeatures):
         return {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}, ()
+    prefix = getattr(model, "backbone_prefix", None)
+    if prefix and not any(k.startswith(prefix) for k in state):
+        # A classification checkpoint: it initialises the backbone; the task head stays fresh.
+        backbone = {prefix + k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
+        return backbone, tuple(f"{n}." for n, _ in model.named_children() if f"{n}." != prefix)
     head = model.pretrained_cfg["classifier"]
     ckpt_weight = state.get(f"{head}.weight")
     model_weight = model.state_dict().get(f"{head}.weight")

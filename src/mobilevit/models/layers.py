@@ -15,7 +15,8 @@ def make_divisible(value: float, divisor: int = 8) -> int:
 
 
 class ConvNormAct(nn.Sequential):
-    """Conv2d (no bias) + BatchNorm2d + optional SiLU, with 'same' padding for odd kernels."""
+    """Conv2d (no bias) + BatchNorm2d + optional activation (SiLU unless ``act_layer`` says
+    otherwise), with 'same' padding for odd kernels at any dilation."""
 
     def __init__(
         self,
@@ -25,8 +26,10 @@ class ConvNormAct(nn.Sequential):
         stride: int = 1,
         groups: int = 1,
         act: bool = True,
+        dilation: int = 1,
+        act_layer: type[nn.Module] = nn.SiLU,
     ) -> None:
-        padding = (kernel_size - 1) // 2
+        padding = (kernel_size - 1) // 2 * dilation
         super().__init__()
         self.conv = nn.Conv2d(
             in_channels,
@@ -34,22 +37,24 @@ class ConvNormAct(nn.Sequential):
             kernel_size,
             stride=stride,
             padding=padding,
+            dilation=dilation,
             groups=groups,
             bias=False,
         )
         self.bn = nn.BatchNorm2d(out_channels)
-        self.act = nn.SiLU() if act else nn.Identity()
+        self.act = act_layer() if act else nn.Identity()
 
 
 class InvertedResidual(nn.Module):
-    """MobileNetV2 block (the paper's "MV2"): 1x1 expand, 3x3 depthwise, linear 1x1 project."""
+    """MobileNetV2 block (the paper's "MV2"): 1x1 expand, 3x3 depthwise, linear 1x1 project.
+    ``dilation`` > 1 (with stride 1) replaces a downsampling block in dilated backbones."""
 
-    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: float) -> None:
+    def __init__(self, in_channels: int, out_channels: int, stride: int, expansion: float, dilation: int = 1) -> None:
         super().__init__()
         hidden = make_divisible(round(in_channels * expansion), 8)
         self.use_residual = stride == 1 and in_channels == out_channels
         self.expand = ConvNormAct(in_channels, hidden, 1)
-        self.depthwise = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden)
+        self.depthwise = ConvNormAct(hidden, hidden, 3, stride=stride, groups=hidden, dilation=dilation)
         self.project = ConvNormAct(hidden, out_channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -111,8 +111,18 @@ def check_input(x: torch.Tensor, in_chans: int) -> None:
         raise ValueError(f"expected height and width of at least {MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
 
 
-def build_stages(cfg: MobileViTConfig) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, MobileViT block) x 3."""
+OUTPUT_STRIDES = (8, 16, 32)
+
+
+def build_stages(cfg: MobileViTConfig, output_stride: int = 32) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, MobileViT block) x 3.
+
+    With ``output_stride`` 16 (or 8) the last one (or two) of those stages keep their resolution,
+    as DeepLab backbones do: their MV2 block has stride 1, and the next stage's MV2 depthwise conv is
+    dilated instead (ml-cvnets and Hugging Face dilate nothing else: not the MobileViT blocks).
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     c = (cfg.stem_channels, *cfg.channels)
     stages = nn.ModuleList()
     stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
@@ -123,10 +133,14 @@ def build_stages(cfg: MobileViTConfig) -> nn.ModuleList:
             InvertedResidual(c[2], c[2], 1, cfg.expansion),
         )
     )
+    dilation = 1
     for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
+        previous = dilation
+        dilate = STAGE_STRIDES[i] > output_stride
+        dilation = dilation * 2 if dilate else dilation
         stages.append(
             nn.Sequential(
-                InvertedResidual(c[i], c[i + 1], 2, cfg.expansion),
+                InvertedResidual(c[i], c[i + 1], 1 if dilate else 2, cfg.expansion, dilation=previous),
                 MobileViTBlock(
                     c[i + 1],
                     dim,
@@ -180,15 +194,30 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class _MobileViTBase(nn.Module):
+class SavePretrainedMixin:
+    """``save_pretrained`` for every model of the package: the weights and the ``hub_config()``
+    that :func:`mobilevit.from_pretrained` needs to rebuild the model."""
+
+    def hub_config(self) -> dict[str, Any]:
+        raise NotImplementedError
+
+    def save_pretrained(self, directory: str | os.PathLike) -> Path:
+        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically, file by file)."""
+        directory = Path(directory)
+        save_safetensors(self.state_dict(), directory / WEIGHT_FILES[0])
+        save_json(self.hub_config(), directory / CONFIG_FILE)
+        return directory
+
+
+class _MobileViTBase(SavePretrainedMixin, nn.Module):
     """What the classifier and the backbone share: the stem, the five stages and their bookkeeping."""
 
-    def __init__(self, name: str, cfg: MobileViTConfig) -> None:
+    def __init__(self, name: str, cfg: MobileViTConfig, output_stride: int = 32) -> None:
         super().__init__()
         self.model_name = name
         self.config = cfg
         self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
-        self.stages = build_stages(cfg)
+        self.stages = build_stages(cfg, output_stride)
         self.pretrained_cfg = dict(DEFAULT_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
 
     def model_args(self) -> dict[str, Any]:
@@ -204,14 +233,6 @@ class _MobileViTBase(nn.Module):
             "model_args": self.model_args(),
             "pretrained_cfg": self.pretrained_cfg,
         }
-
-    def save_pretrained(self, directory: str | os.PathLike) -> Path:
-        """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically, file by
-        file); :func:`mobilevit.from_pretrained` rebuilds the model from them."""
-        directory = Path(directory)
-        save_safetensors(self.state_dict(), directory / WEIGHT_FILES[0])
-        save_json(self.hub_config(), directory / CONFIG_FILE)
-        return directory
 
 
 class MobileViT(_MobileViTBase):
@@ -255,24 +276,35 @@ class MobileViT(_MobileViTBase):
 
 class MobileViTFeatures(_MobileViTBase):
     """The backbone alone (``features_only=True``): returns the feature maps of the stages in
-    ``out_indices``, at strides 2, 4, 8, 16 and 32 by default. Its keys are the classifier's keys
-    without ``final_conv`` and ``head``, so classification checkpoints load into it."""
+    ``out_indices``, at strides 2, 4, 8, 16 and 32 by default (at most ``output_stride``, reached
+    by dilation). Its keys are the classifier's keys without ``final_conv`` and ``head``, so
+    classification checkpoints load into it."""
 
-    def __init__(self, name: str, cfg: MobileViTConfig, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: MobileViTConfig,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+        output_stride: int = 32,
+    ) -> None:
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
-        super().__init__(name, cfg)
+        super().__init__(name, cfg, output_stride)
         self.out_indices = tuple(sorted(out_indices))
+        self.output_stride = output_stride
         self.feature_info = FeatureInfo(
             [
-                {"num_chs": cfg.channels[i], "reduction": STAGE_STRIDES[i], "module": f"stages.{i}"}
+                {"num_chs": cfg.channels[i], "reduction": min(STAGE_STRIDES[i], output_stride), "module": f"stages.{i}"}
                 for i in self.out_indices
             ]
         )
         _init_weights(self)
 
     def hub_config(self) -> dict[str, Any]:
-        return {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+        config = {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+        if self.output_stride != 32:
+            config["model_args"] = {**config["model_args"], "output_stride": self.output_stride}
+        return config
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.config.in_chans)

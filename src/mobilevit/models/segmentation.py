@@ -1,0 +1,163 @@
+"""DeepLabv3 semantic segmentation on a MobileViT backbone (paper, Section 4.2.2).
+
+The backbone runs at output stride 16 (the last stage dilated instead of strided; 8 as an option)
+and the DeepLabv3 head (Chen et al., 2017) classifies every pixel of its last feature map: ASPP with
+a 1x1 branch, three dilated 3x3 branches (rates 6, 12, 18), image pooling, all with 256 channels,
+then a 1x1 projection, dropout 0.1 and a 1x1 classifier. The logits are upsampled to the input size.
+
+State-dict keys: ``backbone.*`` are those of :class:`~mobilevit.models.mobilevit.MobileViTFeatures`
+(so classification checkpoints initialise it), ``head.*`` the DeepLabv3 head.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevit.models.layers import ConvNormAct
+from mobilevit.models.mobilevit import (
+    DEFAULT_PRETRAINED_CFG,
+    MODEL_CONFIGS,
+    MobileViTConfig,
+    MobileViTFeatures,
+    SavePretrainedMixin,
+    _init_weights,
+    check_input,
+)
+
+# Registered names -> backbone size. VOC has 20 classes and the background.
+SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in MODEL_CONFIGS}
+DEFAULT_SEGMENTATION_CLASSES = 21
+IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
+
+
+class ASPPPooling(nn.Module):
+    """Image pooling branch of ASPP: global average, 1x1 conv, broadcast back to the map's size."""
+
+    def __init__(self, in_channels: int, out_channels: int) -> None:
+        super().__init__()
+        self.pool = nn.AdaptiveAvgPool2d(1)
+        self.conv_1x1 = ConvNormAct(in_channels, out_channels, 1, act_layer=nn.ReLU)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        size = x.shape[-2:]
+        x = self.conv_1x1(self.pool(x))  # [B, C_out, 1, 1]
+        return F.interpolate(x, size=size, mode="bilinear", align_corners=False)
+
+
+class ASPP(nn.Module):
+    """Atrous spatial pyramid pooling: five parallel branches, concatenated and projected."""
+
+    def __init__(
+        self, in_channels: int, out_channels: int = 256, rates: tuple[int, ...] = (6, 12, 18), dropout: float = 0.1
+    ) -> None:
+        super().__init__()
+        branches: list[nn.Module] = [ConvNormAct(in_channels, out_channels, 1, act_layer=nn.ReLU)]
+        branches += [ConvNormAct(in_channels, out_channels, 3, dilation=r, act_layer=nn.ReLU) for r in rates]
+        branches.append(ASPPPooling(in_channels, out_channels))
+        self.convs = nn.ModuleList(branches)
+        self.project = ConvNormAct(len(branches) * out_channels, out_channels, 1, act_layer=nn.ReLU)
+        self.dropout = nn.Dropout2d(dropout)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = torch.cat([branch(x) for branch in self.convs], dim=1)  # [B, 5 * C_out, h, w]
+        return self.dropout(self.project(x))  # [B, C_out, h, w]
+
+
+class DeepLabV3Head(nn.Module):
+    """ASPP, then a 1x1 classifier with bias: per-pixel class logits at the feature resolution."""
+
+    def __init__(
+        self,
+        in_channels: int,
+        num_classes: int,
+        channels: int = 256,
+        rates: tuple[int, ...] = (6, 12, 18),
+        dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.aspp = ASPP(in_channels, channels, rates, dropout)
+        self.classifier = nn.Conv2d(channels, num_classes, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.classifier(self.aspp(x))
+
+
+class DeepLabV3(SavePretrainedMixin, nn.Module):
+    """MobileViT backbone + DeepLabv3 head. ``forward`` maps [B, 3, H, W] images (RGB in [0, 1])
+    to [B, num_classes, H, W] logits; ``forward_logits`` stops before the upsampling."""
+
+    task = "segmentation"
+    backbone_prefix = "backbone."
+
+    def __init__(
+        self,
+        name: str,
+        cfg: MobileViTConfig,
+        num_classes: int = DEFAULT_SEGMENTATION_CLASSES,
+        output_stride: int = 16,
+        aspp_channels: int = 256,
+        aspp_rates: tuple[int, ...] = (6, 12, 18),
+        aspp_dropout: float = 0.1,
+    ) -> None:
+        super().__init__()
+        self.model_name = name
+        self.num_classes = num_classes
+        self.config = cfg
+        self._head_args = {
+            "output_stride": output_stride,
+            "aspp_channels": aspp_channels,
+            "aspp_rates": tuple(aspp_rates),
+            "aspp_dropout": aspp_dropout,
+        }
+        backbone_name = SEGMENTATION_MODELS[name]
+        self.backbone = MobileViTFeatures(backbone_name, cfg, out_indices=(4,), output_stride=output_stride)
+        self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
+        _init_weights(self.head)
+        self.pretrained_cfg = {
+            **DEFAULT_PRETRAINED_CFG,
+            "input_size": (cfg.in_chans, 512, 512),
+            "crop_pct": 1.0,
+            "interpolation": "bilinear",
+            "num_classes": num_classes,
+            "task": self.task,
+            "ignore_index": IGNORE_INDEX,
+            "classifier": "head.classifier",
+        }
+
+    def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, num_classes, H/os, W/os] (os = output stride, sides rounded up)."""
+        return self.head(self.backbone(x)[-1])
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        check_input(x, self.config.in_chans)
+        logits = self.forward_logits(x)
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, K, H, W]
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """A freshly initialised 1x1 classifier for ``num_classes`` (fine-tuning on other labels)."""
+        self.num_classes = num_classes
+        self.pretrained_cfg["num_classes"] = num_classes
+        self.head.classifier = nn.Conv2d(self.head.classifier.in_channels, num_classes, 1)
+        _init_weights(self.head.classifier)
+
+    def model_args(self) -> dict[str, Any]:
+        """Options that differ from the registered model's defaults: enough to rebuild it."""
+        defaults = {"output_stride": 16, "aspp_channels": 256}
+        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1}
+        base = asdict(MODEL_CONFIGS[SEGMENTATION_MODELS[self.model_name]])
+        args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
+        args |= {k: list(v) if isinstance(v, tuple) else v for k, v in self._head_args.items() if defaults[k] != v}
+        return args
+
+    def hub_config(self) -> dict[str, Any]:
+        return {
+            "architecture": self.model_name,
+            "num_classes": self.num_classes,
+            "model_args": self.model_args(),
+            "pretrained_cfg": self.pretrained_cfg,
+        }
