@@ -20,6 +20,7 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
+from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
 TASKS = ("classification", "segmentation", "detection")
@@ -33,12 +34,14 @@ def model_task(name: str) -> str:
         return "classification"
     if name in SEGMENTATION_MODELS:
         return "segmentation"
+    if name in DETECTION_MODELS:
+        return "detection"
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
 
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and a task."""
-    names = sorted([*MODEL_CONFIGS, *SEGMENTATION_MODELS])
+    names = sorted([*MODEL_CONFIGS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
     if task is not None:
         names = [n for n in names if model_task(n) == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
@@ -62,8 +65,8 @@ def create_model(
 
     ``pretrained`` is a checkpoint of this package, timm, Hugging Face or ml-cvnets (see
     :func:`mobilevit.engine.checkpoint.read_state_dict` for the file layouts); a classification
-    checkpoint initialises the backbone of a segmentation model. ``num_classes`` defaults to the
-    task's dataset (1000 ImageNet, 21 VOC). ``overrides`` replace fields of the size's
+    checkpoint initialises the backbone of a segmentation or detection model. ``num_classes`` defaults to the
+    task's dataset (1000 ImageNet, 21 VOC, 81 COCO). ``overrides`` replace fields of the size's
     :class:`~mobilevit.models.mobilevit.MobileViTConfig` (e.g. ``drop_rate=0.2``) or set head options
     (``output_stride``, ``aspp_rates``, ...).
     """
@@ -74,6 +77,8 @@ def create_model(
         head_args = _split(overrides, _SEGMENTATION_ARGS)
         cfg = resolve_config(SEGMENTATION_MODELS[name], overrides)
         model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
+    elif task == "detection":
+        model = ssdlite_mobilevit(DETECTION_MODELS[name], num_classes or DEFAULT_DETECTION_CLASSES, **overrides)
     elif features_only:
         feature_args = _split(overrides, _FEATURE_ARGS)
         model = MobileViTFeatures(name, resolve_config(name, overrides), out_indices=out_indices, **feature_args)
@@ -100,7 +105,7 @@ def _fit_classifier(
     if prefix and not any(k.startswith(prefix) for k in state):
         # A classification checkpoint: it initialises the backbone; the task head stays fresh.
         backbone = {prefix + k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
-        return backbone, tuple(f"{n}." for n, _ in model.named_children() if f"{n}." != prefix)
+        return backbone, tuple(k for k in model.state_dict() if not k.startswith(prefix))
     head = model.pretrained_cfg["classifier"]
     ckpt_weight = state.get(f"{head}.weight")
     model_weight = model.state_dict().get(f"{head}.weight")
