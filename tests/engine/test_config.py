@@ -21,8 +21,10 @@ def test_defaults_are_the_papers_recipe():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_recipe_loads(path):
+    from mobilevit.models.factory import model_task
+
     cfg = load_config(path)
-    assert cfg.model.startswith("mobilevit_")
+    assert model_task(cfg.model) == cfg.task
 
 
 def test_imagenet_recipes_match_the_paper():

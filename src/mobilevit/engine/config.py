@@ -18,8 +18,11 @@ from mobilevit.engine.checkpoint import atomic_write
 
 @dataclass
 class TrainConfig:
-    model: str = "mobilevit_s"
-    data: str = "fashion-mnist"  # "fashion-mnist" or an ImageFolder root with train/ and val/
+    model: str = "mobilevit_s"  # with --task segmentation/detection a backbone name picks its task model
+    task: str | None = None  # classification | segmentation | detection; None: the model's own task
+    # classification: "fashion-mnist" or an ImageFolder root with train/ and val/; segmentation: a VOC root
+    # (VOCdevkit/VOC2012); detection: a COCO or VOC root; "shapes": synthetic shapes. None: the task's default.
+    data: str | None = None
     pretrained: str | None = None  # any checkpoint create_model accepts; a new head for the data's classes
     output: str = "runs/train"
     epochs: int = 300
@@ -30,7 +33,9 @@ class TrainConfig:
     max_size: int = 320
     num_scales: int = 5
     size_divisor: int = 32
-    crop_scale: tuple[float, float] = (0.08, 1.0)
+    crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop's area range
+    scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before the crop
+    ssd_augment: bool = False  # detection: torchvision's SSD zoom-out and IoU crops
     transformer_dropout: float | None = None  # None: the model's published rate (0.05 xxs, 0.1 xs and s)
     lr: float = 0.002
     min_lr: float = 0.0002
@@ -63,7 +68,7 @@ class TrainConfig:
 
 
 def _coerce(name: str, value: Any) -> Any:
-    if name in ("crop_scale", "betas") and value is not None:
+    if name in ("crop_scale", "scale_range", "betas") and value is not None:
         return tuple(float(v) for v in value)
     return value
 
@@ -82,6 +87,11 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
+    from mobilevit.engine.tasks import get_task
+    from mobilevit.models.factory import resolve_task_model
+
+    config.model, config.task = resolve_task_model(config.model, config.task)
+    config.data = config.data or get_task(config.task).default_data
     if config.amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {config.amp!r}")
     if config.accum_steps < 1 or config.epochs < 1 or config.batch_size < 1:

@@ -44,10 +44,19 @@ def _strip_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
 
 
+def _num_classes(raw: dict[str, Any], state: dict[str, torch.Tensor]) -> int | None:
+    """The class count of a training checkpoint: recorded since task models, else the classifier's rows."""
+    if raw.get("num_classes"):
+        return int(raw["num_classes"])
+    weight = state.get("head.fc.weight", state.get("head.classifier.weight"))
+    return None if weight is None else weight.shape[0]
+
+
 def load_for_eval(path: str | Path, model_name: str | None = None, weights: str = "ema") -> tuple[nn.Module, list[str]]:
     """A model ready to evaluate and its class names, from a training checkpoint (``step-N.pt``:
     its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, or any weights
-    file of a supported port (then ``model_name`` is needed)."""
+    file of a supported port (then ``model_name`` is needed). Classifiers, segmentation and
+    detection models alike."""
     from mobilevit.convert import convert_state_dict
     from mobilevit.engine.checkpoint import load_pickle, read_state_dict
     from mobilevit.models.factory import create_model, from_pretrained, load_state_dict_checked
@@ -61,7 +70,7 @@ def load_for_eval(path: str | Path, model_name: str | None = None, weights: str 
         if isinstance(raw, dict) and "model_name" in raw and "model" in raw:
             classes = list(raw.get("classes", []))
             state = _strip_ema(raw["ema"]) if weights == "ema" and raw.get("ema") else raw["model"]
-            model = create_model(raw["model_name"], num_classes=state["head.fc.weight"].shape[0])
+            model = create_model(raw["model_name"], num_classes=_num_classes(raw, state), **raw.get("model_args", {}))
             load_state_dict_checked(model, state, context=f" ({path})")
             img_size = raw.get("config", {}).get("img_size", model.pretrained_cfg["input_size"][-1])
             model.pretrained_cfg.update(label_names=classes, input_size=(3, img_size, img_size))
@@ -69,5 +78,4 @@ def load_for_eval(path: str | Path, model_name: str | None = None, weights: str 
     if model_name is None:
         raise ValueError(f"{path} is a plain weights file: pass the model name (--model) to evaluate it")
     state = convert_state_dict(read_state_dict(path))
-    num_classes = state["head.fc.weight"].shape[0] if "head.fc.weight" in state else 1000
-    return create_model(model_name, num_classes=num_classes, pretrained=path), []
+    return create_model(model_name, num_classes=_num_classes({}, state), pretrained=path), []

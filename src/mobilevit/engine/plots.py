@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
@@ -19,17 +20,20 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
-def plot_curves(metrics: list[dict[str, Any]], path: Path) -> Path:
-    """Training and validation loss, and validation top-1, per epoch."""
+def plot_curves(metrics: list[dict[str, Any]], path: Path, scores: Sequence[str] = ("val_top1", "val_top5")) -> Path:
+    """Training (and validation, when measured) loss, and the validation ``scores`` (fractions:
+    top-1, mIoU, mAP...), per epoch."""
     epochs = [m["epoch"] for m in metrics]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    ax_loss.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
+    if "val_loss" in metrics[0]:
+        ax_loss.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
-    ax_acc.plot(epochs, [100 * m["val_top1"] for m in metrics], "o-", label="top-1")
-    ax_acc.plot(epochs, [100 * m["val_top5"] for m in metrics], "o-", label="top-5")
-    ax_acc.set(xlabel="epoch", ylabel="accuracy (%)", title="Validation accuracy")
+    for key in scores:
+        if key != "val_loss":
+            ax_acc.plot(epochs, [100 * m[key] for m in metrics], "o-", label=key.removeprefix("val_"))
+    ax_acc.set(xlabel="epoch", ylabel="%", title="Validation")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):
         ax.grid(alpha=0.3)

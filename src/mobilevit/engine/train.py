@@ -1,4 +1,5 @@
-"""Training loop for image classification with the paper's recipe, resumable from any checkpoint."""
+"""Training loop with the paper's recipe, resumable from any checkpoint: classification,
+segmentation and detection (what differs between them lives in :mod:`mobilevit.engine.tasks`)."""
 
 from __future__ import annotations
 
@@ -15,19 +16,16 @@ from typing import Any
 
 import torch
 import torch.distributed as dist
-import torch.nn.functional as F
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mobilevit.data.datasets import FASHION_MNIST, class_names, fashion_mnist, image_folder
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
 from mobilevit.engine.checkpoint import atomic_write, load_pickle
 from mobilevit.engine.config import TrainConfig, save_config
-from mobilevit.engine.evaluate import evaluate
 from mobilevit.engine.plots import plot_curves
+from mobilevit.engine.tasks import Task, get_task, to_device
 from mobilevit.errors import NonFiniteLossError
 from mobilevit.models.factory import create_model, load_state_dict_checked
 
@@ -62,12 +60,8 @@ def setup_distributed() -> Distributed:
     return Distributed(dist.get_rank(), dist.get_world_size(), device)
 
 
-def build_data(cfg: TrainConfig):
-    if cfg.data == FASHION_MNIST:
-        train_set, val_set = fashion_mnist(train=True), fashion_mnist(train=False)
-    else:
-        train_set, val_set = image_folder(cfg.data, "train"), image_folder(cfg.data, "val")
-    classes = class_names(train_set)
+def build_data(cfg: TrainConfig, task: Task):
+    train_set, val_set, classes = task.datasets(cfg.data)
     if cfg.limit_train:
         train_set = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
     if cfg.limit_val:
@@ -124,25 +118,29 @@ class Trainer:
         self.out = Path(cfg.output)
         self.ckpt_dir = self.out / "checkpoints"
 
-        train_set, val_set, self.classes = build_data(cfg)
+        self.task = get_task(cfg.task)
+        train_set, val_set, self.classes = build_data(cfg, self.task)
         self.num_classes = len(self.classes)
         self.sampler = self._sampler(len(train_set))
         self.train_loader = torch.utils.data.DataLoader(
-            MultiScaleDataset(train_set, cfg.crop_scale, cfg.strict),
+            self.task.train_dataset(train_set, cfg, self.num_classes),
             batch_sampler=self.sampler,
             num_workers=cfg.workers,
-            collate_fn=collate_skipping,
+            collate_fn=self.task.collate,
             # Its own generator: creating an epoch's iterator must not draw from the global RNG,
             # or a run resumed mid-epoch would see a shifted augmentation stream.
             generator=torch.Generator().manual_seed(cfg.seed),
         )
         self.val_loader = torch.utils.data.DataLoader(
-            TransformedDataset(val_set, eval_transform(cfg.img_size)),
+            self.task.val_dataset(val_set, cfg.img_size, self.num_classes),
             batch_size=cfg.batch_size,
             num_workers=cfg.workers,
+            collate_fn=self.task.collate,
         )
 
-        overrides = {} if cfg.transformer_dropout is None else {"transformer_dropout": cfg.transformer_dropout}
+        overrides = self.task.model_options(cfg)
+        if cfg.transformer_dropout is not None:
+            overrides["transformer_dropout"] = cfg.transformer_dropout
         model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained, **overrides)
         model.pretrained_cfg.update(label_names=self.classes, input_size=(3, cfg.img_size, cfg.img_size))
         model.to(self.dist.device)
@@ -211,6 +209,9 @@ class Trainer:
             "config": self.cfg.to_dict(),
             "classes": self.classes,
             "model_name": self.cfg.model,
+            "task": self.cfg.task,
+            "num_classes": self.num_classes,
+            "model_args": self.model.model_args(),
             "metrics": self.metrics,
         }
 
@@ -252,23 +253,23 @@ class Trainer:
         loss_sum, seen, skipped, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.dist.is_main)
         self.optimizer.zero_grad(set_to_none=True)
-        for images, labels, n_skipped in bar:
+        for images, targets, n_skipped in bar:
             skipped += n_skipped
             batches_done += 1
-            if labels.numel():
-                images, labels = images.to(self.dist.device), labels.to(self.dist.device)
+            if len(images):
+                images, targets = images.to(self.dist.device), to_device(targets, self.dist.device)
                 if cfg.channels_last:
                     images = images.contiguous(memory_format=torch.channels_last)
                 with self._autocast():
-                    loss = F.cross_entropy(self.train_model(images), labels, label_smoothing=cfg.label_smoothing)
+                    loss = self.task.loss(self.train_model, images, targets, cfg.label_smoothing)
                 if not torch.isfinite(loss):
                     raise NonFiniteLossError(
                         f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; the last good "
                         f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
                     )
                 self.scaler.scale(loss / cfg.accum_steps).backward()
-                loss_sum += loss.item() * labels.numel()
-                seen += labels.numel()
+                loss_sum += loss.item() * len(images)
+                seen += len(images)
             if batches_done % cfg.accum_steps == 0:
                 self._optimizer_step()
                 if cfg.save_every and self.step % cfg.save_every == 0:
@@ -345,7 +346,7 @@ class Trainer:
         if self.dist.is_main:
             self.eval_model().save_pretrained(self.out / "model")
             if self.metrics:
-                plot_curves(self.metrics, self.out / "curves.png")
+                plot_curves(self.metrics, self.out / "curves.png", [f"val_{m}" for m in self.task.metrics])
         return self.metrics
 
     def _run_epochs(self, writer: SummaryWriter | None) -> None:
@@ -354,16 +355,14 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)  # keeps a resumed mid-epoch position
             train_metrics = self.train_epoch()
             self._average_buffers()
-            val = evaluate(self.eval_model(), self.val_loader, self.num_classes, self.dist.device)
+            val = self.task.evaluate(self.eval_model(), self.val_loader, self.num_classes, self.dist.device)
             self.epoch += 1
             row = {
                 "epoch": self.epoch,
                 "step": self.step,
                 "lr": self.optimizer.param_groups[0]["lr"],
                 **train_metrics,
-                "val_loss": val["loss"],
-                "val_top1": val["top1"],
-                "val_top5": val["top5"],
+                **{f"val_{name}": val[name] for name in self.task.metrics},
             }
             self.metrics.append(row)
             if writer is not None:
@@ -382,11 +381,13 @@ class Trainer:
             if new:
                 csv_writer.writeheader()
             csv_writer.writerow(row)
+        headline = self.task.metrics[0]
         log.info(
-            "epoch %d: train loss %.4f, val top-1 %.4f, %.0f img/s",
+            "epoch %d: train loss %.4f, val %s %.4f, %.0f img/s",
             row["epoch"],
             row["train_loss"],
-            row["val_top1"],
+            headline,
+            row[f"val_{headline}"],
             row["img_per_s"],
         )
 

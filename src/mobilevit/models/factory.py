@@ -14,13 +14,13 @@ from torch import nn
 from mobilevit.convert import convert_state_dict
 from mobilevit.engine.checkpoint import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
 from mobilevit.models.mobilevit import (
     MODEL_CONFIGS,
     MobileViT,
     MobileViTFeatures,
     resolve_config,
 )
-from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
 TASKS = ("classification", "segmentation", "detection")
@@ -37,6 +37,23 @@ def model_task(name: str) -> str:
     if name in DETECTION_MODELS:
         return "detection"
     raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
+
+
+_TASK_PREFIXES = {"segmentation": "deeplabv3_", "detection": "ssdlite_"}
+
+
+def resolve_task_model(name: str, task: str | None = None) -> tuple[str, str]:
+    """``(model, task)`` for a model name and an optional task: a backbone name with a task picks
+    that task's model (``mobilevit_s`` + segmentation -> ``deeplabv3_mobilevit_s``)."""
+    own = model_task(name)
+    if task is None or task == own:
+        return name, own
+    if task not in TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    candidate = _TASK_PREFIXES.get(task, "") + name
+    if own == "classification" and candidate in list_models(task=task):
+        return candidate, task
+    raise ValueError(f"{name} is a {own} model; for {task} use one of {', '.join(list_models(task=task))}")
 
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:

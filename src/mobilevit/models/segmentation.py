@@ -18,6 +18,7 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
+from mobilevit.data.segmentation import IGNORE_INDEX
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
@@ -32,7 +33,13 @@ from mobilevit.models.mobilevit import (
 # Registered names -> backbone size. VOC has 20 classes and the background.
 SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in MODEL_CONFIGS}
 DEFAULT_SEGMENTATION_CLASSES = 21
-IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
+
+
+def _init_classifier(conv: nn.Conv2d) -> None:
+    """Small logits at the start (std 0.01, zero bias): Kaiming-initialised over 256 channels they
+    start near +-20 and the first epochs are spent shrinking them."""
+    nn.init.normal_(conv.weight, std=0.01)
+    nn.init.zeros_(conv.bias)
 
 
 class ASPPPooling(nn.Module):
@@ -118,6 +125,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
         self.backbone = MobileViTFeatures(backbone_name, cfg, out_indices=(4,), output_stride=output_stride)
         self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
         _init_weights(self.head)
+        _init_classifier(self.head.classifier)
         self.pretrained_cfg = {
             **DEFAULT_PRETRAINED_CFG,
             "input_size": (cfg.in_chans, 512, 512),
@@ -143,7 +151,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
         self.num_classes = num_classes
         self.pretrained_cfg["num_classes"] = num_classes
         self.head.classifier = nn.Conv2d(self.head.classifier.in_channels, num_classes, 1)
-        _init_weights(self.head.classifier)
+        _init_classifier(self.head.classifier)
 
     def model_args(self) -> dict[str, Any]:
         """Options that differ from the registered model's defaults: enough to rebuild it."""
