@@ -23,6 +23,7 @@ class TrainConfig:
     # classification: "fashion-mnist" or an ImageFolder root with train/ and val/; segmentation: a VOC root
     # (VOCdevkit/VOC2012); detection: a COCO or VOC root; "shapes": synthetic shapes. None: the task's default.
     data: str | None = None
+    splits: tuple[str, str] = ("train", "val")  # training and validation split names (COCO: train2017 val2017)
     pretrained: str | None = None  # any checkpoint create_model accepts; a new head for the data's classes
     output: str = "runs/train"
     epochs: int = 300
@@ -70,6 +71,8 @@ class TrainConfig:
 def _coerce(name: str, value: Any) -> Any:
     if name in ("crop_scale", "scale_range", "betas") and value is not None:
         return tuple(float(v) for v in value)
+    if name == "splits":
+        return tuple(str(v) for v in value)
     return value
 
 

@@ -62,9 +62,9 @@ class Task:
         """The ``split`` ("train" or "val") of ``data``; its ``classes`` attribute names the classes."""
         raise NotImplementedError
 
-    def datasets(self, data: str) -> tuple[Dataset, Dataset, list[str]]:
-        train = self.dataset(data, "train")
-        return train, self.dataset(data, "val"), list(train.classes)
+    def datasets(self, data: str, splits: tuple[str, str] = ("train", "val")) -> tuple[Dataset, Dataset, list[str]]:
+        train = self.dataset(data, splits[0])
+        return train, self.dataset(data, splits[1]), list(train.classes)
 
     def train_dataset(self, dataset: Dataset, cfg: Any, num_classes: int) -> Dataset:
         raise NotImplementedError

@@ -61,7 +61,7 @@ def setup_distributed() -> Distributed:
 
 
 def build_data(cfg: TrainConfig, task: Task):
-    train_set, val_set, classes = task.datasets(cfg.data)
+    train_set, val_set, classes = task.datasets(cfg.data, cfg.splits)
     if cfg.limit_train:
         train_set = torch.utils.data.Subset(train_set, range(min(cfg.limit_train, len(train_set))))
     if cfg.limit_val:
