@@ -42,13 +42,15 @@ def test_info_json_non_square(capsys):
 
 def test_list(capsys):
     assert main(["list", "*xxs"]) == 0
-    assert capsys.readouterr().out.split() == ["mobilevit_xxs"]
+    assert capsys.readouterr().out.split() == ["deeplabv3_mobilevit_xxs", "mobilevit_xxs", "ssdlite_mobilevit_xxs"]
+    assert main(["list", "--task", "detection"]) == 0
+    assert capsys.readouterr().out.split() == [f"ssdlite_mobilevit_{s}" for s in ("s", "xs", "xxs")]
 
 
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["info", "mobilevit_m"], "unknown model 'mobilevit_m'; valid names: mobilevit_s"),
+        (["info", "mobilevit_m"], "unknown model 'mobilevit_m'; valid names: deeplabv3_mobilevit_s"),
         (["info", "mobilevit_s", "--img-size", "16", "16"], "at least 32"),
     ],
 )

@@ -20,12 +20,12 @@ def _positive_size(value: str) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    print("\n".join(list_models(args.pattern)))
+    print("\n".join(list_models(args.pattern, task=args.task)))
     return 0
 
 
 def _cmd_info(args: argparse.Namespace) -> int:
-    info = describe(args.name, tuple(args.img_size))
+    info = describe(args.name, args.img_size and tuple(args.img_size))
     if args.json:
         print(json.dumps(info, indent=2))
         return 0
@@ -36,7 +36,8 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  {'stage':<10}{'stride':>7}  feature shape")
     for stage in info["stages"]:
         print(f"  {stage['stage']:<10}{stage['stride']:>7}  {tuple(stage['shape'])}")
-    print(f"  {'logits':<10}{'':>7}  {tuple(info['logits_shape'])}")
+    label = {"detection": "head", "segmentation": "logits"}.get(info["task"], "logits")
+    print(f"  {label:<10}{'':>7}  {tuple(info['output_shape'])}")
     return 0
 
 
@@ -53,7 +54,8 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
         if isinstance(default, bool):
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
-            parser.add_argument(flag, dest=f.name, nargs=len(default), type=float, default=None)
+            kind = str if isinstance(default[0], str) else float
+            parser.add_argument(flag, dest=f.name, nargs=len(default), type=kind, default=None)
         else:
             kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0].strip("'"), str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default: {default}")
@@ -63,61 +65,105 @@ def _cmd_train(args: argparse.Namespace) -> int:
     import logging
 
     from mobilevit.engine.config import TrainConfig, load_config
+    from mobilevit.engine.tasks import get_task
     from mobilevit.engine.train import train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
-    metrics = train(load_config(args.config, **options))
+    config = load_config(args.config, **options)
+    metrics = train(config)
     if metrics:
-        print(f"final val top-1 {metrics[-1]['val_top1']:.4f}")
+        headline = get_task(config.task).metrics[0]
+        print(f"final val {headline} {metrics[-1][f'val_{headline}']:.4f}")
     return 0
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    from pathlib import Path
-
     import torch
 
-    from mobilevit.data.datasets import FASHION_MNIST, class_names, fashion_mnist, image_folder
-    from mobilevit.data.transforms import TransformedDataset, eval_transform
-    from mobilevit.engine.evaluate import evaluate, load_for_eval
-    from mobilevit.engine.plots import plot_confusion
+    from mobilevit.engine.evaluate import load_for_eval
+    from mobilevit.engine.tasks import get_task
 
     model, classes = load_for_eval(args.checkpoint, args.model, args.weights)
-    dataset = fashion_mnist(train=False) if args.data == FASHION_MNIST else image_folder(args.data, args.split)
-    classes = classes or class_names(dataset)
-    num_classes = model.num_classes
-    if classes and len(classes) != num_classes:
-        raise ValueError(f"the model predicts {num_classes} classes but the data has {len(classes)}")
+    task = get_task(getattr(model, "task", "classification"))
+    if args.task and args.task != task.name:
+        raise ValueError(f"--task {args.task}, but {args.checkpoint} holds a {task.name} model ({model.model_name})")
+    data = args.data or task.default_data
+    dataset = task.dataset(data, args.split)
+    classes = classes or list(getattr(dataset, "classes", []))
+    if classes and len(classes) != model.num_classes:
+        raise ValueError(f"the model predicts {model.num_classes} classes but the data has {len(classes)}")
+    names = classes or [str(i) for i in range(model.num_classes)]
     img_size = args.img_size or model.pretrained_cfg["input_size"][-1]
-    transform = eval_transform(img_size, model.pretrained_cfg["crop_pct"], model.pretrained_cfg["interpolation"])
+    if task.name == "classification":
+        from mobilevit.data.transforms import TransformedDataset, eval_transform
+
+        cfg = model.pretrained_cfg
+        evaluation = TransformedDataset(dataset, eval_transform(img_size, cfg["crop_pct"], cfg["interpolation"]))
+    else:
+        evaluation = task.val_dataset(dataset, img_size, model.num_classes)
     loader = torch.utils.data.DataLoader(
-        TransformedDataset(dataset, transform), batch_size=args.batch_size, num_workers=args.workers
+        evaluation, batch_size=args.batch_size, num_workers=args.workers, collate_fn=task.collate
     )
-    result = evaluate(model, loader, num_classes)
-    names = classes or [str(i) for i in range(num_classes)]
+    result = task.evaluate(model, loader, model.num_classes, torch.device("cpu"))
+    summary = {"checkpoint": str(args.checkpoint), "task": task.name, "images": len(evaluation)}
+    summary |= _EVAL_REPORTS[task.name](args, result, names)
+    if args.json:
+        print(json.dumps(summary, indent=2))
+    return 0
+
+
+def _report_classification(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
+    """Top-1/top-5/loss, per-class accuracy and the confusion-matrix PNG."""
+    from pathlib import Path
+
+    from mobilevit.engine.plots import plot_confusion
+
     output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent
     figure = plot_confusion(result["confusion"], names, output / "confusion_matrix.png")
-    summary = {
-        "checkpoint": str(args.checkpoint),
-        "images": result["count"],
+    per_class = dict(zip(names, result["per_class"], strict=True))
+    if not args.json:
+        print(
+            f"{result['count']} images: top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
+            f"loss {result['loss']:.4f}"
+        )
+        for name, acc in per_class.items():
+            print(f"  {name:<24} {100 * acc:6.2f}%")
+        print(f"confusion matrix: {figure}")
+    return {
         "top1": result["top1"],
         "top5": result["top5"],
         "loss": result["loss"],
-        "per_class": dict(zip(names, result["per_class"], strict=True)),
+        "per_class": per_class,
         "confusion_matrix_png": str(figure),
     }
-    if args.json:
-        print(json.dumps(summary, indent=2))
-        return 0
-    print(
-        f"{result['count']} images: top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-        f"loss {result['loss']:.4f}"
-    )
-    for name, acc in summary["per_class"].items():
-        print(f"  {name:<24} {100 * acc:6.2f}%")
-    print(f"confusion matrix: {figure}")
-    return 0
+
+
+def _report_segmentation(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
+    """mIoU, pixel accuracy and the IoU of each class (null for a class in neither masks nor predictions)."""
+    per_class = {n: (None if iou != iou else iou) for n, iou in zip(names, result["per_class_iou"], strict=True)}
+    if not args.json:
+        print(f"mIoU {100 * result['miou']:.2f}%  pixel accuracy {100 * result['pixel_acc']:.2f}%")
+        for name, iou in per_class.items():
+            print(f"  {name:<24} {'-' if iou is None else f'{100 * iou:6.2f}%'}")
+    scores = {k: result[k] for k in ("miou", "pixel_acc", "loss")}
+    return {**scores, "per_class_iou": per_class}
+
+
+def _report_detection(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
+    """COCO mAP (IoU 0.5:0.95), mAP@0.5 and mAP@0.75, by pycocotools."""
+    if not args.json:
+        scores = (f"{label} {100 * result[key]:.2f}" for label, key in _MAP_LABELS)
+        print("  ".join(scores))
+    return result
+
+
+_MAP_LABELS = (("mAP", "map"), ("mAP@0.5", "map_50"), ("mAP@0.75", "map_75"))
+_EVAL_REPORTS = {
+    "classification": _report_classification,
+    "segmentation": _report_segmentation,
+    "detection": _report_detection,
+}
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
@@ -125,7 +171,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from pathlib import Path
 
     from mobilevit.engine.evaluate import load_for_eval
-    from mobilevit.export import FP32_TOLERANCE, INT8_FORMATS, export
+    from mobilevit.export import FP32_TOLERANCE, INT8_FORMATS, check_task, export
     from mobilevit.models import create_model
 
     if args.checkpoint is None:
@@ -141,6 +187,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
             raise ValueError(f"--model {args.model} but {args.checkpoint} holds a {model.model_name}")
     cfg = model.pretrained_cfg
     img_size = tuple(args.img_size or cfg["input_size"][1:])
+    check_task(model, args.format, img_size, args.dynamic, args.int8)  # before loading calibration images
     calibration = None
     if args.int8 and args.format in INT8_FORMATS:
         if args.calibration is None:
@@ -180,7 +227,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser("export", help="export to ONNX, TorchScript, ExecuTorch or CoreML and check it against PyTorch")
     p.add_argument("--model", help="model name (default: the checkpoint's; needed for a plain weights file)")
     p.add_argument("--checkpoint", help="training checkpoint, model directory or weights file (default: random init)")
-    p.add_argument("--format", required=True, choices=FORMATS)
+    p.add_argument("--format", required=True, choices=FORMATS, help="task models: onnx, torchscript, executorch")
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
     p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch)")
@@ -193,30 +240,44 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
-    """Top-k classes of each image; unreadable images are reported and make the exit status 2."""
-    from mobilevit.predict import format_table, load_model, predict_files
+    """Top-k classes, or mask and overlay PNGs, or boxes drawn on a PNG, of each image (as the model's
+    task is); unreadable images are reported and make the exit status 2."""
+    from mobilevit.predict import FORMATTERS, load_model, model_task, predict_task
 
-    model, names = load_model(args.checkpoint or args.pretrained, args.model)
-    results, errors = predict_files(args.images, model, names, k=args.topk, backend=args.backend)
+    source = args.checkpoint or args.pretrained
+    model, names = load_model(source, args.model)
+    task = model_task(model)
+    if args.task and args.task != task:
+        raise ValueError(f"--task {args.task}, but {source} holds a {task} model ({model.model_name})")
+    options = {"k": args.topk, "score_thresh": args.score_thresh, "backend": args.backend}
+    results, errors = predict_task(args.images, model, names, output_dir=args.output_dir, **options)
     for error in errors:
         print(f"mobilevit predict: error: {error['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"results": results, "errors": errors}, indent=2))
+        print(json.dumps({"task": task, "results": results, "errors": errors}, indent=2))
     elif results:
-        print("\n\n".join(format_table(result) for result in results))
+        print("\n\n".join(FORMATTERS[task](result) for result in results))
     return 2 if errors else 0
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    from mobilevit.predict import BACKENDS
+    from mobilevit.predict import BACKENDS, DEFAULT_SCORE_THRESH, TASKS
 
-    p = sub.add_parser("predict", help="classify image files with a trained or published model")
+    p = sub.add_parser("predict", help="classify, segment or detect in image files with a trained or published model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     source = p.add_mutually_exclusive_group(required=True)
     source.add_argument("--checkpoint", help="training output: a model directory or a step-N.pt (its EMA weights)")
     source.add_argument("--pretrained", help="published weights: timm / Hugging Face / ml-cvnets file or directory")
     p.add_argument("--model", help="model name, needed for a plain weights file")
-    p.add_argument("--topk", type=_positive_size, default=5, help="classes to show per image (default: 5)")
+    p.add_argument("--task", choices=TASKS, help="check that the model does this (default: the model's own task)")
+    p.add_argument("--topk", type=_positive_size, default=5, help="classification: classes per image (default: 5)")
+    p.add_argument(
+        "--score-thresh",
+        type=float,
+        default=DEFAULT_SCORE_THRESH,
+        help=f"detection: keep boxes scoring above this (default: {DEFAULT_SCORE_THRESH})",
+    )
+    p.add_argument("--output-dir", default="predictions", help="segmentation, detection: PNG folder (%(default)s)")
     p.add_argument("--backend", choices=BACKENDS, default="eager", help="eager PyTorch or ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_predict)
@@ -274,22 +335,28 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered models")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'mobilevit_x*'")
+    p.add_argument("--task", choices=["classification", "segmentation", "detection"], help="only this task's models")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters, MACs and feature shapes of a model")
     p.add_argument("name", help="model name (see `mobilevit list`)")
-    p.add_argument("--img-size", nargs=2, type=_positive_size, default=[256, 256], metavar=("H", "W"))
+    p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_info)
 
-    p = sub.add_parser("train", help="train a classifier (the paper's recipe by default)")
+    p = sub.add_parser("train", help="train a classifier, segmenter or detector (the paper's recipes)")
     _add_train_options(p)
     p.set_defaults(func=_cmd_train)
 
-    p = sub.add_parser("eval", help="top-1/top-5, loss, per-class accuracy and a confusion matrix")
+    p = sub.add_parser("eval", help="accuracy (classification), mIoU (segmentation) or COCO mAP (detection)")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, model directory or weights file")
-    p.add_argument("--data", default="fashion-mnist", help="'fashion-mnist' or an ImageFolder root")
-    p.add_argument("--split", default="val", help="ImageFolder split to evaluate (default: val)")
+    p.add_argument("--task", choices=["classification", "segmentation", "detection"], help="default: the model's")
+    p.add_argument(
+        "--data",
+        help="'fashion-mnist' or an ImageFolder root; a VOC root (segmentation); a COCO or VOC root (detection); "
+        "'shapes' (default: the task's built-in data)",
+    )
+    p.add_argument("--split", default="val", help="split to evaluate (default: val)")
     p.add_argument("--model", help="model name, needed for a plain weights file")
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of a training checkpoint")
     p.add_argument("--img-size", type=_positive_size, help="default: the model's input size")

@@ -8,6 +8,8 @@ collate function returns ``(images [B, 3, h, w], targets, skipped)``.
 
 from __future__ import annotations
 
+import os
+import shutil
 from collections.abc import Callable
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,11 +31,21 @@ SHAPES = "shapes"  # the built-in segmentation and detection data: synthetic sha
 Dataset = torch.utils.data.Dataset
 
 
+SHAPES_SPLITS = (512, 128)  # training and validation images of the built-in shapes data, 128x128
+
+
 def shapes_root() -> Path:
     """The synthetic shapes dataset in the cache, written once (a few seconds)."""
-    root = cls_data.cache_dir() / SHAPES
-    if not (root / "coco" / "annotations" / "instances_val.json").exists():
-        make_shapes(root)
+    root = cls_data.cache_dir() / f"{SHAPES}-{SHAPES_SPLITS[0]}-{SHAPES_SPLITS[1]}"
+    if root.exists():
+        return root
+    # Written aside, then renamed: a killed run or a second process (DDP ranks) never sees half of it.
+    partial = root.with_name(f".{root.name}.{os.getpid()}")
+    make_shapes(partial, *SHAPES_SPLITS)
+    try:
+        partial.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial)
     return root
 
 

@@ -11,7 +11,7 @@ from __future__ import annotations
 import copy
 import os
 import tempfile
-from collections.abc import Callable
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -23,9 +23,20 @@ from mobilevit.testing import structured_images
 FORMATS = ("onnx", "torchscript", "executorch", "coreml")
 INT8_FORMATS = ("onnx", "executorch")
 DYNAMIC_FORMATS = ("onnx", "torchscript")
+# CoreML's converter and its check here are written for a classifier's [B, num_classes] output.
+TASK_FORMATS = {
+    "classification": FORMATS,
+    "segmentation": ("onnx", "torchscript", "executorch"),
+    "detection": ("onnx", "torchscript", "executorch"),
+}
+NMS_NOTE = (
+    "NMS is not in the graph: it outputs boxes [B, A, 4] (x1, y1, x2, y2 pixels of the {s}x{s} input) and "
+    "scores [B, A, K] of every anchor; run mobilevit.export.detection.postprocess(boxes, scores) after it"
+)
+PARITY_NOTE = "the max abs diff compares boxes as fractions of the {s}-pixel side, and scores"
 FP32_TOLERANCE = 1e-4
 
-Runner = Callable[[torch.Tensor], torch.Tensor]
+Runner = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
 
 
 class ExportCheckError(ValueError):
@@ -60,7 +71,12 @@ def export(
     opset: int = 17,
     precision: str = "fp16",
 ) -> ExportReport:
-    """Export a classifier to ``fmt`` at ``path`` for inputs [1, 3, *img_size], then check the file.
+    """Export a model to ``fmt`` at ``path`` for inputs [1, 3, *img_size], then check the file.
+
+    Classifiers and segmentation models export whole (logits [B, K] or [B, K, H, W]). A detector
+    exports up to the boxes and class probabilities of every anchor, at its own ``img_size``
+    (:class:`~mobilevit.export.detection.SSDRawPredictions`): NMS is not in the file but runs after
+    it, in :func:`mobilevit.export.detection.postprocess`. ``TASK_FORMATS`` lists each task's formats.
 
     ``dynamic`` (onnx, torchscript) makes batch, height and width free; the check then also runs at
     another batch size and input size. ``int8`` (onnx, executorch) quantizes with static calibration on
@@ -71,6 +87,7 @@ def export(
     """
     if fmt not in FORMATS:
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
+    check_task(model, fmt, img_size, dynamic, int8)
     if int8 and fmt not in INT8_FORMATS:
         raise ValueError(f"int8 is not supported for {fmt}, use onnx or executorch")
     if dynamic and fmt not in DYNAMIC_FORMATS:
@@ -81,19 +98,20 @@ def export(
             raise ValueError("int8 export needs calibration images (static quantization measures activation ranges)")
         if tuple(calibration.shape[-2:]) != (height, width):
             raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is {img_size}")
-    model = copy.deepcopy(model).eval()
+    box_side = height if getattr(model, "task", None) == "detection" else None
+    notes = [NMS_NOTE.format(s=height), PARITY_NOTE.format(s=height)] if box_side else []
+    model = deployable(copy.deepcopy(model).eval())
     path = Path(path)
     checks = [structured_images(1, height, width, seed=1)]
     if dynamic:
         checks.append(structured_images(3, height + 32, width + 64, seed=2))
-    notes: list[str] = []
     with torch.no_grad():
         run = _export(model, fmt, path, img_size, dynamic, int8, calibration, opset, precision, notes)
         if run is None:
             return ExportReport(path, fmt, None, notes=notes)
         if fmt == "coreml":  # its image input has 8 bits per channel
             checks = [(x * 255).round() / 255 for x in checks]
-        diff = max((run(x) - model(x)).abs().max().item() for x in checks)
+        diff = max(max_abs_diff(_comparable(run(x), box_side), _comparable(model(x), box_side)) for x in checks)
         if int8:
             agree = sum(run(x).argmax(1).item() == model(x).argmax(1).item() for x in calibration.split(1))
             return ExportReport(path, fmt, diff, top1_agreement=agree / len(calibration), notes=notes)
@@ -104,6 +122,51 @@ def export(
             f"{shapes}. The file is kept for inspection; please report this with the model name and options."
         )
     return ExportReport(path, fmt, diff, notes=notes)
+
+
+def check_task(model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool) -> None:
+    """ValueErrors for what a task model cannot be exported as: :func:`export` checks it first, and
+    the CLI too, before it loads calibration images."""
+    task = getattr(model, "task", "classification")
+    if fmt not in TASK_FORMATS[task]:
+        raise ValueError(f"{fmt} export does not support {task} models; use {', '.join(TASK_FORMATS[task])}")
+    if int8 and task != "classification":
+        raise ValueError(f"int8 export is for classifiers only; export the {task} model in fp32")
+    if task != "detection":
+        return
+    side = model.img_size
+    if dynamic:
+        raise ValueError(f"a detection export has a fixed {side}x{side} input (its anchors are computed for it)")
+    if tuple(img_size) != (side, side):
+        raise ValueError(f"{model.model_name} detects on {side}x{side} inputs: export it at that size, not {img_size}")
+
+
+def deployable(model: nn.Module) -> nn.Module:
+    """The module that is exported for ``model``: a detector's raw predictions (NMS runs after the
+    exported graph, see :mod:`mobilevit.export.detection`), any other model itself."""
+    if getattr(model, "task", "classification") != "detection":
+        return model
+    from mobilevit.export.detection import SSDRawPredictions
+
+    return SSDRawPredictions(model).eval()
+
+
+def max_abs_diff(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]) -> float:
+    """The largest element-wise difference of two outputs, each a tensor or a tuple of tensors."""
+    pairs = zip(a, b, strict=True) if isinstance(a, (tuple, list)) else [(a, b)]
+    return max((x - y).abs().max().item() for x, y in pairs)
+
+
+def _comparable(
+    outputs: torch.Tensor | tuple[torch.Tensor, ...], box_side: int | None
+) -> torch.Tensor | tuple[torch.Tensor, ...]:
+    """The outputs as the parity check compares them. A detector's boxes are divided by the input side:
+    decoding multiplies the head's offsets by anchor sizes of up to the whole image, which magnifies fp32
+    rounding to ~1e-3 pixels for random weights; as fractions of the side, 1e-4 means what it does for logits."""
+    if box_side is None:
+        return outputs
+    boxes, scores = outputs
+    return boxes / box_side, scores
 
 
 def _export(
@@ -137,10 +200,12 @@ def _export(
         notes.append(f"opset {opset}")
         return OnnxRunner(path)
     if fmt == "torchscript":
+        from mobilevit.export.detection import SSDRawPredictions
         from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
 
         export_torchscript(model, path, example)
-        notes.append("frozen trace; runs at any batch size and input size")
+        sizes = "" if isinstance(model, SSDRawPredictions) else " and input size"  # anchors fix a detector's
+        notes.append(f"frozen trace; runs at any batch size{sizes}")
         return TorchScriptRunner(path)
     if fmt == "executorch":
         from mobilevit.export.executorch import export_executorch, run_executorch

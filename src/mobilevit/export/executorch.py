@@ -86,7 +86,8 @@ def export_executorch(
 
 
 class ExecuTorchRunner:
-    """The ``forward`` method of a ``.pte`` program, loaded once, taking and returning torch tensors."""
+    """The ``forward`` method of a ``.pte`` program, loaded once, taking and returning torch tensors
+    (a tuple of them for a program with several outputs)."""
 
     def __init__(self, path: str | os.PathLike) -> None:
         _require_executorch()
@@ -97,13 +98,14 @@ class ExecuTorchRunner:
         self.method = self.program.load_method("forward")
         self.input_shape = tuple(self.method.metadata.input_tensor_meta(0).sizes())
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         if tuple(x.shape) != self.input_shape:
             raise ValueError(f"{self.path} was exported for inputs of shape {self.input_shape}, got {tuple(x.shape)}")
-        return self.method.execute([x.detach().cpu().float().contiguous()])[0]
+        outputs = tuple(self.method.execute([x.detach().cpu().float().contiguous()]))
+        return outputs[0] if len(outputs) == 1 else outputs
 
 
-def run_executorch(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
+def run_executorch(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
     """Logits of the program at ``path`` for ``x`` of its exported shape (one-off; keep an
     :class:`ExecuTorchRunner` to reuse)."""
     return ExecuTorchRunner(path)(x)

@@ -49,7 +49,8 @@ def require_onnx() -> None:
 def export_onnx(
     model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, dynamic: bool = False, opset: int = 17
 ) -> Path:
-    """Export ``model`` (in eval mode) to a single ONNX file with input ``input`` and output ``logits``.
+    """Export ``model`` (in eval mode) to a single ONNX file with input ``input`` and output ``logits``
+    (or the names in the module's ``output_names``, for one with several outputs).
 
     The dynamo exporter writes opset 18; an older ``opset`` is reached with ONNX's version converter
     after the exporter's graph optimisation (before it, some axes are not constants yet and the
@@ -73,7 +74,7 @@ def export_onnx(
         dynamo=True,
         opset_version=max(opset, EXPORTER_OPSET),
         input_names=[INPUT_NAME],
-        output_names=[OUTPUT_NAME],
+        output_names=list(getattr(model, "output_names", (OUTPUT_NAME,))),
         dynamic_shapes=(dims,) if dynamic else None,
         verbose=False,
     )
@@ -154,7 +155,8 @@ def _activation_matmuls(path: Path) -> list[str]:
 
 
 class OnnxRunner:
-    """An ONNX Runtime CPU session that takes and returns torch tensors.
+    """An ONNX Runtime CPU session that takes and returns torch tensors (a tuple of them for a model
+    with several outputs).
 
     ``threads`` sets the intra-op thread count (None: ONNX Runtime's default, one per core), so
     benchmarks can pin it and serving can share the machine.
@@ -170,9 +172,10 @@ class OnnxRunner:
         self.session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
         self.input_name = self.session.get_inputs()[0].name
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
-        (logits,) = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
-        return torch.from_numpy(logits)
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
+        outputs = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
+        tensors = tuple(torch.from_numpy(out) for out in outputs)
+        return tensors[0] if len(tensors) == 1 else tensors
 
 
 def run_onnx(path: str | os.PathLike, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:

@@ -108,6 +108,18 @@ def create_model(
     return model
 
 
+_BACKBONE_PREFIXES = ("backbone.body.", "backbone.")  # detection, segmentation
+
+
+def _backbone_of(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """The backbone tensors of a classifier, segmentation or detection state dict, with the
+    classifier's own keys (``stem.*``, ``stages.*``)."""
+    for prefix in _BACKBONE_PREFIXES:
+        if any(k.startswith(prefix + "stem.") for k in state):
+            return {k.removeprefix(prefix): v for k, v in state.items() if k.startswith(prefix)}
+    return {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
+
+
 def _fit_classifier(
     state: dict[str, torch.Tensor], model: nn.Module
 ) -> tuple[dict[str, torch.Tensor], tuple[str, ...]]:
@@ -117,11 +129,11 @@ def _fit_classifier(
     Returns the state to load and the key prefixes for which the model keeps its own tensors.
     """
     if isinstance(model, MobileViTFeatures):
-        return {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}, ()
+        return _backbone_of(state), ()
     prefix = getattr(model, "backbone_prefix", None)
     if prefix and not any(k.startswith(prefix) for k in state):
-        # A classification checkpoint: it initialises the backbone; the task head stays fresh.
-        backbone = {prefix + k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
+        # A classifier or another task's model: its backbone initialises ours; our head stays fresh.
+        backbone = {prefix + k: v for k, v in _backbone_of(state).items()}
         return backbone, tuple(k for k in model.state_dict() if not k.startswith(prefix))
     head = model.pretrained_cfg["classifier"]
     ckpt_weight = state.get(f"{head}.weight")

@@ -28,24 +28,47 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
     return counter.get_total_flops() // 2
 
 
-def describe(name: str, img_size: tuple[int, int] = (256, 256), num_classes: int = 1000) -> dict[str, Any]:
-    """Parameters, MACs and per-stage feature shapes of ``name`` for one image of ``img_size``."""
+def _output_shape(model: nn.Module, x: torch.Tensor) -> list[int]:
+    """The logits' shape; for a detector, [anchors, 4 + classes] of the raw head (before NMS)."""
+    if getattr(model, "task", "classification") != "detection":
+        return list(model(x).shape)
+    images, _ = model.transform([x[0]])
+    head = model.head(list(model.backbone(images.tensors).values()))
+    return [head["bbox_regression"].shape[1], 4 + head["cls_logits"].shape[2]]
+
+
+def _features(model: nn.Module) -> nn.Module:
+    """The backbone of any registered model as a features_only model with its own weights."""
+    body = getattr(getattr(model, "backbone", None), "body", getattr(model, "backbone", model))
+    stride = getattr(body, "output_stride", 32)
+    backbone = create_model(body.model_name, features_only=True, output_stride=stride).eval()
+    own = body.state_dict()
+    backbone.load_state_dict({k: v for k, v in own.items() if k in backbone.state_dict()})
+    return backbone
+
+
+def describe(name: str, img_size: tuple[int, int] | None = None, num_classes: int | None = None) -> dict[str, Any]:
+    """Parameters, MACs, per-stage feature shapes and the output shape of ``name`` for one image of
+    ``img_size`` (default: the model's own, 256, 512 or 320; the classes default to the task's
+    dataset: 1000, 21 or 81)."""
     model = create_model(name, num_classes=num_classes).eval()
-    backbone = create_model(name, features_only=True).eval()
-    backbone.load_state_dict({k: v for k, v in model.state_dict().items() if k in backbone.state_dict()})
+    img_size = tuple(img_size or model.pretrained_cfg["input_size"][1:])
     x = torch.zeros(1, model.config.in_chans, *img_size)
+    is_detector = getattr(model, "task", "classification") == "detection"
+    backbone = _features(model)
     with torch.no_grad():
         features = backbone(x)
-        logits = model(x)
+        output = _output_shape(model, x)
     stages = [
         {"stage": info["module"], "stride": info["reduction"], "shape": list(f.shape)}
         for info, f in zip(backbone.feature_info, features, strict=True)
     ]
     return {
         "model": name,
+        "task": getattr(model, "task", "classification"),
         "img_size": list(img_size),
         "params": count_params(model),
-        "macs": count_macs(model, x),
+        "macs": count_macs(model, [x[0]] if is_detector else x),
         "stages": stages,
-        "logits_shape": list(logits.shape),
+        "output_shape": output,
     }
