@@ -10,6 +10,7 @@ import torch
 from torch import nn
 
 from mobilevit.models.mobilevit import MODEL_CONFIGS
+from mobilevit.models.mobilevitv2 import V2_CONFIGS
 
 
 def randomize_(model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module], None] | None = None) -> nn.Module:
@@ -92,3 +93,10 @@ def hf_config(name: str):
         hidden_dropout_prob=cfg.transformer_dropout,
         num_labels=1000,
     )
+
+
+def hf_v2_config(name: str):
+    """A Hugging Face MobileViTV2Config for one of our v2 sizes (HF derives every width from the multiplier)."""
+    import transformers
+
+    return transformers.MobileViTV2Config(width_multiplier=V2_CONFIGS[name].width_multiplier, num_labels=1000)

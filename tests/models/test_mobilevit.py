@@ -30,7 +30,12 @@ def test_macs_equal_timm_under_the_same_counter(name):
 
 
 def test_list_models():
-    assert mobilevit.list_models(task="classification") == ["mobilevit_s", "mobilevit_xs", "mobilevit_xxs"]
+    assert mobilevit.list_models("mobilevit_*", task="classification") == [
+        "mobilevit_s",
+        "mobilevit_xs",
+        "mobilevit_xxs",
+    ]
+    assert len(mobilevit.list_models("mobilevitv2_*", task="classification")) == 7
     assert mobilevit.list_models("mobilevit_*xs") == ["mobilevit_xs", "mobilevit_xxs"]
     assert set(mobilevit.list_models("deeplabv3_*")) == {f"deeplabv3_{n}" for n in mobilevit.list_models("mobilevit_*")}
     assert mobilevit.list_models("resnet*") == []

@@ -54,6 +54,30 @@ _HF: _Rules = [
     (r"\.normalization\.", ".bn."),
 ]
 
+# MobileViTv2 needs no rules of its own for timm (our v2 names follow timm's v1 names); Hugging Face
+# names it ``mobilevitv2.*`` with other layer names.
+_HF_V2_PREFIX = "mobilevitv2."
+_HF_V2: _Rules = [
+    (r"^mobilevitv2\.conv_stem\.", "stem."),
+    (r"^classifier\.", "head.fc."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.layer\.(\d+)\.", r"stages.\1.\2."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.downsampling_layer\.", r"stages.\1.0."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.conv_kxk\.", r"stages.\1.1.local_rep.conv_kxk."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.conv_1x1\.convolution\.", r"stages.\1.1.local_rep.conv_1x1."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.transformer\.layer\.(\d+)\.", r"stages.\1.1.global_rep.layers.\2."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.layernorm\.", r"stages.\1.1.global_rep.norm."),
+    (r"^mobilevitv2\.encoder\.layer\.(\d+)\.conv_projection\.", r"stages.\1.1.conv_proj."),
+    (r"\.attention\.(qkv_proj|out_proj)\.convolution\.", r".attn.\1."),
+    (r"\.ffn\.conv(\d)\.convolution\.", r".mlp.fc\1."),
+    (r"\.layernorm_before\.", ".norm1."),
+    (r"\.layernorm_after\.", ".norm2."),
+    (r"\.expand_1x1\.", ".expand."),
+    (r"\.conv_3x3\.", ".depthwise."),
+    (r"\.reduce_1x1\.", ".project."),
+    (r"\.convolution\.", ".conv."),
+    (r"\.normalization\.", ".bn."),
+]
+
 _CVNETS: _Rules = [
     (r"\.block\.", "."),
     (r"^conv_1\.", "stem."),
@@ -92,7 +116,7 @@ _BGR_SOURCES = ("hf", "cvnets")
 
 def detect_source(keys: list[str]) -> str:
     """Name the port a state dict comes from by its key names."""
-    if any(k.startswith("mobilevit.") for k in keys):
+    if any(k.startswith(("mobilevit.", _HF_V2_PREFIX)) for k in keys):
         return "hf"
     if any(k.startswith(("conv_1.", "layer_1.")) for k in keys):
         return "cvnets"
@@ -156,7 +180,7 @@ def convert_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "au
         return _convert_segmentation(state, source)
     if source == "auto":
         source = detect_source(list(state))
-    rules = _RULES[source]
+    rules = _HF_V2 if source == "hf" and any(k.startswith(_HF_V2_PREFIX) for k in state) else _RULES[source]
     out = {_rename(k, rules): v for k, v in state.items()}
     if source == "hf":
         out = _fuse_qkv(out)

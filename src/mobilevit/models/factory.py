@@ -21,6 +21,7 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
 TASKS = ("classification", "segmentation", "detection")
@@ -30,7 +31,7 @@ _FEATURE_ARGS = ("output_stride",)
 
 def model_task(name: str) -> str:
     """``classification``, ``segmentation`` or ``detection``: what the registered model ``name`` does."""
-    if name in MODEL_CONFIGS:
+    if name in MODEL_CONFIGS or name in V2_CONFIGS:
         return "classification"
     if name in SEGMENTATION_MODELS:
         return "segmentation"
@@ -58,7 +59,7 @@ def resolve_task_model(name: str, task: str | None = None) -> tuple[str, str]:
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and a task."""
-    names = sorted([*MODEL_CONFIGS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
+    names = sorted([*MODEL_CONFIGS, *V2_CONFIGS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
     if task is not None:
         names = [n for n in names if model_task(n) == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
@@ -96,6 +97,8 @@ def create_model(
         model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
     elif task == "detection":
         model = ssdlite_mobilevit(DETECTION_MODELS[name], num_classes or DEFAULT_DETECTION_CLASSES, **overrides)
+    elif name in V2_CONFIGS:
+        model = create_mobilevitv2(name, num_classes, features_only, out_indices, **overrides)
     elif features_only:
         feature_args = _split(overrides, _FEATURE_ARGS)
         model = MobileViTFeatures(name, resolve_config(name, overrides), out_indices=out_indices, **feature_args)
@@ -128,7 +131,7 @@ def _fit_classifier(
 
     Returns the state to load and the key prefixes for which the model keeps its own tensors.
     """
-    if isinstance(model, MobileViTFeatures):
+    if isinstance(model, (MobileViTFeatures, MobileViTV2Features)):
         return _backbone_of(state), ()
     prefix = getattr(model, "backbone_prefix", None)
     if prefix and not any(k.startswith(prefix) for k in state):

@@ -41,7 +41,8 @@ def _features(model: nn.Module) -> nn.Module:
     """The backbone of any registered model as a features_only model with its own weights."""
     body = getattr(getattr(model, "backbone", None), "body", getattr(model, "backbone", model))
     stride = getattr(body, "output_stride", 32)
-    backbone = create_model(body.model_name, features_only=True, output_stride=stride).eval()
+    options = {"output_stride": stride} if stride != 32 else {}  # dilated segmentation backbones
+    backbone = create_model(body.model_name, features_only=True, **options).eval()
     own = body.state_dict()
     backbone.load_state_dict({k: v for k, v in own.items() if k in backbone.state_dict()})
     return backbone

@@ -1,0 +1,347 @@
+"""MobileViTv2 (Mehta & Rastegari, arXiv 2206.02680): MobileViT with separable self-attention.
+
+Against v1: multi-head attention becomes separable (linear) self-attention computed with 1x1 convs on
+unfolded [B, d, P, N] tensors, LayerNorm becomes GroupNorm(1), the fusion conv is gone, and every
+size is one width multiplier of a single base network (one row of ``V2_CONFIGS``).
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, dataclass, fields, replace
+from typing import Any
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevit.models.layers import ClassifierHead, ConvNormAct, InvertedResidual, make_divisible
+from mobilevit.models.mobilevit import (
+    DEFAULT_PRETRAINED_CFG,
+    STAGE_STRIDES,
+    FeatureInfo,
+    SavePretrainedMixin,
+    _init_weights,
+    check_input,
+)
+
+
+@dataclass(frozen=True)
+class MobileViTV2Config:
+    """One MobileViTv2 size: the paper's base network scaled by ``width_multiplier``."""
+
+    width_multiplier: float
+    base_channels: tuple[int, int, int, int, int] = (64, 128, 256, 384, 512)  # layer1..layer5 at width 1
+    base_stem_channels: int = 32
+    transformer_depths: tuple[int, int, int] = (2, 4, 3)  # linear transformer layers in layer3..layer5
+    attn_ratio: float = 0.5  # d = C / 2 (rounded to a multiple of 8)
+    expansion: float = 2.0  # MV2 expansion factor
+    ffn_multiplier: int = 2  # ffn dim = 2 d
+    patch_size: int = 2
+    transformer_dropout: float = 0.0
+    attn_dropout: float = 0.0
+    drop_rate: float = 0.0  # classifier dropout
+    in_chans: int = 3
+
+    @property
+    def channels(self) -> tuple[int, ...]:
+        return tuple(int(c * self.width_multiplier) for c in self.base_channels)
+
+    @property
+    def stem_channels(self) -> int:
+        return int(self.base_stem_channels * self.width_multiplier)
+
+    @property
+    def transformer_dims(self) -> tuple[int, ...]:
+        return tuple(make_divisible(self.attn_ratio * c) for c in self.channels[2:])
+
+
+V2_CONFIGS: dict[str, MobileViTV2Config] = {
+    f"mobilevitv2_{round(100 * m):03d}": MobileViTV2Config(width_multiplier=m)
+    for m in (0.5, 0.75, 1.0, 1.25, 1.5, 1.75, 2.0)
+}
+
+# Evaluation of the published weights: shorter side resized to 288, centre crop 256.
+V2_PRETRAINED_CFG: dict[str, Any] = dict(DEFAULT_PRETRAINED_CFG, crop_pct=0.888)
+
+
+def resolve_v2_config(name: str, overrides: dict[str, Any]) -> MobileViTV2Config:
+    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
+    if name not in V2_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(V2_CONFIGS))}")
+    valid = {f.name for f in fields(MobileViTV2Config)}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
+        )
+    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
+    return replace(V2_CONFIGS[name], **tuples)
+
+
+class LinearSelfAttention(nn.Module):
+    """Separable self-attention (paper, Section 3.2): one latent query scores the N patches, the
+    softmax-weighted sum of the keys is a single context vector, and it gates ReLU(values).
+    Cost is linear in N, and only 1x1 convs and element-wise ops are used (no batched matmul)."""
+
+    def __init__(self, dim: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+        super().__init__()
+        self.dim = dim
+        self.qkv_proj = nn.Conv2d(dim, 1 + 2 * dim, 1)  # rows ordered: query (1), keys (d), values (d)
+        self.attn_drop = nn.Dropout(attn_drop)
+        self.out_proj = nn.Conv2d(dim, dim, 1)
+        self.proj_drop = nn.Dropout(proj_drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        query, key, value = self.qkv_proj(x).split([1, self.dim, self.dim], dim=1)  # [B,1|d|d,P,N]
+        scores = self.attn_drop(F.softmax(query, dim=-1))  # [B, 1, P, N], over the N patches
+        context = (key * scores).sum(dim=-1, keepdim=True)  # [B, d, P, 1]
+        return self.proj_drop(self.out_proj(F.relu(value) * context))  # [B, d, P, N]
+
+
+class ConvFeedForward(nn.Module):
+    """1x1 conv d -> ffn, SiLU, dropout, 1x1 conv ffn -> d, dropout: v1's FFN on [B, d, P, N]."""
+
+    def __init__(self, dim: int, hidden: int, drop: float) -> None:
+        super().__init__()
+        self.fc1 = nn.Conv2d(dim, hidden, 1)
+        self.act = nn.SiLU()
+        self.drop1 = nn.Dropout(drop)
+        self.fc2 = nn.Conv2d(hidden, dim, 1)
+        self.drop2 = nn.Dropout(drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
+
+
+class LinearTransformerLayer(nn.Module):
+    """Pre-norm layer on [B, d, P, N]: x + attn(GN(x)), then x + FFN(GN(x)); GroupNorm(1)
+    normalises each sample over (d, P, N), the channel-first stand-in for LayerNorm."""
+
+    def __init__(self, dim: int, ffn_dim: int, drop: float, attn_drop: float) -> None:
+        super().__init__()
+        self.norm1 = nn.GroupNorm(1, dim)
+        self.attn = LinearSelfAttention(dim, attn_drop, drop)
+        self.norm2 = nn.GroupNorm(1, dim)
+        self.mlp = ConvFeedForward(dim, ffn_dim, drop)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        x = x + self.attn(self.norm1(x))
+        return x + self.mlp(self.norm2(x))
+
+
+class LinearTransformer(nn.Module):
+    """L linear transformer layers followed by one final GroupNorm(1): the block's global representation."""
+
+    def __init__(self, dim: int, depth: int, ffn_dim: int, drop: float, attn_drop: float) -> None:
+        super().__init__()
+        self.layers = nn.Sequential(*(LinearTransformerLayer(dim, ffn_dim, drop, attn_drop) for _ in range(depth)))
+        self.norm = nn.GroupNorm(1, dim)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.norm(self.layers(x))
+
+
+def unfold_v2(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+    """[B, d, H, W] -> [B, d, P, N]: P = patch_size**2 pixel positions (row-major), N = H*W/P patches.
+
+    The direct view [B, d, h, p, w, p] is rank 6, which Core ML does not support. Batch and channels
+    are merged instead, so every intermediate has rank <= 5: [B*d, h, p, w, p] -> permute ->
+    [B*d, p, p, h, w] -> [B, d, P, N], one copy. The element order equals ``F.unfold`` (timm, HF).
+    """
+    batch, dim, height, width = x.shape
+    p = patch_size
+    x = x.reshape(batch * dim, height // p, p, width // p, p)  # [B*d, h, p, w, p]
+    x = x.permute(0, 2, 4, 1, 3)  # [B*d, p, p, h, w]
+    return x.reshape(batch, dim, p * p, (height // p) * (width // p))  # [B, d, P, N]
+
+
+def fold_v2(x: torch.Tensor, patch_size: int, height: int, width: int) -> torch.Tensor:
+    """[B, d, P, N] -> [B, d, H, W]: the exact inverse of :func:`unfold_v2`, also at rank <= 5
+    (no col2im, unlike ``F.fold``)."""
+    batch, dim = x.shape[:2]
+    p = patch_size
+    x = x.reshape(batch * dim, p, p, height // p, width // p)  # [B*d, p, p, h, w]
+    x = x.permute(0, 3, 1, 4, 2)  # [B*d, h, p, w, p]
+    return x.reshape(batch, dim, height, width)  # [B, d, H, W]
+
+
+class MobileViTV2Block(nn.Module):
+    """Local representation (3x3 depthwise conv, 1x1 conv to d), linear transformer over unfolded
+    patches, fold, 1x1 projection back to C. No fusion with the block input (paper, Section 3.3).
+
+    Inputs whose sides are not multiples of the patch size are bilinearly resized (align_corners=True)
+    up to the next multiple before the local convs and not resized back, as ml-cvnets and timm do (so
+    the next stage sees the larger map). Hugging Face instead drops the last row/column in
+    ``F.unfold`` and refills it with zeros in ``F.fold``, so it agrees only on even-sided maps.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        depth: int,
+        ffn_dim: int,
+        patch_size: int = 2,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.local_rep = nn.Sequential()
+        self.local_rep.add_module("conv_kxk", ConvNormAct(channels, channels, 3, groups=channels))
+        self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
+        self.global_rep = LinearTransformer(dim, depth, ffn_dim, drop, attn_drop)
+        self.conv_proj = ConvNormAct(dim, channels, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        p = self.patch_size
+        new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
+        # As in v1, traced or shape-generic graphs always resize (an exact identity with
+        # align_corners=True when the sides are already multiples of p).
+        if torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width):
+            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=True)
+        x = self.local_rep(x)  # [B, d, H', W']
+        x = self.global_rep(unfold_v2(x, p))  # [B, d, P, N]
+        x = fold_v2(x, p, new_h, new_w)  # [B, d, H', W']
+        return self.conv_proj(x)  # [B, C, H', W']
+
+
+def build_v2_stages(cfg: MobileViTV2Config) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, MobileViTv2 block) x 3."""
+    c = (cfg.stem_channels, *cfg.channels)
+    stages = nn.ModuleList()
+    stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
+    stages.append(
+        nn.Sequential(
+            InvertedResidual(c[1], c[2], 2, cfg.expansion),
+            InvertedResidual(c[2], c[2], 1, cfg.expansion),
+        )
+    )
+    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
+        stages.append(
+            nn.Sequential(
+                InvertedResidual(c[i], c[i + 1], 2, cfg.expansion),
+                MobileViTV2Block(
+                    c[i + 1],
+                    dim,
+                    depth,
+                    cfg.ffn_multiplier * dim,
+                    patch_size=cfg.patch_size,
+                    drop=cfg.transformer_dropout,
+                    attn_drop=cfg.attn_dropout,
+                ),
+            )
+        )
+    return stages
+
+
+class _MobileViTV2Base(SavePretrainedMixin, nn.Module):
+    """What the v2 classifier and backbone share: the stem, the five stages and their bookkeeping."""
+
+    def __init__(self, name: str, cfg: MobileViTV2Config) -> None:
+        super().__init__()
+        self.model_name = name
+        self.config = cfg
+        self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
+        self.stages = build_v2_stages(cfg)
+        self.pretrained_cfg = dict(V2_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
+
+    def model_args(self) -> dict[str, Any]:
+        """The config fields that differ from the registered size: enough to rebuild this model."""
+        base = asdict(V2_CONFIGS[self.model_name])
+        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
+
+    def hub_config(self) -> dict[str, Any]:
+        """The ``config.json`` of :meth:`save_pretrained`, in timm's hub layout."""
+        return {
+            "architecture": self.model_name,
+            "num_classes": getattr(self, "num_classes", 0),
+            "model_args": self.model_args(),
+            "pretrained_cfg": self.pretrained_cfg,
+        }
+
+
+class MobileViTV2(_MobileViTV2Base):
+    """MobileViTv2 image classifier with timm's API: ``forward_features``, ``forward_head``,
+    ``reset_classifier``, ``pretrained_cfg``. The head pools layer5 directly (no final 1x1 conv)."""
+
+    def __init__(self, name: str, cfg: MobileViTV2Config, num_classes: int = 1000) -> None:
+        super().__init__(name, cfg)
+        self.num_classes = num_classes
+        self.num_features = cfg.channels[-1]
+        self.head = ClassifierHead(self.num_features, num_classes, cfg.drop_rate)
+        self.pretrained_cfg["num_classes"] = num_classes
+        _init_weights(self)
+
+    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
+        """[B, 3, H, W] -> [B, C_layer5, H/32, W/32] (sides rounded up at each stride and patch)."""
+        check_input(x, self.config.in_chans)
+        x = self.stem(x)
+        for stage in self.stages:
+            x = stage(x)
+        return x
+
+    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
+        return self.head(x, pre_logits=pre_logits)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.forward_head(self.forward_features(x))
+
+    def get_classifier(self) -> nn.Module:
+        return self.head.fc
+
+    def reset_classifier(self, num_classes: int) -> None:
+        """Replace the last linear layer by a freshly initialised one with ``num_classes`` outputs."""
+        self.num_classes = num_classes
+        self.pretrained_cfg["num_classes"] = num_classes
+        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
+        _init_weights(fc)
+        self.head.fc = fc
+
+
+class MobileViTV2Features(_MobileViTV2Base):
+    """The v2 backbone alone (``features_only=True``): the feature maps of the stages in
+    ``out_indices`` at strides 2, 4, 8, 16 and 32. Its keys are the classifier's without ``head``."""
+
+    def __init__(self, name: str, cfg: MobileViTV2Config, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+        if not out_indices or any(i not in range(5) for i in out_indices):
+            raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
+        super().__init__(name, cfg)
+        self.out_indices = tuple(sorted(out_indices))
+        self.feature_info = FeatureInfo(
+            [
+                {"num_chs": cfg.channels[i], "reduction": STAGE_STRIDES[i], "module": f"stages.{i}"}
+                for i in self.out_indices
+            ]
+        )
+        _init_weights(self)
+
+    def hub_config(self) -> dict[str, Any]:
+        return {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+
+    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
+        check_input(x, self.config.in_chans)
+        x = self.stem(x)
+        features = []
+        for i, stage in enumerate(self.stages):
+            x = stage(x)
+            if i in self.out_indices:
+                features.append(x)
+            if i == self.out_indices[-1]:
+                break
+        return features
+
+
+def create_mobilevitv2(
+    name: str,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    **overrides: Any,
+) -> MobileViTV2 | MobileViTV2Features:
+    """The registered v2 size ``name``, ``overrides`` replacing fields of its :class:`MobileViTV2Config`."""
+    cfg = resolve_v2_config(name, overrides)
+    if features_only:
+        return MobileViTV2Features(name, cfg, out_indices)
+    return MobileViTV2(name, cfg, 1000 if num_classes is None else num_classes)
