@@ -12,7 +12,7 @@ import transformers
 import mobilevit
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.segmentation import SEGMENTATION_MODELS
-from mobilevit.testing import hf_config, randomize_, structured_images
+from mobilevit.testing import hf_config, hf_v2_config, randomize_, structured_images
 
 TOL = 1e-4
 PAPER_PARAMS_M = {"deeplabv3_mobilevit_xxs": 1.9, "deeplabv3_mobilevit_xs": 2.9, "deeplabv3_mobilevit_s": 6.4}
@@ -177,3 +177,28 @@ def test_save_and_from_pretrained_round_trip(tmp_path):
 def test_list_models_by_task():
     assert mobilevit.list_models(task="segmentation") == sorted(SEGMENTATION_MODELS)
     assert "mobilevit_s" not in mobilevit.list_models(task="segmentation")
+
+
+@pytest.mark.parametrize(
+    ("name", "size"), [("deeplabv3_mobilevitv2_050", (256, 256)), ("deeplabv3_mobilevitv2_100", (192, 320))]
+)
+def test_v2_matches_hugging_face(name, size):
+    """DeepLabv3 on MobileViTv2 (ASPP 512): HF's port leaves the v2 block's local conv undilated,
+    ml-cvnets dilates it; with ``dilate_local_conv=False`` ours equals HF's."""
+    config = hf_v2_config(SEGMENTATION_MODELS[name])
+    config.num_labels, config.output_stride = 21, 16
+
+    def calibrate(model):
+        model(pixel_values=structured_images(4, 128, 128, seed=123))
+
+    ref = randomize_(transformers.MobileViTV2ForSemanticSegmentation(config), 7, calibrate)
+    ours = mobilevit.create_model(name, dilate_local_conv=False).eval()
+    ours.load_state_dict(mobilevit.convert_state_dict(ref.state_dict()))
+    official = mobilevit.create_model(name).eval()
+    official.load_state_dict(ours.state_dict())
+    x = structured_images(2, *size, seed=8)
+    with torch.no_grad():
+        expected = ref(pixel_values=x.flip(1)).logits
+        assert_close(ours.forward_logits(x), expected)
+        # The dilation is real: ml-cvnets' layout gives other logits from the same weights.
+        assert (official.forward_logits(x) - expected).abs().max() > 1e-2

@@ -21,11 +21,11 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2, resolve_v2_config
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
 TASKS = ("classification", "segmentation", "detection")
-_SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout")
+_SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout", "dilate_local_conv")
 _FEATURE_ARGS = ("output_stride",)
 
 
@@ -93,7 +93,8 @@ def create_model(
     model: nn.Module
     if task == "segmentation":
         head_args = _split(overrides, _SEGMENTATION_ARGS)
-        cfg = resolve_config(SEGMENTATION_MODELS[name], overrides)
+        variant = SEGMENTATION_MODELS[name]
+        cfg = resolve_v2_config(variant, overrides) if variant in V2_CONFIGS else resolve_config(variant, overrides)
         model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
     elif task == "detection":
         model = ssdlite_mobilevit(DETECTION_MODELS[name], num_classes or DEFAULT_DETECTION_CLASSES, **overrides)

@@ -17,6 +17,7 @@ from torch import nn
 from mobilevit.models.layers import ClassifierHead, ConvNormAct, InvertedResidual, make_divisible
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
+    OUTPUT_STRIDES,
     STAGE_STRIDES,
     FeatureInfo,
     SavePretrainedMixin,
@@ -184,11 +185,13 @@ class MobileViTV2Block(nn.Module):
         patch_size: int = 2,
         drop: float = 0.0,
         attn_drop: float = 0.0,
+        dilation: int = 1,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.local_rep = nn.Sequential()
-        self.local_rep.add_module("conv_kxk", ConvNormAct(channels, channels, 3, groups=channels))
+        local = ConvNormAct(channels, channels, 3, groups=channels, dilation=dilation)
+        self.local_rep.add_module("conv_kxk", local)
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
         self.global_rep = LinearTransformer(dim, depth, ffn_dim, drop, attn_drop)
         self.conv_proj = ConvNormAct(dim, channels, 1, act=False)
@@ -207,8 +210,16 @@ class MobileViTV2Block(nn.Module):
         return self.conv_proj(x)  # [B, C, H', W']
 
 
-def build_v2_stages(cfg: MobileViTV2Config) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, MobileViTv2 block) x 3."""
+def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_local_conv: bool = True) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, MobileViTv2 block) x 3.
+
+    With ``output_stride`` 16 (or 8) the last one (or two) of the strided stages keep their
+    resolution: their MV2 block has stride 1, the next stage's MV2 depthwise conv is dilated, and so
+    is the stage's MobileViTv2 local 3x3 conv, as ml-cvnets does (``dilate_local_conv=False`` leaves
+    that one undilated, as Hugging Face's port does).
+    """
+    if output_stride not in OUTPUT_STRIDES:
+        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     c = (cfg.stem_channels, *cfg.channels)
     stages = nn.ModuleList()
     stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
@@ -218,10 +229,14 @@ def build_v2_stages(cfg: MobileViTV2Config) -> nn.ModuleList:
             InvertedResidual(c[2], c[2], 1, cfg.expansion),
         )
     )
+    dilation = 1
     for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
+        previous = dilation
+        dilate = STAGE_STRIDES[i] > output_stride
+        dilation = dilation * 2 if dilate else dilation
         stages.append(
             nn.Sequential(
-                InvertedResidual(c[i], c[i + 1], 2, cfg.expansion),
+                InvertedResidual(c[i], c[i + 1], 1 if dilate else 2, cfg.expansion, dilation=previous),
                 MobileViTV2Block(
                     c[i + 1],
                     dim,
@@ -230,6 +245,7 @@ def build_v2_stages(cfg: MobileViTV2Config) -> nn.ModuleList:
                     patch_size=cfg.patch_size,
                     drop=cfg.transformer_dropout,
                     attn_drop=cfg.attn_dropout,
+                    dilation=dilation if dilate_local_conv else 1,
                 ),
             )
         )
@@ -239,12 +255,14 @@ def build_v2_stages(cfg: MobileViTV2Config) -> nn.ModuleList:
 class _MobileViTV2Base(SavePretrainedMixin, nn.Module):
     """What the v2 classifier and backbone share: the stem, the five stages and their bookkeeping."""
 
-    def __init__(self, name: str, cfg: MobileViTV2Config) -> None:
+    def __init__(
+        self, name: str, cfg: MobileViTV2Config, output_stride: int = 32, dilate_local_conv: bool = True
+    ) -> None:
         super().__init__()
         self.model_name = name
         self.config = cfg
         self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
-        self.stages = build_v2_stages(cfg)
+        self.stages = build_v2_stages(cfg, output_stride, dilate_local_conv)
         self.pretrained_cfg = dict(V2_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
 
     def model_args(self) -> dict[str, Any]:
@@ -302,23 +320,37 @@ class MobileViTV2(_MobileViTV2Base):
 
 class MobileViTV2Features(_MobileViTV2Base):
     """The v2 backbone alone (``features_only=True``): the feature maps of the stages in
-    ``out_indices`` at strides 2, 4, 8, 16 and 32. Its keys are the classifier's without ``head``."""
+    ``out_indices`` at strides 2, 4, 8, 16 and 32 (at most ``output_stride``, reached by dilation).
+    Its keys are the classifier's without ``head``."""
 
-    def __init__(self, name: str, cfg: MobileViTV2Config, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+    def __init__(
+        self,
+        name: str,
+        cfg: MobileViTV2Config,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+        output_stride: int = 32,
+        dilate_local_conv: bool = True,
+    ) -> None:
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
-        super().__init__(name, cfg)
+        super().__init__(name, cfg, output_stride, dilate_local_conv)
         self.out_indices = tuple(sorted(out_indices))
+        self.output_stride = output_stride
+        self.dilate_local_conv = dilate_local_conv
         self.feature_info = FeatureInfo(
             [
-                {"num_chs": cfg.channels[i], "reduction": STAGE_STRIDES[i], "module": f"stages.{i}"}
+                {"num_chs": cfg.channels[i], "reduction": min(STAGE_STRIDES[i], output_stride), "module": f"stages.{i}"}
                 for i in self.out_indices
             ]
         )
         _init_weights(self)
 
     def hub_config(self) -> dict[str, Any]:
-        return {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+        config = {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
+        extra = {"output_stride": self.output_stride} if self.output_stride != 32 else {}
+        extra |= {"dilate_local_conv": False} if not self.dilate_local_conv else {}
+        config["model_args"] = {**config["model_args"], **extra}
+        return config
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.config.in_chans)
@@ -340,8 +372,10 @@ def create_mobilevitv2(
     out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
     **overrides: Any,
 ) -> MobileViTV2 | MobileViTV2Features:
-    """The registered v2 size ``name``, ``overrides`` replacing fields of its :class:`MobileViTV2Config`."""
+    """The registered v2 size ``name``, ``overrides`` replacing fields of its :class:`MobileViTV2Config`
+    (and, for a backbone, ``output_stride`` and ``dilate_local_conv``)."""
+    feature_args = {k: overrides.pop(k) for k in ("output_stride", "dilate_local_conv") if k in overrides}
     cfg = resolve_v2_config(name, overrides)
     if features_only:
-        return MobileViTV2Features(name, cfg, out_indices)
+        return MobileViTV2Features(name, cfg, out_indices, **feature_args)
     return MobileViTV2(name, cfg, 1000 if num_classes is None else num_classes)

@@ -1,9 +1,10 @@
 """DeepLabv3 semantic segmentation on a MobileViT backbone (paper, Section 4.2.2).
 
-The backbone runs at output stride 16 (the last stage dilated instead of strided; 8 as an option)
-and the DeepLabv3 head (Chen et al., 2017) classifies every pixel of its last feature map: ASPP with
-a 1x1 branch, three dilated 3x3 branches (rates 6, 12, 18), image pooling, all with 256 channels,
-then a 1x1 projection, dropout 0.1 and a 1x1 classifier. The logits are upsampled to the input size.
+The backbone (MobileViT v1 or v2) runs at output stride 16 (the last stage dilated instead of
+strided; 8 as an option) and the DeepLabv3 head (Chen et al., 2017) classifies every pixel of its
+last feature map: ASPP with a 1x1 branch, three dilated 3x3 branches (rates 6, 12, 18), image
+pooling, all with 256 channels (512 on v2, as ml-cvnets' recipe), then a 1x1 projection, dropout 0.1
+and a 1x1 classifier. The logits are upsampled to the input size.
 
 State-dict keys: ``backbone.*`` are those of :class:`~mobilevit.models.mobilevit.MobileViTFeatures`
 (so classification checkpoints initialise it), ``head.*`` the DeepLabv3 head.
@@ -29,10 +30,25 @@ from mobilevit.models.mobilevit import (
     _init_weights,
     check_input,
 )
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Config, MobileViTV2Features
 
 # Registered names -> backbone size. VOC has 20 classes and the background.
-SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in MODEL_CONFIGS}
+SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in [*MODEL_CONFIGS, *V2_CONFIGS]}
 DEFAULT_SEGMENTATION_CLASSES = 21
+# ASPP width of the official recipes: 256 on v1 (the paper), 512 on v2 (ml-cvnets' VOC config).
+ASPP_CHANNELS = {MobileViTConfig: 256, MobileViTV2Config: 512}
+
+
+def _backbone(
+    name: str, cfg: MobileViTConfig | MobileViTV2Config, output_stride: int, dilate_local_conv: bool
+) -> nn.Module:
+    """The dilated backbone's last map. v1's MobileViT blocks are never dilated (ml-cvnets and
+    Hugging Face agree); v2's local conv is, in ml-cvnets (``dilate_local_conv=False``: as in HF)."""
+    if isinstance(cfg, MobileViTV2Config):
+        return MobileViTV2Features(name, cfg, (4,), output_stride, dilate_local_conv)
+    if not dilate_local_conv:
+        raise ValueError("dilate_local_conv applies to MobileViTv2 backbones only")
+    return MobileViTFeatures(name, cfg, out_indices=(4,), output_stride=output_stride)
 
 
 def _init_classifier(conv: nn.Conv2d) -> None:
@@ -104,25 +120,27 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
     def __init__(
         self,
         name: str,
-        cfg: MobileViTConfig,
+        cfg: MobileViTConfig | MobileViTV2Config,
         num_classes: int = DEFAULT_SEGMENTATION_CLASSES,
         output_stride: int = 16,
-        aspp_channels: int = 256,
+        aspp_channels: int | None = None,
         aspp_rates: tuple[int, ...] = (6, 12, 18),
         aspp_dropout: float = 0.1,
+        dilate_local_conv: bool = True,
     ) -> None:
         super().__init__()
         self.model_name = name
         self.num_classes = num_classes
         self.config = cfg
+        aspp_channels = aspp_channels or ASPP_CHANNELS[type(cfg)]
         self._head_args = {
             "output_stride": output_stride,
             "aspp_channels": aspp_channels,
             "aspp_rates": tuple(aspp_rates),
             "aspp_dropout": aspp_dropout,
+            "dilate_local_conv": dilate_local_conv,
         }
-        backbone_name = SEGMENTATION_MODELS[name]
-        self.backbone = MobileViTFeatures(backbone_name, cfg, out_indices=(4,), output_stride=output_stride)
+        self.backbone = _backbone(SEGMENTATION_MODELS[name], cfg, output_stride, dilate_local_conv)
         self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
         _init_weights(self.head)
         _init_classifier(self.head.classifier)
@@ -155,9 +173,10 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
 
     def model_args(self) -> dict[str, Any]:
         """Options that differ from the registered model's defaults: enough to rebuild it."""
-        defaults = {"output_stride": 16, "aspp_channels": 256}
-        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1}
-        base = asdict(MODEL_CONFIGS[SEGMENTATION_MODELS[self.model_name]])
+        defaults = {"output_stride": 16, "aspp_channels": ASPP_CHANNELS[type(self.config)]}
+        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1, "dilate_local_conv": True}
+        variant = SEGMENTATION_MODELS[self.model_name]
+        base = asdict(MODEL_CONFIGS[variant] if variant in MODEL_CONFIGS else V2_CONFIGS[variant])
         args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
         args |= {k: list(v) if isinstance(v, tuple) else v for k, v in self._head_args.items() if defaults[k] != v}
         return args

@@ -1,0 +1,287 @@
+"""MobileViTv3 (Wadekar & Chaurasia, arXiv 2209.15159): MobileViT blocks that fuse local and global
+features with a 1x1 conv and add the block input as a residual.
+
+Two families, each on the network of its predecessor (official code: github.com/micronDLA/MobileViTv3):
+
+- ``mobilevitv3_{xxs,xs,s}`` on v1 (``MobileViTv3-v1/``): multi-head attention, wider layer3..layer5
+  (one row of ``V3_CONFIGS`` each);
+- ``mobilevitv3_{050,075,100}`` on v2 (``MobileViTv3-v2/``): separable self-attention, v2's widths
+  (one width multiplier of ``V3_V2_CONFIGS`` each).
+
+Both reuse their predecessor's stem, MV2 stages, head and API unchanged; only the MobileViT block of
+layer3..layer5 is replaced.
+"""
+
+from __future__ import annotations
+
+from dataclasses import asdict, fields, replace
+from typing import Any, TypeVar
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevit.models.layers import ConvNormAct
+from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, _init_weights
+from mobilevit.models.mobilevit_block import Transformer, fold, unfold
+from mobilevit.models.mobilevitv2 import (
+    MobileViTV2,
+    MobileViTV2Block,
+    MobileViTV2Config,
+    MobileViTV2Features,
+    fold_v2,
+    unfold_v2,
+)
+
+# MobileViTv3-v1/cvnets/models/classification/config/mobilevit.py, modes "{xx_small,x_small,small}_v3":
+# v1's table with layer3..layer5 widened (the v3 block is cheaper: depthwise local conv, 1x1 fusion).
+# Transformer widths, depths, MV2 expansion and the final min(4 C5, 960) conv are v1's; dropouts
+# are those of MobileViTv3-v1/config/classification/mobilevitv3_*_oneserver.yaml (= v1's).
+V3_CONFIGS: dict[str, MobileViTConfig] = {
+    "mobilevitv3_xxs": MobileViTConfig(
+        channels=(16, 24, 64, 80, 128),
+        transformer_dims=(64, 80, 96),
+        expansion=2.0,
+        transformer_dropout=0.05,
+    ),
+    "mobilevitv3_xs": MobileViTConfig(
+        channels=(32, 48, 96, 160, 160),
+        transformer_dims=(96, 120, 144),
+        expansion=4.0,
+        transformer_dropout=0.1,
+    ),
+    "mobilevitv3_s": MobileViTConfig(
+        channels=(32, 64, 128, 256, 320),
+        transformer_dims=(144, 192, 240),
+        expansion=4.0,
+        transformer_dropout=0.1,
+    ),
+}
+
+# MobileViTv3-v2/cvnets/models/classification/config/mobilevit_v3.py: v2's widths for every
+# multiplier (its make_divisible rounding equals v2's int(c * w) at 0.5, 0.75 and 1.0), no classifier
+# dropout, no final 1x1 conv.
+V3_V2_CONFIGS: dict[str, MobileViTV2Config] = {
+    f"mobilevitv3_{round(100 * m):03d}": MobileViTV2Config(width_multiplier=m) for m in (0.5, 0.75, 1.0)
+}
+
+V3_MODELS: tuple[str, ...] = (*V3_CONFIGS, *V3_V2_CONFIGS)
+
+
+def _padded(height: int, width: int, p: int) -> tuple[int, int]:
+    """``height`` and ``width`` rounded up to multiples of ``p``."""
+    return (height + p - 1) // p * p, (width + p - 1) // p * p
+
+
+def _resize_to_patches(x: torch.Tensor, p: int, align_corners: bool) -> tuple[torch.Tensor, bool]:
+    """Bilinearly resize ``x`` up to sides that are multiples of ``p``; also say whether it resized.
+
+    Traced or shape-generic graphs always resize (an identity when the sides already fit), as the
+    v1 and v2 blocks do, so that no size test is frozen into an exported graph.
+    """
+    height, width = x.shape[-2:]
+    new_h, new_w = _padded(height, width, p)
+    resize = torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width)
+    if resize:
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=align_corners)
+    return x, resize
+
+
+class MobileViTV3Block(nn.Module):
+    """The v3 block on v1 (paper, Section 3.1): v1's block with three changes that let it grow wider
+    at the same cost and train more stably:
+
+    1. the local 3x3 conv is depthwise;
+    2. fusion concatenates the *local* features (d channels, not the block input) with the global
+       ones (C) and mixes them with a 1x1 conv (not 3x3);
+    3. the block input is added to the fused output.
+    """
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        depth: int,
+        ffn_dim: int,
+        num_heads: int = 4,
+        patch_size: int = 2,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+    ) -> None:
+        super().__init__()
+        self.patch_size = patch_size
+        self.local_rep = nn.Sequential()
+        self.local_rep.add_module("conv_kxk", ConvNormAct(channels, channels, 3, groups=channels))
+        self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
+        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop)
+        self.conv_proj = ConvNormAct(dim, channels, 1)
+        self.fusion = ConvNormAct(dim + channels, channels, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        height, width = x.shape[-2:]
+        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
+        local = self.local_rep(x)  # [B, d, H, W]
+        y, resized = _resize_to_patches(local, self.patch_size, align_corners=False)  # [B, d, H', W']
+        y = self.global_rep(unfold(y, self.patch_size))  # [B*P, N, d]
+        y = fold(y, self.patch_size, *_padded(height, width, self.patch_size), channels_last)  # [B, d, H', W']
+        if resized:
+            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
+        y = self.conv_proj(y)  # [B, C, H, W]
+        return x + self.fusion(torch.cat((local, y), dim=1))  # [B, d + C, H, W] -> [B, C, H, W]
+
+
+class MobileViTV3V2Block(MobileViTV2Block):
+    """The v3 block on v2 (paper, Section 3.2): v2's block (already depthwise and fusion-free) whose
+    1x1 projection takes the concatenated global and local features (2d -> C) instead of the global
+    ones alone, plus the block input as a residual."""
+
+    def __init__(
+        self,
+        channels: int,
+        dim: int,
+        depth: int,
+        ffn_dim: int,
+        patch_size: int = 2,
+        drop: float = 0.0,
+        attn_drop: float = 0.0,
+    ) -> None:
+        super().__init__(channels, dim, depth, ffn_dim, patch_size, drop, attn_drop)
+        self.conv_proj = ConvNormAct(2 * dim, channels, 1, act=False)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        # As in v2, odd sides are resized up (align_corners=True) and not back: the residual and the
+        # next stage see the larger map.
+        x, _ = _resize_to_patches(x, self.patch_size, align_corners=True)  # [B, C, H', W']
+        height, width = x.shape[-2:]
+        local = self.local_rep(x)  # [B, d, H', W']
+        y = self.global_rep(unfold_v2(local, self.patch_size))  # [B, d, P, N]
+        y = fold_v2(y, self.patch_size, height, width)  # [B, d, H', W']
+        return x + self.conv_proj(torch.cat((y, local), dim=1))  # [B, 2d, H', W'] -> [B, C, H', W']
+
+
+def _use_v3_blocks(stages: nn.ModuleList, cfg: MobileViTConfig) -> None:
+    """Replace the MobileViT block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block."""
+    for stage, channels, dim, depth in zip(
+        stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
+    ):
+        stage[1] = MobileViTV3Block(
+            channels,
+            dim,
+            depth,
+            cfg.ffn_multiplier * dim,
+            num_heads=cfg.num_heads,
+            patch_size=cfg.patch_size,
+            drop=cfg.transformer_dropout,
+            attn_drop=cfg.attn_dropout,
+        )
+        _init_weights(stage[1])
+
+
+def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
+    """Replace the MobileViTv2 block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block."""
+    for stage, channels, dim, depth in zip(
+        stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
+    ):
+        stage[1] = MobileViTV3V2Block(
+            channels,
+            dim,
+            depth,
+            cfg.ffn_multiplier * dim,
+            patch_size=cfg.patch_size,
+            drop=cfg.transformer_dropout,
+            attn_drop=cfg.attn_dropout,
+        )
+        _init_weights(stage[1])
+
+
+class _V3ModelArgs:
+    """``model_args`` against the v3 tables: the v1 and v2 parents look the size up in their own."""
+
+    model_name: str
+    config: MobileViTConfig | MobileViTV2Config
+
+    def model_args(self) -> dict[str, Any]:
+        base = asdict(_TABLES[self.model_name])
+        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
+
+
+# The v3 models are their predecessors with the blocks swapped after construction: the MV2 stages,
+# dilation, head, checkpoint keys and API stay exactly v1's or v2's.
+
+
+class MobileViTV3(_V3ModelArgs, MobileViT):
+    """MobileViTv3-XXS/XS/S classifier: :class:`MobileViT` with :class:`MobileViTV3Block`."""
+
+    def __init__(self, name: str, cfg: MobileViTConfig, num_classes: int = 1000) -> None:
+        super().__init__(name, cfg, num_classes)
+        _use_v3_blocks(self.stages, cfg)
+
+
+class MobileViTV3Features(_V3ModelArgs, MobileViTFeatures):
+    """MobileViTv3-XXS/XS/S backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
+
+    def __init__(
+        self,
+        name: str,
+        cfg: MobileViTConfig,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+        output_stride: int = 32,
+    ) -> None:
+        super().__init__(name, cfg, out_indices, output_stride)
+        _use_v3_blocks(self.stages, cfg)
+
+
+class MobileViTV3V2(_V3ModelArgs, MobileViTV2):
+    """MobileViTv3-0.5/0.75/1.0 classifier: :class:`MobileViTV2` with :class:`MobileViTV3V2Block`."""
+
+    def __init__(self, name: str, cfg: MobileViTV2Config, num_classes: int = 1000) -> None:
+        super().__init__(name, cfg, num_classes)
+        _use_v3_v2_blocks(self.stages, cfg)
+
+
+class MobileViTV3V2Features(_V3ModelArgs, MobileViTV2Features):
+    """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``)."""
+
+    def __init__(self, name: str, cfg: MobileViTV2Config, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
+        super().__init__(name, cfg, out_indices)
+        _use_v3_v2_blocks(self.stages, cfg)
+
+
+_TABLES: dict[str, MobileViTConfig | MobileViTV2Config] = {**V3_CONFIGS, **V3_V2_CONFIGS}
+Config = TypeVar("Config", MobileViTConfig, MobileViTV2Config)
+
+
+def _resolve(table: dict[str, Config], name: str, overrides: dict[str, Any]) -> Config:
+    """The config of ``name`` with ``overrides`` applied; unknown fields raise ValueError."""
+    valid = {f.name for f in fields(table[name])}
+    unknown = sorted(set(overrides) - valid)
+    if unknown:
+        raise ValueError(
+            f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
+        )
+    return replace(table[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def create_mobilevitv3(
+    name: str,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    **overrides: Any,
+) -> MobileViTV3 | MobileViTV3Features | MobileViTV3V2 | MobileViTV3V2Features:
+    """The registered v3 size ``name``; ``overrides`` replace fields of its config (and, for a
+    v1-based backbone, may set ``output_stride``)."""
+    if name not in _TABLES:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
+    num_classes = 1000 if num_classes is None else num_classes
+    if name in V3_V2_CONFIGS:
+        cfg_v2 = _resolve(V3_V2_CONFIGS, name, overrides)
+        return (
+            MobileViTV3V2Features(name, cfg_v2, out_indices)
+            if features_only
+            else MobileViTV3V2(name, cfg_v2, num_classes)
+        )
+    if features_only:
+        output_stride = overrides.pop("output_stride", 32)
+        return MobileViTV3Features(name, _resolve(V3_CONFIGS, name, overrides), out_indices, output_stride)
+    return MobileViTV3(name, _resolve(V3_CONFIGS, name, overrides), num_classes)
