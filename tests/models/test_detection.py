@@ -44,11 +44,12 @@ def _images() -> list[torch.Tensor]:
 
 
 def test_registered_names_map_to_backbones():
-    assert DETECTION_MODELS == {
+    assert {k: v for k, v in DETECTION_MODELS.items() if "mobilevit_" in k} == {
         "ssdlite_mobilevit_xxs": "mobilevit_xxs",
         "ssdlite_mobilevit_xs": "mobilevit_xs",
         "ssdlite_mobilevit_s": "mobilevit_s",
     }
+    assert DETECTION_MODELS["ssdlite_mobilevitv2_100"] == "mobilevitv2_100"  # v2 backbones too
     model = _model("mobilevit_xs")
     assert model.model_name == "ssdlite_mobilevit_xs"
     assert model.num_classes == NUM_CLASSES
@@ -244,3 +245,19 @@ def test_bad_options_raise_value_error():
         ssdlite_mobilevit("mobilevit_xxs", score_threshold=0.5)
     with pytest.raises(ValueError, match="at least 2"):
         ssdlite_mobilevit("mobilevit_xxs", num_classes=1)
+
+
+def test_v2_backbone_trains_and_detects():
+    """SSDLite on MobileViTv2, as ml-cvnets' COCO recipe for v2 builds it."""
+    model = ssdlite_mobilevit("mobilevitv2_050", num_classes=3, img_size=128)
+    images = [torch.rand(3, 128, 128), torch.rand(3, 100, 150)]
+    targets = [
+        {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])},
+        {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
+    ]
+    losses = model(images, targets)
+    assert all(torch.isfinite(v) for v in losses.values())
+    model.eval()
+    with torch.no_grad():
+        out = model(images)
+    assert len(out) == 2 and out[1]["boxes"].shape[1] == 4

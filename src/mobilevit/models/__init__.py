@@ -3,16 +3,21 @@
 from mobilevit.models.factory import create_model, from_pretrained, list_models, load_pretrained
 from mobilevit.models.mobilevit import MODEL_CONFIGS, MobileViT, MobileViTConfig, MobileViTFeatures
 from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2, MobileViTV2Config, MobileViTV2Features
+from mobilevit.models.mobilevitv3 import V3_CONFIGS, V3_V2_CONFIGS, MobileViTV3, MobileViTV3V2
 
 __all__ = [
     "MODEL_CONFIGS",
     "V2_CONFIGS",
+    "V3_CONFIGS",
+    "V3_V2_CONFIGS",
     "MobileViT",
     "MobileViTConfig",
     "MobileViTFeatures",
     "MobileViTV2",
     "MobileViTV2Config",
     "MobileViTV2Features",
+    "MobileViTV3",
+    "MobileViTV3V2",
     "create_model",
     "from_pretrained",
     "list_models",

@@ -24,7 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict, fields
+from dataclasses import asdict
 from typing import Any
 
 import torch
@@ -34,20 +34,19 @@ from torchvision.models.detection.ssd import SSD
 
 from mobilevit.convert import convert_state_dict
 from mobilevit.errors import CheckpointMismatchError
-from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import (
-    DEFAULT_PRETRAINED_CFG,
-    MIN_INPUT_SIZE,
-    MODEL_CONFIGS,
-    MobileViTConfig,
-    MobileViTFeatures,
-    SavePretrainedMixin,
-    resolve_config,
+from mobilevit.models.backbones import (
+    BACKBONES,
+    BackboneConfig,
+    backbone_features,
+    config_fields,
+    resolve_backbone_config,
 )
+from mobilevit.models.layers import ConvNormAct
+from mobilevit.models.mobilevit import DEFAULT_PRETRAINED_CFG, MIN_INPUT_SIZE, SavePretrainedMixin
 
 # Registered names -> backbone size. COCO's 80 categories (mapped to contiguous labels 1..80, as
 # ml-cvnets does) + the background.
-DETECTION_MODELS: dict[str, str] = {f"ssdlite_{name}": name for name in MODEL_CONFIGS}
+DETECTION_MODELS: dict[str, str] = {f"ssdlite_{name}": name for name in BACKBONES}
 DEFAULT_DETECTION_CLASSES = 81
 
 FEATURE_NAMES = ("os16", "os32", "os64", "os128", "os256", "global")
@@ -103,9 +102,9 @@ class GlobalFeature(nn.Sequential):
 class MobileViTSSDBackbone(nn.Module):
     """MobileViT layer4 and layer5 outputs plus the extra SSD layers: six feature maps for the heads."""
 
-    def __init__(self, name: str, cfg: MobileViTConfig) -> None:
+    def __init__(self, name: str, cfg: BackboneConfig) -> None:
         super().__init__()
-        self.body = MobileViTFeatures(name, cfg, out_indices=(3, 4))
+        self.body = backbone_features(name, cfg, out_indices=(3, 4))
         in_channels = cfg.channels[-1]
         extra: list[nn.Module] = []
         for out_channels in PROJ_CHANNELS[2:-1]:
@@ -188,7 +187,7 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
     def __init__(
         self,
         name: str,
-        cfg: MobileViTConfig,
+        cfg: BackboneConfig,
         num_classes: int = DEFAULT_DETECTION_CLASSES,
         *,
         score_thresh: float = DETECTION_DEFAULTS["score_thresh"],
@@ -267,7 +266,7 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
 
     def model_args(self) -> dict[str, Any]:
         """Backbone config fields and detection options that differ from the defaults: enough to rebuild it."""
-        base = asdict(MODEL_CONFIGS[DETECTION_MODELS[self.model_name]])
+        base = asdict(BACKBONES[DETECTION_MODELS[self.model_name]])
         args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
         args |= {k: getattr(self, k) for k, v in DETECTION_DEFAULTS.items() if getattr(self, k) != v}
         return args
@@ -330,14 +329,14 @@ def ssdlite_mobilevit(variant: str, num_classes: int = DEFAULT_DETECTION_CLASSES
     ``nms_thresh``, ``detections_per_img``, ``topk_candidates``, ``img_size``) or fields of the
     backbone's :class:`~mobilevit.models.mobilevit.MobileViTConfig`.
     """
-    if variant not in MODEL_CONFIGS:
-        raise ValueError(f"unknown backbone {variant!r}; valid variants: {', '.join(sorted(MODEL_CONFIGS))}")
-    unknown = sorted(set(kwargs) - set(DETECTION_DEFAULTS) - {f.name for f in fields(MobileViTConfig)})
+    if variant not in BACKBONES:
+        raise ValueError(f"unknown backbone {variant!r}; valid variants: {', '.join(sorted(BACKBONES))}")
+    unknown = sorted(set(kwargs) - set(DETECTION_DEFAULTS) - config_fields(BACKBONES[variant]))
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)}; detection options: {', '.join(DETECTION_DEFAULTS)}, "
             "or a MobileViTConfig field"
         )
     options = {k: kwargs.pop(k) for k in DETECTION_DEFAULTS if k in kwargs}
-    cfg = resolve_config(variant, kwargs)
+    cfg = resolve_backbone_config(variant, kwargs)
     return SSDLiteMobileViT(f"ssdlite_{variant}", cfg, num_classes, **options)

@@ -14,6 +14,7 @@ from torch import nn
 from mobilevit.convert import convert_state_dict
 from mobilevit.engine.checkpoint import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.models.backbones import resolve_backbone_config
 from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
 from mobilevit.models.mobilevit import (
     MODEL_CONFIGS,
@@ -21,7 +22,8 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2, resolve_v2_config
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2
+from mobilevit.models.mobilevitv3 import V3_MODELS, create_mobilevitv3
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
 TASKS = ("classification", "segmentation", "detection")
@@ -31,7 +33,7 @@ _FEATURE_ARGS = ("output_stride",)
 
 def model_task(name: str) -> str:
     """``classification``, ``segmentation`` or ``detection``: what the registered model ``name`` does."""
-    if name in MODEL_CONFIGS or name in V2_CONFIGS:
+    if name in MODEL_CONFIGS or name in V2_CONFIGS or name in V3_MODELS:
         return "classification"
     if name in SEGMENTATION_MODELS:
         return "segmentation"
@@ -59,7 +61,7 @@ def resolve_task_model(name: str, task: str | None = None) -> tuple[str, str]:
 
 def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
     """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and a task."""
-    names = sorted([*MODEL_CONFIGS, *V2_CONFIGS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
+    names = sorted([*MODEL_CONFIGS, *V2_CONFIGS, *V3_MODELS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
     if task is not None:
         names = [n for n in names if model_task(n) == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
@@ -93,13 +95,14 @@ def create_model(
     model: nn.Module
     if task == "segmentation":
         head_args = _split(overrides, _SEGMENTATION_ARGS)
-        variant = SEGMENTATION_MODELS[name]
-        cfg = resolve_v2_config(variant, overrides) if variant in V2_CONFIGS else resolve_config(variant, overrides)
+        cfg = resolve_backbone_config(SEGMENTATION_MODELS[name], overrides)
         model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
     elif task == "detection":
         model = ssdlite_mobilevit(DETECTION_MODELS[name], num_classes or DEFAULT_DETECTION_CLASSES, **overrides)
     elif name in V2_CONFIGS:
         model = create_mobilevitv2(name, num_classes, features_only, out_indices, **overrides)
+    elif name in V3_MODELS:
+        model = create_mobilevitv3(name, num_classes, features_only, out_indices, **overrides)
     elif features_only:
         feature_args = _split(overrides, _FEATURE_ARGS)
         model = MobileViTFeatures(name, resolve_config(name, overrides), out_indices=out_indices, **feature_args)

@@ -88,8 +88,9 @@ def _resize_to_patches(x: torch.Tensor, p: int, align_corners: bool) -> tuple[to
 
 
 class MobileViTV3Block(nn.Module):
-    """The v3 block on v1 (paper, Section 3.1): v1's block with three changes that let it grow wider
-    at the same cost and train more stably:
+    """The v3 block on v1: v1's block with three changes. The 1x1 fusion mixes each position on its
+    own (a simpler task than v1's 3x3) and, with the depthwise conv, makes the block cheap enough to
+    widen layer3..layer5 at about v1's cost; the residual eases training of the deeper fused path.
 
     1. the local 3x3 conv is depthwise;
     2. fusion concatenates the *local* features (d channels, not the block input) with the global
@@ -122,8 +123,9 @@ class MobileViTV3Block(nn.Module):
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         local = self.local_rep(x)  # [B, d, H, W]
         y, resized = _resize_to_patches(local, self.patch_size, align_corners=False)  # [B, d, H', W']
+        padded = y.shape[-2:]
         y = self.global_rep(unfold(y, self.patch_size))  # [B*P, N, d]
-        y = fold(y, self.patch_size, *_padded(height, width, self.patch_size), channels_last)  # [B, d, H', W']
+        y = fold(y, self.patch_size, *padded, channels_last)  # [B, d, H', W']
         if resized:
             y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
         y = self.conv_proj(y)  # [B, C, H, W]
@@ -131,7 +133,7 @@ class MobileViTV3Block(nn.Module):
 
 
 class MobileViTV3V2Block(MobileViTV2Block):
-    """The v3 block on v2 (paper, Section 3.2): v2's block (already depthwise and fusion-free) whose
+    """The v3 block on v2: v2's block (already depthwise and fusion-free) whose
     1x1 projection takes the concatenated global and local features (2d -> C) instead of the global
     ones alone, plus the block input as a residual."""
 
@@ -144,8 +146,9 @@ class MobileViTV3V2Block(MobileViTV2Block):
         patch_size: int = 2,
         drop: float = 0.0,
         attn_drop: float = 0.0,
+        dilation: int = 1,
     ) -> None:
-        super().__init__(channels, dim, depth, ffn_dim, patch_size, drop, attn_drop)
+        super().__init__(channels, dim, depth, ffn_dim, patch_size, drop, attn_drop, dilation)
         self.conv_proj = ConvNormAct(2 * dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -178,7 +181,8 @@ def _use_v3_blocks(stages: nn.ModuleList, cfg: MobileViTConfig) -> None:
 
 
 def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
-    """Replace the MobileViTv2 block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block."""
+    """Replace the MobileViTv2 block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block
+    with the same local-conv dilation (set by v2's stage builder for output strides 16 and 8)."""
     for stage, channels, dim, depth in zip(
         stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
     ):
@@ -190,6 +194,7 @@ def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
             patch_size=cfg.patch_size,
             drop=cfg.transformer_dropout,
             attn_drop=cfg.attn_dropout,
+            dilation=stage[1].local_rep.conv_kxk.conv.dilation[0],
         )
         _init_weights(stage[1])
 
@@ -240,10 +245,17 @@ class MobileViTV3V2(_V3ModelArgs, MobileViTV2):
 
 
 class MobileViTV3V2Features(_V3ModelArgs, MobileViTV2Features):
-    """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``)."""
+    """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
 
-    def __init__(self, name: str, cfg: MobileViTV2Config, out_indices: tuple[int, ...] = (0, 1, 2, 3, 4)) -> None:
-        super().__init__(name, cfg, out_indices)
+    def __init__(
+        self,
+        name: str,
+        cfg: MobileViTV2Config,
+        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+        output_stride: int = 32,
+        dilate_local_conv: bool = True,
+    ) -> None:
+        super().__init__(name, cfg, out_indices, output_stride, dilate_local_conv)
         _use_v3_v2_blocks(self.stages, cfg)
 
 
@@ -262,6 +274,13 @@ def _resolve(table: dict[str, Config], name: str, overrides: dict[str, Any]) -> 
     return replace(table[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
+def resolve_v3_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig | MobileViTV2Config:
+    """The config of the v3 size ``name`` (v1- or v2-based) with ``overrides`` applied."""
+    if name not in _TABLES:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
+    return _resolve(V3_V2_CONFIGS if name in V3_V2_CONFIGS else V3_CONFIGS, name, overrides)
+
+
 def create_mobilevitv3(
     name: str,
     num_classes: int | None = None,
@@ -270,18 +289,18 @@ def create_mobilevitv3(
     **overrides: Any,
 ) -> MobileViTV3 | MobileViTV3Features | MobileViTV3V2 | MobileViTV3V2Features:
     """The registered v3 size ``name``; ``overrides`` replace fields of its config (and, for a
-    v1-based backbone, may set ``output_stride``)."""
+    backbone, set ``output_stride`` and, on v2, ``dilate_local_conv``)."""
     if name not in _TABLES:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
     num_classes = 1000 if num_classes is None else num_classes
+    backbone_keys = ("output_stride", "dilate_local_conv") if features_only else ()
+    feature_args = {k: overrides.pop(k) for k in backbone_keys if k in overrides}
     if name in V3_V2_CONFIGS:
         cfg_v2 = _resolve(V3_V2_CONFIGS, name, overrides)
-        return (
-            MobileViTV3V2Features(name, cfg_v2, out_indices)
-            if features_only
-            else MobileViTV3V2(name, cfg_v2, num_classes)
-        )
+        if features_only:
+            return MobileViTV3V2Features(name, cfg_v2, out_indices, **feature_args)
+        return MobileViTV3V2(name, cfg_v2, num_classes)
+    cfg = _resolve(V3_CONFIGS, name, overrides)
     if features_only:
-        output_stride = overrides.pop("output_stride", 32)
-        return MobileViTV3Features(name, _resolve(V3_CONFIGS, name, overrides), out_indices, output_stride)
-    return MobileViTV3(name, _resolve(V3_CONFIGS, name, overrides), num_classes)
+        return MobileViTV3Features(name, cfg, out_indices, **feature_args)
+    return MobileViTV3(name, cfg, num_classes)

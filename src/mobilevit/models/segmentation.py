@@ -20,35 +20,22 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilevit.data.segmentation import IGNORE_INDEX
+from mobilevit.models.backbones import BACKBONES, BackboneConfig, backbone_features
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
-    MODEL_CONFIGS,
     MobileViTConfig,
-    MobileViTFeatures,
     SavePretrainedMixin,
     _init_weights,
     check_input,
 )
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Config, MobileViTV2Features
+from mobilevit.models.mobilevitv2 import MobileViTV2Config
 
 # Registered names -> backbone size. VOC has 20 classes and the background.
-SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in [*MODEL_CONFIGS, *V2_CONFIGS]}
+SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in BACKBONES}
 DEFAULT_SEGMENTATION_CLASSES = 21
 # ASPP width of the official recipes: 256 on v1 (the paper), 512 on v2 (ml-cvnets' VOC config).
 ASPP_CHANNELS = {MobileViTConfig: 256, MobileViTV2Config: 512}
-
-
-def _backbone(
-    name: str, cfg: MobileViTConfig | MobileViTV2Config, output_stride: int, dilate_local_conv: bool
-) -> nn.Module:
-    """The dilated backbone's last map. v1's MobileViT blocks are never dilated (ml-cvnets and
-    Hugging Face agree); v2's local conv is, in ml-cvnets (``dilate_local_conv=False``: as in HF)."""
-    if isinstance(cfg, MobileViTV2Config):
-        return MobileViTV2Features(name, cfg, (4,), output_stride, dilate_local_conv)
-    if not dilate_local_conv:
-        raise ValueError("dilate_local_conv applies to MobileViTv2 backbones only")
-    return MobileViTFeatures(name, cfg, out_indices=(4,), output_stride=output_stride)
 
 
 def _init_classifier(conv: nn.Conv2d) -> None:
@@ -120,7 +107,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
     def __init__(
         self,
         name: str,
-        cfg: MobileViTConfig | MobileViTV2Config,
+        cfg: BackboneConfig,
         num_classes: int = DEFAULT_SEGMENTATION_CLASSES,
         output_stride: int = 16,
         aspp_channels: int | None = None,
@@ -140,7 +127,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
             "aspp_dropout": aspp_dropout,
             "dilate_local_conv": dilate_local_conv,
         }
-        self.backbone = _backbone(SEGMENTATION_MODELS[name], cfg, output_stride, dilate_local_conv)
+        self.backbone = backbone_features(SEGMENTATION_MODELS[name], cfg, (4,), output_stride, dilate_local_conv)
         self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
         _init_weights(self.head)
         _init_classifier(self.head.classifier)
@@ -175,8 +162,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
         """Options that differ from the registered model's defaults: enough to rebuild it."""
         defaults = {"output_stride": 16, "aspp_channels": ASPP_CHANNELS[type(self.config)]}
         defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1, "dilate_local_conv": True}
-        variant = SEGMENTATION_MODELS[self.model_name]
-        base = asdict(MODEL_CONFIGS[variant] if variant in MODEL_CONFIGS else V2_CONFIGS[variant])
+        base = asdict(BACKBONES[SEGMENTATION_MODELS[self.model_name]])
         args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
         args |= {k: list(v) if isinstance(v, tuple) else v for k, v in self._head_args.items() if defaults[k] != v}
         return args
