@@ -78,14 +78,21 @@ _HF_V2: _Rules = [
     (r"\.normalization\.", ".bn."),
 ]
 
+# ml-cvnets v1 and v2 (``MobileViTBlockv2`` and ``LinearAttnFFN``) share every rule from the stem to
+# the MV2 blocks. v2's own: its local convs and classifier are unnamed Sequential entries, its FFN
+# linears are 1x1 ConvLayer2d (``.conv.``, fc2 at index 3), and its attention is ``pre_norm_attn``.
 _CVNETS: _Rules = [
     (r"\.block\.", "."),
     (r"^conv_1\.", "stem."),
     (r"^conv_1x1_exp\.", "final_conv."),
-    (r"^classifier\.fc\.", "head.fc."),
+    (r"^classifier\.(fc|1)\.", "head.fc."),
     (r"^layer_(\d)\.", lambda m: f"stages.{int(m.group(1)) - 1}."),
-    (r"\.local_rep\.conv_3x3\.", ".local_rep.conv_kxk."),
-    (r"\.local_rep\.conv_1x1\.conv\.", ".local_rep.conv_1x1."),
+    (r"\.local_rep\.(conv_3x3|0)\.", ".local_rep.conv_kxk."),
+    (r"\.local_rep\.(conv_1x1|1)\.conv\.", ".local_rep.conv_1x1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_attn\.0\.", r".global_rep.layers.\1.norm1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_attn\.1\.(qkv_proj|out_proj)\.conv\.", r".global_rep.layers.\1.attn.\2."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.1\.conv\.", r".global_rep.layers.\1.mlp.fc1."),
+    (r"\.global_rep\.(\d+)\.pre_norm_ffn\.3\.conv\.", r".global_rep.layers.\1.mlp.fc2."),
     (r"\.global_rep\.(\d+)\.(weight|bias)$", r".global_rep.norm.\2"),
     (r"\.global_rep\.(\d+)\.pre_norm_mha\.0\.", r".global_rep.layers.\1.norm1."),
     (r"\.global_rep\.(\d+)\.pre_norm_mha\.1\.qkv_proj\.", r".global_rep.layers.\1.attn.qkv."),

@@ -21,6 +21,7 @@ from torch import nn
 
 from mobilevit.export.optimize import optimize_for_inference
 from mobilevit.models.factory import create_model
+from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
 from mobilevit.testing import structured_images
 
@@ -51,22 +52,26 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
 
 
 class _HFLogits(nn.Module):
-    """Hugging Face's classifier behind our call signature: images in, logits out."""
+    """Hugging Face's classifier behind our call signature: images in, logits out. v1 and v2 are
+    separate classes there, each with its own config."""
 
     def __init__(self, name: str) -> None:
         super().__init__()
         import transformers
 
-        from mobilevit.testing import hf_config
+        from mobilevit.testing import hf_config, hf_v2_config
 
-        self.model = transformers.MobileViTForImageClassification(hf_config(name))
+        if name in V2_CONFIGS:
+            self.model = transformers.MobileViTV2ForImageClassification(hf_v2_config(name))
+        else:
+            self.model = transformers.MobileViTForImageClassification(hf_config(name))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.model(pixel_values=x).logits
 
 
 def peer_model(peer: str, name: str) -> nn.Module:
-    """timm's or Hugging Face's ``name`` with random weights (speed does not depend on them)."""
+    """timm's or Hugging Face's ``name`` (v1 or v2) with random weights (speed does not depend on them)."""
     if peer == "timm":
         import timm
 

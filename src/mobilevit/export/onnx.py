@@ -23,6 +23,7 @@ EXPORTER_OPSET = 18  # the dynamo exporter's own opset; lower ones are converted
 # torch.export specialises dimensions of size 1, so a dynamic export is traced at batch >= 2 and sides
 # >= 128, where no feature map side, patch grid side or token count is 1.
 DYNAMIC_MIN_BATCH, DYNAMIC_MIN_SIDE = 2, 128
+_UNCONVERTED_DOMAIN = "mobilevit.unconverted"  # ops that _convert_version keeps as they are
 INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'mobilevit[onnx]'"
 # Quantized: the convolutions and linear layers, where the time goes, and the ops between them (SiLU's
 # Sigmoid and Mul, residual Adds, layout ops), so that activations stay int8 from one conv to the next:
@@ -58,7 +59,6 @@ def export_onnx(
     """
     require_onnx()
     import onnx
-    import onnx.version_converter
 
     if opset < MIN_OPSET:
         raise ValueError(f"opset {opset} is too old: MobileViT's LayerNorm needs opset {MIN_OPSET} or newer")
@@ -80,12 +80,41 @@ def export_onnx(
     )
     proto = program.model_proto
     if opset < EXPORTER_OPSET:
-        proto = _strip_default_noop_attribute(onnx.version_converter.convert_version(proto, opset))
+        proto = _strip_default_noop_attribute(_convert_version(proto, opset))
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
     return path
+
+
+def _convert_version(proto, opset: int):
+    """ONNX's version converter, which has no Split adapter from opset 18 and refuses a whole model
+    with one (MobileViTv2's query/key/value split). A Split whose sizes are an input already is a valid
+    Split-13 (opset 18 only added ``num_outputs``): those are moved to a private domain, which the
+    converter leaves alone, and back."""
+    import onnx.version_converter
+    from onnx import helper
+
+    unchanged = [
+        node
+        for node in proto.graph.node
+        if node.op_type == "Split"
+        and node.domain in ("", "ai.onnx")
+        and len(node.input) == 2
+        and not any(a.name == "num_outputs" for a in node.attribute)
+    ]
+    for node in unchanged:
+        node.domain = _UNCONVERTED_DOMAIN
+    proto.opset_import.append(helper.make_opsetid(_UNCONVERTED_DOMAIN, 1))
+    converted = onnx.version_converter.convert_version(proto, opset)
+    for node in converted.graph.node:
+        if node.domain == _UNCONVERTED_DOMAIN:
+            node.domain = ""
+    imports = [o for o in converted.opset_import if o.domain != _UNCONVERTED_DOMAIN]
+    del converted.opset_import[:]
+    converted.opset_import.extend(imports)
+    return converted
 
 
 def _strip_default_noop_attribute(proto):
