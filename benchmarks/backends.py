@@ -25,7 +25,7 @@ PEERS |= {"executorch": ("timm",), "int8": ()}
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
-    parser.add_argument("--models", nargs="*", default=mobilevit.list_models())
+    parser.add_argument("--models", nargs="*", default=mobilevit.list_models("mobilevit_*", task="classification"))
     parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
     add_timing_args(parser)

@@ -1,0 +1,74 @@
+"""Pick a model by the accuracy/latency trade-off: every classifier of v1, v2 and v3 with its
+parameters, MACs, published ImageNet top-1 and latency on this machine.
+
+    python benchmarks/families.py [--models ...] [--backends eager optimized onnxruntime] [--threads 2]
+
+Latency is ``mobilevit bench`` (``mobilevit.export.bench.bench``): batch 1, 256x256, fp32, the
+median over interleaved rounds. MACs are counted by ``torch.utils.flop_counter`` at 256x256.
+"""
+
+from __future__ import annotations
+
+import argparse
+
+import torch
+
+import mobilevit
+from common import add_timing_args, parse_timing_args, print_table, write_json
+from mobilevit.export.bench import bench
+from mobilevit.models.summary import count_macs, count_params
+
+# ImageNet-1k top-1 (%) at 256x256 as published, from ../shared/reference/mobilevit.md.
+PUBLISHED_TOP1 = {
+    "mobilevit_xxs": 69.0,
+    "mobilevit_xs": 74.8,
+    "mobilevit_s": 78.4,
+    "mobilevitv2_050": 70.18,
+    "mobilevitv2_075": 75.56,
+    "mobilevitv2_100": 78.09,
+    "mobilevitv2_125": 79.65,
+    "mobilevitv2_150": 80.38,
+    "mobilevitv2_175": 80.84,
+    "mobilevitv2_200": 81.17,
+    "mobilevitv3_xxs": 70.98,
+    "mobilevitv3_xs": 76.7,
+    "mobilevitv3_s": 79.3,
+}
+BACKENDS = ("eager", "optimized", "onnxruntime")
+
+
+def describe_row(name: str, size: tuple[int, int]) -> dict[str, object]:
+    model = mobilevit.create_model(name).eval()
+    x = torch.zeros(1, 3, *size)
+    return {
+        "model": name,
+        "params (M)": f"{count_params(model) / 1e6:.2f}",
+        "GMACs": f"{count_macs(model, x) / 1e9:.2f}",
+        "top-1 (published)": PUBLISHED_TOP1.get(name, "-"),
+    }
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--models", nargs="*", default=mobilevit.list_models("mobilevit*", task="classification"))
+    parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
+    add_timing_args(parser)
+    args = parse_timing_args(parser)
+
+    size = tuple(args.img_size)
+    rows = []
+    for name in args.models:
+        row = describe_row(name, size)
+        for backend in args.backends:
+            result = bench(name, backend, img_size=size, rounds=args.rounds, iters=args.iters)
+            row[f"{backend} ms"] = result[0]["median_ms"]
+        rows.append(row)
+        print(row, flush=True)
+    print(f"\nbatch 1, {size[0]}x{size[1]}, fp32, {torch.get_num_threads()} threads\n")
+    print_table(rows, list(rows[0]))
+    write_json(args.json, rows)
+
+
+if __name__ == "__main__":
+    main()
