@@ -22,7 +22,7 @@ from mobilevit.models.mobilevit import (
     MobileViTFeatures,
     resolve_config,
 )
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, create_mobilevitv2
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, create_mobilevitv2
 from mobilevit.models.mobilevitv3 import V3_MODELS, create_mobilevitv3
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
 
@@ -135,7 +135,7 @@ def _fit_classifier(
 
     Returns the state to load and the key prefixes for which the model keeps its own tensors.
     """
-    if isinstance(model, (MobileViTFeatures, MobileViTV2Features)):
+    if isinstance(model, MobileViTFeatures):
         return _backbone_of(state), ()
     prefix = getattr(model, "backbone_prefix", None)
     if prefix and not any(k.startswith(prefix) for k in state):

@@ -6,9 +6,10 @@ Every size is one row of ``MODEL_CONFIGS``; nothing else in the package repeats 
 from __future__ import annotations
 
 import os
+from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -210,19 +211,27 @@ class SavePretrainedMixin:
 
 
 class _MobileViTBase(SavePretrainedMixin, nn.Module):
-    """What the classifier and the backbone share: the stem, the five stages and their bookkeeping."""
+    """What the classifier and the backbone share: the stem, the five stages and their bookkeeping.
 
-    def __init__(self, name: str, cfg: MobileViTConfig, output_stride: int = 32) -> None:
+    A family (v2, v3) subclasses the v1 classes and sets its config table, its stage builder and
+    its evaluation preprocessing; everything else is shared.
+    """
+
+    configs: ClassVar[dict[str, Any]] = MODEL_CONFIGS
+    stage_builder: ClassVar[Callable[..., nn.ModuleList]] = staticmethod(build_stages)
+    default_pretrained_cfg: ClassVar[dict[str, Any]] = DEFAULT_PRETRAINED_CFG
+
+    def __init__(self, name: str, cfg: Any, output_stride: int = 32, **stage_options: Any) -> None:
         super().__init__()
         self.model_name = name
         self.config = cfg
         self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
-        self.stages = build_stages(cfg, output_stride)
-        self.pretrained_cfg = dict(DEFAULT_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
+        self.stages = self.stage_builder(cfg, output_stride, **stage_options)
+        self.pretrained_cfg = dict(self.default_pretrained_cfg, input_size=(cfg.in_chans, 256, 256))
 
     def model_args(self) -> dict[str, Any]:
         """The config fields that differ from the registered size: enough to rebuild this model."""
-        base = asdict(MODEL_CONFIGS[self.model_name])
+        base = asdict(self.configs[self.model_name])
         return {k: v for k, v in asdict(self.config).items() if base[k] != v}
 
     def hub_config(self) -> dict[str, Any]:
@@ -239,17 +248,19 @@ class MobileViT(_MobileViTBase):
     """MobileViT image classifier with timm's API: ``forward_features``, ``forward_head``,
     ``reset_classifier``, ``pretrained_cfg``."""
 
-    def __init__(self, name: str, cfg: MobileViTConfig, num_classes: int = 1000) -> None:
+    has_final_conv: ClassVar[bool] = True  # v1's 1x1 expansion before the pool; v2 pools layer5 directly
+
+    def __init__(self, name: str, cfg: Any, num_classes: int = 1000) -> None:
         super().__init__(name, cfg)
         self.num_classes = num_classes
-        self.num_features = cfg.last_channels
-        self.final_conv = ConvNormAct(cfg.channels[-1], cfg.last_channels, 1)
-        self.head = ClassifierHead(cfg.last_channels, num_classes, cfg.drop_rate)
+        self.num_features = cfg.last_channels if self.has_final_conv else cfg.channels[-1]
+        self.final_conv = ConvNormAct(cfg.channels[-1], cfg.last_channels, 1) if self.has_final_conv else nn.Identity()
+        self.head = ClassifierHead(self.num_features, num_classes, cfg.drop_rate)
         self.pretrained_cfg["num_classes"] = num_classes
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, last_channels, H/32, W/32] (sides rounded up at each stride)."""
+        """[B, 3, H, W] -> [B, num_features, H/32, W/32] (sides rounded up at each stride)."""
         check_input(x, self.config.in_chans)
         x = self.stem(x)
         for stage in self.stages:
@@ -283,13 +294,14 @@ class MobileViTFeatures(_MobileViTBase):
     def __init__(
         self,
         name: str,
-        cfg: MobileViTConfig,
+        cfg: Any,
         out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
         output_stride: int = 32,
+        **stage_options: Any,
     ) -> None:
         if not out_indices or any(i not in range(5) for i in out_indices):
             raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
-        super().__init__(name, cfg, output_stride)
+        super().__init__(name, cfg, output_stride, **stage_options)
         self.out_indices = tuple(sorted(out_indices))
         self.output_stride = output_stride
         self.feature_info = FeatureInfo(

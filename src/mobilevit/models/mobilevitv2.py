@@ -7,22 +7,20 @@ size is one width multiplier of a single base network (one row of ``V2_CONFIGS``
 
 from __future__ import annotations
 
-from dataclasses import asdict, dataclass, fields, replace
+from dataclasses import dataclass, fields, replace
 from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilevit.models.layers import ClassifierHead, ConvNormAct, InvertedResidual, make_divisible
+from mobilevit.models.layers import ConvNormAct, InvertedResidual, make_divisible
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
     OUTPUT_STRIDES,
     STAGE_STRIDES,
-    FeatureInfo,
-    SavePretrainedMixin,
-    _init_weights,
-    check_input,
+    MobileViT,
+    MobileViTFeatures,
 )
 
 
@@ -252,76 +250,24 @@ def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_loca
     return stages
 
 
-class _MobileViTV2Base(SavePretrainedMixin, nn.Module):
-    """What the v2 classifier and backbone share: the stem, the five stages and their bookkeeping."""
-
-    def __init__(
-        self, name: str, cfg: MobileViTV2Config, output_stride: int = 32, dilate_local_conv: bool = True
-    ) -> None:
-        super().__init__()
-        self.model_name = name
-        self.config = cfg
-        self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
-        self.stages = build_v2_stages(cfg, output_stride, dilate_local_conv)
-        self.pretrained_cfg = dict(V2_PRETRAINED_CFG, input_size=(cfg.in_chans, 256, 256))
-
-    def model_args(self) -> dict[str, Any]:
-        """The config fields that differ from the registered size: enough to rebuild this model."""
-        base = asdict(V2_CONFIGS[self.model_name])
-        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
-
-    def hub_config(self) -> dict[str, Any]:
-        """The ``config.json`` of :meth:`save_pretrained`, in timm's hub layout."""
-        return {
-            "architecture": self.model_name,
-            "num_classes": getattr(self, "num_classes", 0),
-            "model_args": self.model_args(),
-            "pretrained_cfg": self.pretrained_cfg,
-        }
-
-
-class MobileViTV2(_MobileViTV2Base):
+class MobileViTV2(MobileViT):
     """MobileViTv2 image classifier with timm's API: ``forward_features``, ``forward_head``,
     ``reset_classifier``, ``pretrained_cfg``. The head pools layer5 directly (no final 1x1 conv)."""
 
-    def __init__(self, name: str, cfg: MobileViTV2Config, num_classes: int = 1000) -> None:
-        super().__init__(name, cfg)
-        self.num_classes = num_classes
-        self.num_features = cfg.channels[-1]
-        self.head = ClassifierHead(self.num_features, num_classes, cfg.drop_rate)
-        self.pretrained_cfg["num_classes"] = num_classes
-        _init_weights(self)
-
-    def forward_features(self, x: torch.Tensor) -> torch.Tensor:
-        """[B, 3, H, W] -> [B, C_layer5, H/32, W/32] (sides rounded up at each stride and patch)."""
-        check_input(x, self.config.in_chans)
-        x = self.stem(x)
-        for stage in self.stages:
-            x = stage(x)
-        return x
-
-    def forward_head(self, x: torch.Tensor, pre_logits: bool = False) -> torch.Tensor:
-        return self.head(x, pre_logits=pre_logits)
-
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.forward_head(self.forward_features(x))
-
-    def get_classifier(self) -> nn.Module:
-        return self.head.fc
-
-    def reset_classifier(self, num_classes: int) -> None:
-        """Replace the last linear layer by a freshly initialised one with ``num_classes`` outputs."""
-        self.num_classes = num_classes
-        self.pretrained_cfg["num_classes"] = num_classes
-        fc = nn.Linear(self.num_features, num_classes) if num_classes > 0 else nn.Identity()
-        _init_weights(fc)
-        self.head.fc = fc
+    configs = V2_CONFIGS
+    stage_builder = staticmethod(build_v2_stages)
+    default_pretrained_cfg = V2_PRETRAINED_CFG
+    has_final_conv = False
 
 
-class MobileViTV2Features(_MobileViTV2Base):
+class MobileViTV2Features(MobileViTFeatures):
     """The v2 backbone alone (``features_only=True``): the feature maps of the stages in
     ``out_indices`` at strides 2, 4, 8, 16 and 32 (at most ``output_stride``, reached by dilation).
     Its keys are the classifier's without ``head``."""
+
+    configs = V2_CONFIGS
+    stage_builder = staticmethod(build_v2_stages)
+    default_pretrained_cfg = V2_PRETRAINED_CFG
 
     def __init__(
         self,
@@ -331,38 +277,14 @@ class MobileViTV2Features(_MobileViTV2Base):
         output_stride: int = 32,
         dilate_local_conv: bool = True,
     ) -> None:
-        if not out_indices or any(i not in range(5) for i in out_indices):
-            raise ValueError(f"out_indices must be a non-empty subset of 0..4, got {out_indices}")
-        super().__init__(name, cfg, output_stride, dilate_local_conv)
-        self.out_indices = tuple(sorted(out_indices))
-        self.output_stride = output_stride
+        super().__init__(name, cfg, out_indices, output_stride, dilate_local_conv=dilate_local_conv)
         self.dilate_local_conv = dilate_local_conv
-        self.feature_info = FeatureInfo(
-            [
-                {"num_chs": cfg.channels[i], "reduction": min(STAGE_STRIDES[i], output_stride), "module": f"stages.{i}"}
-                for i in self.out_indices
-            ]
-        )
-        _init_weights(self)
 
     def hub_config(self) -> dict[str, Any]:
-        config = {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
-        extra = {"output_stride": self.output_stride} if self.output_stride != 32 else {}
-        extra |= {"dilate_local_conv": False} if not self.dilate_local_conv else {}
-        config["model_args"] = {**config["model_args"], **extra}
+        config = super().hub_config()
+        if not self.dilate_local_conv:
+            config["model_args"] = {**config["model_args"], "dilate_local_conv": False}
         return config
-
-    def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
-        check_input(x, self.config.in_chans)
-        x = self.stem(x)
-        features = []
-        for i, stage in enumerate(self.stages):
-            x = stage(x)
-            if i in self.out_indices:
-                features.append(x)
-            if i == self.out_indices[-1]:
-                break
-        return features
 
 
 def create_mobilevitv2(

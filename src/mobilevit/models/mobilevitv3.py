@@ -14,7 +14,7 @@ layer3..layer5 is replaced.
 
 from __future__ import annotations
 
-from dataclasses import asdict, fields, replace
+from dataclasses import fields, replace
 from typing import Any, TypeVar
 
 import torch
@@ -199,31 +199,24 @@ def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
         _init_weights(stage[1])
 
 
-class _V3ModelArgs:
-    """``model_args`` against the v3 tables: the v1 and v2 parents look the size up in their own."""
-
-    model_name: str
-    config: MobileViTConfig | MobileViTV2Config
-
-    def model_args(self) -> dict[str, Any]:
-        base = asdict(_TABLES[self.model_name])
-        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
-
-
 # The v3 models are their predecessors with the blocks swapped after construction: the MV2 stages,
 # dilation, head, checkpoint keys and API stay exactly v1's or v2's.
 
 
-class MobileViTV3(_V3ModelArgs, MobileViT):
+class MobileViTV3(MobileViT):
     """MobileViTv3-XXS/XS/S classifier: :class:`MobileViT` with :class:`MobileViTV3Block`."""
+
+    configs = V3_CONFIGS
 
     def __init__(self, name: str, cfg: MobileViTConfig, num_classes: int = 1000) -> None:
         super().__init__(name, cfg, num_classes)
         _use_v3_blocks(self.stages, cfg)
 
 
-class MobileViTV3Features(_V3ModelArgs, MobileViTFeatures):
+class MobileViTV3Features(MobileViTFeatures):
     """MobileViTv3-XXS/XS/S backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
+
+    configs = V3_CONFIGS
 
     def __init__(
         self,
@@ -236,16 +229,20 @@ class MobileViTV3Features(_V3ModelArgs, MobileViTFeatures):
         _use_v3_blocks(self.stages, cfg)
 
 
-class MobileViTV3V2(_V3ModelArgs, MobileViTV2):
+class MobileViTV3V2(MobileViTV2):
     """MobileViTv3-0.5/0.75/1.0 classifier: :class:`MobileViTV2` with :class:`MobileViTV3V2Block`."""
+
+    configs = V3_V2_CONFIGS
 
     def __init__(self, name: str, cfg: MobileViTV2Config, num_classes: int = 1000) -> None:
         super().__init__(name, cfg, num_classes)
         _use_v3_v2_blocks(self.stages, cfg)
 
 
-class MobileViTV3V2Features(_V3ModelArgs, MobileViTV2Features):
+class MobileViTV3V2Features(MobileViTV2Features):
     """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
+
+    configs = V3_V2_CONFIGS
 
     def __init__(
         self,
