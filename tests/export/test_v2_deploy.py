@@ -8,6 +8,7 @@ import sys
 
 import pytest
 import torch
+from deploy_helpers import onnx_ops_and_ranks, with_fitted_head
 from PIL import Image
 from torch import nn
 
@@ -90,32 +91,12 @@ def test_onnx_graph_is_core_ml_friendly(onnx_dynamic):
     """The unfold/fold is rank <= 5 (no rank-6 reshape, as v1's patches need) and no Col2Im / F.fold."""
     import onnx
 
-    proto = onnx.shape_inference.infer_shapes(onnx.load(onnx_dynamic.path))
-    graph = proto.graph
-    typed = {v.name: v.type.tensor_type for v in [*graph.value_info, *graph.input, *graph.output]}
-    ops = {node.op_type for node in graph.node}
+    ops, ranks = onnx_ops_and_ranks(onnx_dynamic.path)
     assert not ops & {"Col2Im", "Im2Col"}
     assert {"Reshape", "Transpose"} <= ops
-    for node in graph.node:
-        for name in node.output:
-            assert typed[name].HasField("shape"), f"{node.op_type} {name}: rank unknown"
-            assert len(typed[name].shape.dim) <= MAX_RANK, (
-                f"{node.op_type} {name} has rank {len(typed[name].shape.dim)}"
-            )
-    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [17]
-
-
-def with_fitted_head(model: nn.Module, images: torch.Tensor) -> nn.Module:
-    """Give each image its own class with a clear margin (least squares on the pooled features): a
-    random head's top-1 hangs on margins smaller than any int8 error, a trained one's does not."""
-    with torch.no_grad():
-        features = model.forward_head(model.forward_features(images), pre_logits=True)
-        mean, n = features.mean(0), len(images)
-        weight = torch.linalg.lstsq(features - mean, 4 * (torch.eye(n) - 1 / n)).solution.T
-        model.reset_classifier(n)
-        model.head.fc.weight.copy_(weight)
-        model.head.fc.bias.copy_(-weight @ mean)
-    return model.eval()
+    assert {k: r for k, r in ranks.items() if r > MAX_RANK} == {}
+    opsets = onnx.load(onnx_dynamic.path).opset_import
+    assert [o.version for o in opsets if o.domain in ("", "ai.onnx")] == [17]
 
 
 def test_onnx_int8_reports_top1_agreement(tmp_path):

@@ -21,12 +21,15 @@ from torch import nn
 
 from mobilevit.export.optimize import optimize_for_inference
 from mobilevit.models.factory import create_model
+from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
 from mobilevit.testing import structured_images
 
 BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8")
 PEERS = ("timm", "hf")
+# What timm and Hugging Face implement: the v1 and v2 classifiers (neither has MobileViTv3 or our task models).
+PEER_MODELS = (*MODEL_CONFIGS, *V2_CONFIGS)
 CALIBRATION_IMAGES = 16  # for int8 timing only; accuracy is measured in benchmarks/int8.py
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -143,7 +146,12 @@ def bench(
     unknown = set(compare) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peer(s) {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")
-    model = create_model(name).eval()
+    model = create_model(name).eval()  # first, so that an unknown name is reported as such
+    if compare and name not in PEER_MODELS:
+        raise ValueError(
+            f"cannot compare {name} with {', '.join(compare)}: timm and Hugging Face implement only the MobileViT "
+            f"v1 and v2 classifiers; bench {name} without --compare"
+        )
     x = structured_images(batch_size, *img_size)
     flops = 2 * count_macs(model, x)
     peer_backend = "eager" if backend == "optimized" else backend
