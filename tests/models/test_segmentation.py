@@ -29,11 +29,11 @@ def hf_segmenter(name: str, output_stride: int = 16, seed: int = 0) -> transform
     return randomize_(transformers.MobileViTForSemanticSegmentation(config), seed, calibrate)
 
 
-def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
+def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
     assert ours.shape == ref.shape
     assert (ref[0] - ref[1]).abs().max() > 100 * TOL, "reference output ignores the input"
     err = (ours - ref).abs().max().item()
-    assert err <= TOL, f"max abs difference {err:.2e} > {TOL}"
+    assert err <= tol, f"max abs difference {err:.2e} > {tol:.2e}"
 
 
 @pytest.mark.parametrize(
@@ -199,6 +199,8 @@ def test_v2_matches_hugging_face(name, size):
     x = structured_images(2, *size, seed=8)
     with torch.no_grad():
         expected = ref(pixel_values=x.flip(1)).logits
-        assert_close(ours.forward_logits(x), expected)
+        # 1e-4 of the logits' scale: v2's random logits reach ~9, and float32 rounding through its
+        # GroupNorms and the 512-channel ASPP differs by up to 1.1e-4 between thread counts.
+        assert_close(ours.forward_logits(x), expected, TOL * max(1.0, expected.abs().max().item()))
         # The dilation is real: ml-cvnets' layout gives other logits from the same weights.
         assert (official.forward_logits(x) - expected).abs().max() > 1e-2
