@@ -79,6 +79,23 @@ def test_matches_hugging_face_on_bgr(hf_models, name, size):
         assert (ours(x.flip(1)) - expected).abs().max() > 1e-2
 
 
+@pytest.mark.parametrize("name", NAMES)
+def test_hugging_face_layout_matches_at_sizes_that_are_not_multiples_of_32(hf_models, name):
+    """With ``unfold_remainder="zero"`` (HF's odd-map rule) ours equals HF's at 200x300; with the
+    official resize it does not, so the option is what makes them agree."""
+    ref = hf_models[name]
+    state = mobilevit.convert_state_dict(ref.state_dict())
+    hf_layout = mobilevit.create_model(name, unfold_remainder="zero").eval()
+    hf_layout.load_state_dict(state)
+    official = mobilevit.create_model(name).eval()
+    official.load_state_dict(state)
+    x = structured_images(2, 200, 300, seed=1)
+    with torch.no_grad():
+        expected = ref(pixel_values=x.flip(1)).logits
+        assert_close(hf_layout(x), expected)
+        assert (official(x) - expected).abs().max() > 1e-2
+
+
 def test_unfold_equals_f_unfold_and_fold_inverts_it():
     x = torch.randn(2, 5, 6, 8)
     patches = unfold_v2(x, 2)  # [B, d, P, N]

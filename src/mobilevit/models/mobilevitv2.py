@@ -40,6 +40,9 @@ class MobileViTV2Config:
     attn_dropout: float = 0.0
     drop_rate: float = 0.0  # classifier dropout
     in_chans: int = 3
+    # Odd-sided maps: "resize" up to even first (ml-cvnets, timm), or "zero": unfold drops the last
+    # row/column and fold refills it with zeros (Hugging Face's port; the weights are the same).
+    unfold_remainder: str = "resize"
 
     @property
     def channels(self) -> tuple[int, ...]:
@@ -53,6 +56,8 @@ class MobileViTV2Config:
     def transformer_dims(self) -> tuple[int, ...]:
         return tuple(make_divisible(self.attn_ratio * c) for c in self.channels[2:])
 
+
+UNFOLD_REMAINDERS = ("resize", "zero")
 
 V2_CONFIGS: dict[str, MobileViTV2Config] = {
     f"mobilevitv2_{round(100 * m):03d}": MobileViTV2Config(width_multiplier=m)
@@ -184,8 +189,12 @@ class MobileViTV2Block(nn.Module):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         dilation: int = 1,
+        unfold_remainder: str = "resize",
     ) -> None:
         super().__init__()
+        if unfold_remainder not in UNFOLD_REMAINDERS:
+            raise ValueError(f"unfold_remainder must be one of {UNFOLD_REMAINDERS}, got {unfold_remainder!r}")
+        self.unfold_remainder = unfold_remainder
         self.patch_size = patch_size
         self.local_rep = nn.Sequential()
         local = ConvNormAct(channels, channels, 3, groups=channels, dilation=dilation)
@@ -195,6 +204,8 @@ class MobileViTV2Block(nn.Module):
         self.conv_proj = ConvNormAct(dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
+        if self.unfold_remainder == "zero":
+            return self._forward_zero_remainder(x)
         height, width = x.shape[-2:]
         p = self.patch_size
         new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
@@ -206,6 +217,17 @@ class MobileViTV2Block(nn.Module):
         x = self.global_rep(unfold_v2(x, p))  # [B, d, P, N]
         x = fold_v2(x, p, new_h, new_w)  # [B, d, H', W']
         return self.conv_proj(x)  # [B, C, H', W']
+
+    def _forward_zero_remainder(self, x: torch.Tensor) -> torch.Tensor:
+        """Hugging Face's layout: the global representation sees only the even part of an odd map,
+        and the rest of the folded map is zeros."""
+        x = self.local_rep(x)  # [B, d, H, W]
+        height, width = x.shape[-2:]
+        p = self.patch_size
+        even_h, even_w = height // p * p, width // p * p
+        y = self.global_rep(unfold_v2(x[..., :even_h, :even_w], p))  # [B, d, P, N]
+        y = fold_v2(y, p, even_h, even_w)  # [B, d, H - H % p, W - W % p]
+        return self.conv_proj(F.pad(y, (0, width - even_w, 0, height - even_h)))  # [B, C, H, W]
 
 
 def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_local_conv: bool = True) -> nn.ModuleList:
@@ -244,6 +266,7 @@ def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_loca
                     drop=cfg.transformer_dropout,
                     attn_drop=cfg.attn_dropout,
                     dilation=dilation if dilate_local_conv else 1,
+                    unfold_remainder=cfg.unfold_remainder,
                 ),
             )
         )

@@ -183,6 +183,10 @@ def _use_v3_blocks(stages: nn.ModuleList, cfg: MobileViTConfig) -> None:
 def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
     """Replace the MobileViTv2 block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block
     with the same local-conv dilation (set by v2's stage builder for output strides 16 and 8)."""
+    if cfg.unfold_remainder != "resize":
+        raise ValueError(
+            "MobileViTv3 resizes odd-sided maps as its official code does: unfold_remainder must be 'resize'"
+        )
     for stage, channels, dim, depth in zip(
         stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
     ):
