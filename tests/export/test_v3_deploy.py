@@ -24,6 +24,7 @@ from mobilevit.export.bench import bench
 from mobilevit.export.optimize import FusedConv2d, FusedLinear
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit_block import FeedForward
+from mobilevit.models.mobilevitv2 import MobileViTV2Block
 from mobilevit.models.mobilevitv3 import V3_MODELS, MobileViTV3Block, MobileViTV3V2Block
 from mobilevit.models.summary import count_params
 from mobilevit.testing import randomize_, structured_images
@@ -226,8 +227,11 @@ def make_image_folder(root: Path, per_class: int = 12, size: int = 40) -> Path:
     return root
 
 
-def test_trains_one_epoch_on_multi_scale_batches(tmp_path, monkeypatch):
-    """The multi-scale sampler feeds v3 batches of several sizes, each with its own batch size."""
+@pytest.mark.parametrize(
+    ("name", "block"), [("mobilevitv3_xxs", MobileViTV3Block), ("mobilevitv2_050", MobileViTV2Block)]
+)
+def test_trains_one_epoch_on_multi_scale_batches(tmp_path, monkeypatch, name, block):
+    """The multi-scale sampler feeds v3 (and v2) batches of several sizes, each with its own batch size."""
     from mobilevit.engine.config import load_config
     from mobilevit.engine.train import train
     from mobilevit.models.factory import from_pretrained
@@ -242,7 +246,7 @@ def test_trains_one_epoch_on_multi_scale_batches(tmp_path, monkeypatch):
 
     monkeypatch.setattr(MultiScaleBatchSampler, "__iter__", recording)
     cfg = load_config(
-        model="mobilevitv3_xxs", data=str(make_image_folder(tmp_path / "data")), output=str(tmp_path / "run"),
+        model=name, data=str(make_image_folder(tmp_path / "data")), output=str(tmp_path / "run"),
         epochs=1, img_size=32, multi_scale=True, min_size=32, max_size=64, size_divisor=16, batch_size=4,
         warmup_steps=1, workers=0, ema_momentum=0.1,
     )  # fmt: skip
@@ -251,7 +255,7 @@ def test_trains_one_epoch_on_multi_scale_batches(tmp_path, monkeypatch):
     assert len({size for size, _ in shapes}) > 1
     largest_batch = {size: max(n for s, n in shapes if s == size) for size, _ in shapes}
     assert largest_batch[min(largest_batch)] > largest_batch[max(largest_batch)]  # bigger images, smaller batches
-    assert isinstance(from_pretrained(tmp_path / "run" / "model").stages[2][1], MobileViTV3Block)
+    assert isinstance(from_pretrained(tmp_path / "run" / "model").stages[2][1], block)
 
 
 def test_deeplabv3_on_v3_trains_and_segments():
