@@ -183,7 +183,13 @@ def load_pretrained(model: nn.Module, path: str | os.PathLike, source: str = "au
 
 
 def _name_from_hf_config(config: dict[str, Any]) -> str:
-    """Match a Hugging Face ``MobileViTConfig`` to a registered size by its channel widths."""
+    """Match a Hugging Face ``MobileViTConfig`` to a registered size by its channel widths, or a
+    ``MobileViTV2Config`` by its width multiplier."""
+    if config.get("model_type") == "mobilevitv2":
+        name = f"mobilevitv2_{round(100 * config.get('width_multiplier', 1.0)):03d}"
+        if name not in V2_CONFIGS:
+            raise CheckpointError(f"no registered MobileViTv2 has width multiplier {config.get('width_multiplier')}")
+        return name
     dims = tuple(config.get("hidden_sizes", ()))
     for name, cfg in MODEL_CONFIGS.items():
         if cfg.transformer_dims == dims:
@@ -191,8 +197,23 @@ def _name_from_hf_config(config: dict[str, Any]) -> str:
     raise CheckpointError(f"no registered MobileViT size has transformer widths {list(dims)}")
 
 
-def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> MobileViT | MobileViTFeatures:
-    """Rebuild a model from a directory written by ``save_pretrained`` (or by timm / Hugging Face)."""
+def _hf_model(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
+    """The registered model and its options for a Hugging Face ``config.json``: a classifier, or
+    DeepLabv3 for ``MobileViT(V2)ForSemanticSegmentation`` (its output stride and ASPP width)."""
+    name = _name_from_hf_config(config)
+    if not any("SemanticSegmentation" in a for a in config.get("architectures", [])):
+        return name, {}
+    options = {"output_stride": config.get("output_stride", 32), "aspp_rates": tuple(config.get("atrous_rates", ()))}
+    if "aspp_out_channels" in config:
+        options["aspp_channels"] = config["aspp_out_channels"]
+    if config.get("model_type") == "mobilevitv2":
+        options["dilate_local_conv"] = False  # HF's layout of the same weights, see DeepLabV3
+    return f"deeplabv3_{name}", {k: v for k, v in options.items() if v != ()}
+
+
+def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
+    """Rebuild a model from a directory written by ``save_pretrained`` (or by timm / Hugging Face:
+    v1 and v2 classifiers and their DeepLabv3 segmenters)."""
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(
@@ -205,10 +226,9 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> MobileViT | Mobil
         model_args = config.get("model_args", {})
         if config.get("features_only"):
             model_args = {**model_args, "features_only": True, "out_indices": tuple(config["out_indices"])}
-    elif config.get("model_type") == "mobilevit":
-        name = _name_from_hf_config(config)
+    elif config.get("model_type") in ("mobilevit", "mobilevitv2"):
+        name, model_args = _hf_model(config)
         num_classes = len(config.get("id2label", {})) or config.get("num_labels", 1000)
-        model_args = {}
     else:
         raise CheckpointError(
             f"{path / CONFIG_FILE} names no architecture: expected a directory from save_pretrained(), "
