@@ -3,20 +3,26 @@ parameters, MACs, published ImageNet top-1 and latency on this machine.
 
     python benchmarks/families.py [--models ...] [--backends eager optimized onnxruntime] [--threads 2]
 
-Latency is ``mobilevit bench`` (``mobilevit.export.bench.bench``): batch 1, 256x256, fp32, the
-median over interleaved rounds. MACs are counted by ``torch.utils.flop_counter`` at 256x256.
+Latency: batch 1, 256x256, fp32, each backend's runners built as ``mobilevit bench`` builds them
+(``mobilevit.export.bench.build_runner``) and timed interleaved across all models, round after
+round (``time_interleaved``), so that the machine's drift touches every row alike; the median per
+model. MACs are counted by ``torch.utils.flop_counter`` at 256x256.
 """
 
 from __future__ import annotations
 
 import argparse
+import statistics
+import tempfile
+from pathlib import Path
 
 import torch
 
 import mobilevit
 from common import add_timing_args, parse_timing_args, print_table, write_json
-from mobilevit.export.bench import bench
+from mobilevit.export.bench import build_runner, time_interleaved
 from mobilevit.models.summary import count_macs, count_params
+from mobilevit.testing import structured_images
 
 # ImageNet-1k top-1 (%) at 256x256 as published, from ../shared/reference/mobilevit.md.
 PUBLISHED_TOP1 = {
@@ -57,15 +63,20 @@ def main() -> None:
     args = parse_timing_args(parser)
 
     size = tuple(args.img_size)
-    rows = []
-    for name in args.models:
-        row = describe_row(name, size)
-        for backend in args.backends:
-            result = bench(name, backend, img_size=size, rounds=args.rounds, iters=args.iters)
-            row[f"{backend} ms"] = result[0]["median_ms"]
-        rows.append(row)
-        print(row, flush=True)
-    print(f"\nbatch 1, {size[0]}x{size[1]}, fp32, {torch.get_num_threads()} threads\n")
+    rows = {name: describe_row(name, size) for name in args.models}
+    x = structured_images(1, *size)
+    for backend in args.backends:
+        with tempfile.TemporaryDirectory() as tmp:
+            runners = {}
+            for name in args.models:
+                (Path(tmp) / name).mkdir()
+                runners[name] = build_runner(mobilevit.create_model(name), backend, x, Path(tmp) / name)
+            times = time_interleaved(runners, x, args.rounds, args.iters)
+        for name, values in times.items():
+            rows[name][f"{backend} ms"] = round(1000 * statistics.median(values), 2)
+        print(backend, {name: rows[name][f"{backend} ms"] for name in args.models}, flush=True)
+    rows = list(rows.values())
+    print(f"\nbatch 1, {size[0]}x{size[1]}, fp32, {torch.get_num_threads()} threads, interleaved\n")
     print_table(rows, list(rows[0]))
     write_json(args.json, rows)
 
