@@ -80,6 +80,7 @@ DEFAULT_PRETRAINED_CFG: dict[str, Any] = {
 }
 
 STAGE_STRIDES = (2, 4, 8, 16, 32)
+OUTPUT_STRIDES = (8, 16, 32)
 
 
 def resolve_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig:
@@ -112,18 +113,30 @@ def check_input(x: torch.Tensor, in_chans: int) -> None:
         raise ValueError(f"expected height and width of at least {MIN_INPUT_SIZE}, got {tuple(x.shape[-2:])}")
 
 
-OUTPUT_STRIDES = (8, 16, 32)
+def dilation_plan(output_stride: int) -> list[tuple[int, int, int]]:
+    """``(stride, MV2 dilation, stage dilation)`` of layer3..layer5 for an ``output_stride``.
 
-
-def build_stages(cfg: MobileViTConfig, output_stride: int = 32) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, MobileViT block) x 3.
-
-    With ``output_stride`` 16 (or 8) the last one (or two) of those stages keep their resolution,
-    as DeepLab backbones do: their MV2 block has stride 1, and the next stage's MV2 depthwise conv is
-    dilated instead (ml-cvnets and Hugging Face dilate nothing else: not the MobileViT blocks).
+    At 16 (or 8) the last one (or two) of those stages keep their resolution, as DeepLab backbones
+    do: their MV2 block has stride 1, and the next stage's MV2 depthwise conv is dilated instead. The
+    stage dilation is what ml-cvnets gives a v2-style block's local conv (v1's blocks take none).
     """
     if output_stride not in OUTPUT_STRIDES:
         raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
+    plan, dilation = [], 1
+    for stride in STAGE_STRIDES[2:]:
+        previous = dilation
+        dilate = stride > output_stride
+        dilation = dilation * 2 if dilate else dilation
+        plan.append((1 if dilate else 2, previous, dilation))
+    return plan
+
+
+def build_stages(
+    cfg: MobileViTConfig, output_stride: int = 32, block: Callable[..., nn.Module] = MobileViTBlock
+) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, ``block``) x 3, dilated
+    as :func:`dilation_plan` says (ml-cvnets and Hugging Face dilate nothing else: not the blocks).
+    ``block`` takes the MobileViT block's arguments (v3 passes its own)."""
     c = (cfg.stem_channels, *cfg.channels)
     stages = nn.ModuleList()
     stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
@@ -134,15 +147,12 @@ def build_stages(cfg: MobileViTConfig, output_stride: int = 32) -> nn.ModuleList
             InvertedResidual(c[2], c[2], 1, cfg.expansion),
         )
     )
-    dilation = 1
-    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
-        previous = dilation
-        dilate = STAGE_STRIDES[i] > output_stride
-        dilation = dilation * 2 if dilate else dilation
+    layers = zip(cfg.transformer_dims, cfg.transformer_depths, dilation_plan(output_stride), strict=True)
+    for i, (dim, depth, (stride, mv2_dilation, _)) in enumerate(layers, start=2):
         stages.append(
             nn.Sequential(
-                InvertedResidual(c[i], c[i + 1], 1 if dilate else 2, cfg.expansion, dilation=previous),
-                MobileViTBlock(
+                InvertedResidual(c[i], c[i + 1], stride, cfg.expansion, dilation=mv2_dilation),
+                block(
                     c[i + 1],
                     dim,
                     depth,

@@ -103,6 +103,21 @@ def fold(x: torch.Tensor, patch_size: int, height: int, width: int, channels_las
     return x.permute(0, 5, 3, 1, 4, 2).reshape(batch, dim, height, width)  # [B, d, H, W]
 
 
+def resize_to_patches(x: torch.Tensor, patch_size: int, align_corners: bool) -> tuple[torch.Tensor, bool]:
+    """Bilinearly resize ``x`` up to sides that are multiples of ``patch_size``; also say whether it did.
+
+    A traced or shape-generic exported graph always resizes (to the same size when the sides are
+    already multiples, an exact identity): a size test here would be frozen into the graph.
+    """
+    height, width = x.shape[-2:]
+    p = patch_size
+    new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
+    resize = torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width)
+    if resize:
+        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=align_corners)
+    return x, resize
+
+
 class MobileViTBlock(nn.Module):
     """Local representation (3x3 conv, 1x1 conv to d), global representation over unfolded
     patches (transformer), fold, 1x1 projection back to C, and fusion with the block input.
@@ -137,12 +152,8 @@ class MobileViTBlock(nn.Module):
         x = self.local_rep(x)  # [B, d, H, W]
         height, width = x.shape[-2:]
         p = self.patch_size
-        new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
-        # A traced or shape-generic exported graph always resizes (to the same size when the sides are
-        # multiples of p, an exact identity): a size test here would be frozen into the graph.
-        resize = torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width)
-        if resize:
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=False)
+        x, resize = resize_to_patches(x, p, align_corners=False)  # [B, d, H', W']
+        new_h, new_w = x.shape[-2:]
         x = self.global_rep(unfold(x, p))  # [B*P, N, d]
         x = fold(x, p, new_h, new_w, channels_last)  # [B, d, H', W']
         if resize:

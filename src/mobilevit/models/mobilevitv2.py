@@ -7,6 +7,7 @@ size is one width multiplier of a single base network (one row of ``V2_CONFIGS``
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from dataclasses import dataclass, fields, replace
 from typing import Any
 
@@ -17,11 +18,11 @@ from torch import nn
 from mobilevit.models.layers import ConvNormAct, InvertedResidual, make_divisible
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
-    OUTPUT_STRIDES,
-    STAGE_STRIDES,
     MobileViT,
     MobileViTFeatures,
+    dilation_plan,
 )
+from mobilevit.models.mobilevit_block import resize_to_patches
 
 
 @dataclass(frozen=True)
@@ -206,13 +207,9 @@ class MobileViTV2Block(nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         if self.unfold_remainder == "zero":
             return self._forward_zero_remainder(x)
-        height, width = x.shape[-2:]
         p = self.patch_size
-        new_h, new_w = (height + p - 1) // p * p, (width + p - 1) // p * p
-        # As in v1, traced or shape-generic graphs always resize (an exact identity with
-        # align_corners=True when the sides are already multiples of p).
-        if torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width):
-            x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=True)
+        x, _ = resize_to_patches(x, p, align_corners=True)  # [B, C, H', W'], not resized back
+        new_h, new_w = x.shape[-2:]
         x = self.local_rep(x)  # [B, d, H', W']
         x = self.global_rep(unfold_v2(x, p))  # [B, d, P, N]
         x = fold_v2(x, p, new_h, new_w)  # [B, d, H', W']
@@ -230,16 +227,19 @@ class MobileViTV2Block(nn.Module):
         return self.conv_proj(F.pad(y, (0, width - even_w, 0, height - even_h)))  # [B, C, H, W]
 
 
-def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_local_conv: bool = True) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, MobileViTv2 block) x 3.
+def build_v2_stages(
+    cfg: MobileViTV2Config,
+    output_stride: int = 32,
+    dilate_local_conv: bool = True,
+    block: Callable[..., nn.Module] = MobileViTV2Block,
+) -> nn.ModuleList:
+    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, ``block``) x 3, where
+    ``block`` takes :class:`MobileViTV2Block`'s arguments (its default; v3 passes its own).
 
-    With ``output_stride`` 16 (or 8) the last one (or two) of the strided stages keep their
-    resolution: their MV2 block has stride 1, the next stage's MV2 depthwise conv is dilated, and so
-    is the stage's MobileViTv2 local 3x3 conv, as ml-cvnets does (``dilate_local_conv=False`` leaves
-    that one undilated, as Hugging Face's port does).
+    At ``output_stride`` 16 or 8 the stages are dilated as :func:`dilation_plan` says, and so is the
+    block's local 3x3 conv, as ml-cvnets does (``dilate_local_conv=False`` leaves that one
+    undilated, as Hugging Face's port does).
     """
-    if output_stride not in OUTPUT_STRIDES:
-        raise ValueError(f"output_stride must be one of {OUTPUT_STRIDES}, got {output_stride}")
     c = (cfg.stem_channels, *cfg.channels)
     stages = nn.ModuleList()
     stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
@@ -249,15 +249,12 @@ def build_v2_stages(cfg: MobileViTV2Config, output_stride: int = 32, dilate_loca
             InvertedResidual(c[2], c[2], 1, cfg.expansion),
         )
     )
-    dilation = 1
-    for i, (dim, depth) in enumerate(zip(cfg.transformer_dims, cfg.transformer_depths, strict=True), start=2):
-        previous = dilation
-        dilate = STAGE_STRIDES[i] > output_stride
-        dilation = dilation * 2 if dilate else dilation
+    layers = zip(cfg.transformer_dims, cfg.transformer_depths, dilation_plan(output_stride), strict=True)
+    for i, (dim, depth, (stride, mv2_dilation, dilation)) in enumerate(layers, start=2):
         stages.append(
             nn.Sequential(
-                InvertedResidual(c[i], c[i + 1], 1 if dilate else 2, cfg.expansion, dilation=previous),
-                MobileViTV2Block(
+                InvertedResidual(c[i], c[i + 1], stride, cfg.expansion, dilation=mv2_dilation),
+                block(
                     c[i + 1],
                     dim,
                     depth,

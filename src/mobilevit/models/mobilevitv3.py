@@ -15,6 +15,7 @@ layer3..layer5 is replaced.
 from __future__ import annotations
 
 from dataclasses import fields, replace
+from functools import partial
 from typing import Any, TypeVar
 
 import torch
@@ -22,13 +23,14 @@ import torch.nn.functional as F
 from torch import nn
 
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, _init_weights
-from mobilevit.models.mobilevit_block import Transformer, fold, unfold
+from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages
+from mobilevit.models.mobilevit_block import Transformer, fold, resize_to_patches, unfold
 from mobilevit.models.mobilevitv2 import (
     MobileViTV2,
     MobileViTV2Block,
     MobileViTV2Config,
     MobileViTV2Features,
+    build_v2_stages,
     fold_v2,
     unfold_v2,
 )
@@ -68,25 +70,6 @@ V3_V2_CONFIGS: dict[str, MobileViTV2Config] = {
 V3_MODELS: tuple[str, ...] = (*V3_CONFIGS, *V3_V2_CONFIGS)
 
 
-def _padded(height: int, width: int, p: int) -> tuple[int, int]:
-    """``height`` and ``width`` rounded up to multiples of ``p``."""
-    return (height + p - 1) // p * p, (width + p - 1) // p * p
-
-
-def _resize_to_patches(x: torch.Tensor, p: int, align_corners: bool) -> tuple[torch.Tensor, bool]:
-    """Bilinearly resize ``x`` up to sides that are multiples of ``p``; also say whether it resized.
-
-    Traced or shape-generic graphs always resize (an identity when the sides already fit), as the
-    v1 and v2 blocks do, so that no size test is frozen into an exported graph.
-    """
-    height, width = x.shape[-2:]
-    new_h, new_w = _padded(height, width, p)
-    resize = torch.jit.is_tracing() or isinstance(height, torch.SymInt) or (new_h, new_w) != (height, width)
-    if resize:
-        x = F.interpolate(x, size=(new_h, new_w), mode="bilinear", align_corners=align_corners)
-    return x, resize
-
-
 class MobileViTV3Block(nn.Module):
     """The v3 block on v1: v1's block with three changes. The 1x1 fusion mixes each position on its
     own (a simpler task than v1's 3x3) and, with the depthwise conv, makes the block cheap enough to
@@ -122,7 +105,7 @@ class MobileViTV3Block(nn.Module):
         height, width = x.shape[-2:]
         channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         local = self.local_rep(x)  # [B, d, H, W]
-        y, resized = _resize_to_patches(local, self.patch_size, align_corners=False)  # [B, d, H', W']
+        y, resized = resize_to_patches(local, self.patch_size, align_corners=False)  # [B, d, H', W']
         padded = y.shape[-2:]
         y = self.global_rep(unfold(y, self.patch_size))  # [B*P, N, d]
         y = fold(y, self.patch_size, *padded, channels_last)  # [B, d, H', W']
@@ -147,14 +130,19 @@ class MobileViTV3V2Block(MobileViTV2Block):
         drop: float = 0.0,
         attn_drop: float = 0.0,
         dilation: int = 1,
+        unfold_remainder: str = "resize",
     ) -> None:
+        if unfold_remainder != "resize":
+            raise ValueError(
+                "MobileViTv3 resizes odd-sided maps as its official code does: unfold_remainder must be 'resize'"
+            )
         super().__init__(channels, dim, depth, ffn_dim, patch_size, drop, attn_drop, dilation)
         self.conv_proj = ConvNormAct(2 * dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         # As in v2, odd sides are resized up (align_corners=True) and not back: the residual and the
         # next stage see the larger map.
-        x, _ = _resize_to_patches(x, self.patch_size, align_corners=True)  # [B, C, H', W']
+        x, _ = resize_to_patches(x, self.patch_size, align_corners=True)  # [B, C, H', W']
         height, width = x.shape[-2:]
         local = self.local_rep(x)  # [B, d, H', W']
         y = self.global_rep(unfold_v2(local, self.patch_size))  # [B, d, P, N]
@@ -162,102 +150,38 @@ class MobileViTV3V2Block(MobileViTV2Block):
         return x + self.conv_proj(torch.cat((y, local), dim=1))  # [B, 2d, H', W'] -> [B, C, H', W']
 
 
-def _use_v3_blocks(stages: nn.ModuleList, cfg: MobileViTConfig) -> None:
-    """Replace the MobileViT block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block."""
-    for stage, channels, dim, depth in zip(
-        stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
-    ):
-        stage[1] = MobileViTV3Block(
-            channels,
-            dim,
-            depth,
-            cfg.ffn_multiplier * dim,
-            num_heads=cfg.num_heads,
-            patch_size=cfg.patch_size,
-            drop=cfg.transformer_dropout,
-            attn_drop=cfg.attn_dropout,
-        )
-        _init_weights(stage[1])
-
-
-def _use_v3_v2_blocks(stages: nn.ModuleList, cfg: MobileViTV2Config) -> None:
-    """Replace the MobileViTv2 block of layer3..layer5 (``stages[2:]``, each [MV2, block]) by a v3 block
-    with the same local-conv dilation (set by v2's stage builder for output strides 16 and 8)."""
-    if cfg.unfold_remainder != "resize":
-        raise ValueError(
-            "MobileViTv3 resizes odd-sided maps as its official code does: unfold_remainder must be 'resize'"
-        )
-    for stage, channels, dim, depth in zip(
-        stages[2:], cfg.channels[2:], cfg.transformer_dims, cfg.transformer_depths, strict=True
-    ):
-        stage[1] = MobileViTV3V2Block(
-            channels,
-            dim,
-            depth,
-            cfg.ffn_multiplier * dim,
-            patch_size=cfg.patch_size,
-            drop=cfg.transformer_dropout,
-            attn_drop=cfg.attn_dropout,
-            dilation=stage[1].local_rep.conv_kxk.conv.dilation[0],
-        )
-        _init_weights(stage[1])
-
-
-# The v3 models are their predecessors with the blocks swapped after construction: the MV2 stages,
-# dilation, head, checkpoint keys and API stay exactly v1's or v2's.
+# The v3 models are their predecessors built with the v3 blocks: the MV2 stages, dilation, head,
+# checkpoint keys and API stay exactly v1's or v2's.
+_v3_stages = partial(build_stages, block=MobileViTV3Block)
+_v3_v2_stages = partial(build_v2_stages, block=MobileViTV3V2Block)
 
 
 class MobileViTV3(MobileViT):
     """MobileViTv3-XXS/XS/S classifier: :class:`MobileViT` with :class:`MobileViTV3Block`."""
 
     configs = V3_CONFIGS
-
-    def __init__(self, name: str, cfg: MobileViTConfig, num_classes: int = 1000) -> None:
-        super().__init__(name, cfg, num_classes)
-        _use_v3_blocks(self.stages, cfg)
+    stage_builder = staticmethod(_v3_stages)
 
 
 class MobileViTV3Features(MobileViTFeatures):
     """MobileViTv3-XXS/XS/S backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
 
     configs = V3_CONFIGS
-
-    def __init__(
-        self,
-        name: str,
-        cfg: MobileViTConfig,
-        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
-        output_stride: int = 32,
-    ) -> None:
-        super().__init__(name, cfg, out_indices, output_stride)
-        _use_v3_blocks(self.stages, cfg)
+    stage_builder = staticmethod(_v3_stages)
 
 
 class MobileViTV3V2(MobileViTV2):
     """MobileViTv3-0.5/0.75/1.0 classifier: :class:`MobileViTV2` with :class:`MobileViTV3V2Block`."""
 
     configs = V3_V2_CONFIGS
-
-    def __init__(self, name: str, cfg: MobileViTV2Config, num_classes: int = 1000) -> None:
-        super().__init__(name, cfg, num_classes)
-        _use_v3_v2_blocks(self.stages, cfg)
+    stage_builder = staticmethod(_v3_v2_stages)
 
 
 class MobileViTV3V2Features(MobileViTV2Features):
     """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
 
     configs = V3_V2_CONFIGS
-
-    def __init__(
-        self,
-        name: str,
-        cfg: MobileViTV2Config,
-        out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
-        output_stride: int = 32,
-        dilate_local_conv: bool = True,
-    ) -> None:
-        super().__init__(name, cfg, out_indices, output_stride, dilate_local_conv)
-        _use_v3_v2_blocks(self.stages, cfg)
+    stage_builder = staticmethod(_v3_v2_stages)
 
 
 _TABLES: dict[str, MobileViTConfig | MobileViTV2Config] = {**V3_CONFIGS, **V3_V2_CONFIGS}
