@@ -12,8 +12,8 @@ What it changes, each measured on a 2-core x86 CPU (``benchmarks/backends.py``):
 * MobileViTv2's 1x1 convs on [B, d, P, N] (attention, FFN) become the same fused convs, the FFN's
   first one with its SiLU; its GroupNorms stay (they normalise per sample and fold into nothing).
 
-The unfold/fold already are ``pixel_unshuffle``/``pixel_shuffle`` with one permute, and attention
-already is ``F.scaled_dot_product_attention`` (see ``models/mobilevit_block.py``).
+The unfold/fold already are one copy each on channels_last maps, and attention already is
+``F.scaled_dot_product_attention`` (see ``models/mobilevit_block.py``).
 
 The fused kernels are CPU-only. On other devices, and while the module is traced or exported
 (TorchScript, ONNX, ``torch.export``), the same modules run plain ``F.conv2d``/``F.linear`` with the

@@ -21,14 +21,16 @@ class MultiHeadAttention(nn.Module):
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        batch, tokens, dim = x.shape
-        # [B, N, 3d] -> [3, B, heads, N, d/heads]
-        qkv = self.qkv(x).reshape(batch, tokens, 3, self.num_heads, dim // self.num_heads)
+    def forward(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        """[S*N, d] -> [S*N, d]: attention within each of the S sequences of ``tokens`` rows."""
+        dim = x.shape[-1]
+        # [S*N, 3d] -> [3, S, heads, N, d/heads]
+        qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
         drop = self.attn_drop if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)
-        return self.proj(x.transpose(1, 2).reshape(batch, tokens, dim))
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # [S, heads, N, d/heads]
+        # projected as [S, N, d]: flattening first would be a view of an order torch.export cannot keep
+        return self.proj(x.transpose(1, 2).reshape(-1, tokens, dim)).flatten(0, 1)
 
 
 class FeedForward(nn.Module):
@@ -57,50 +59,61 @@ class TransformerEncoderLayer(nn.Module):
         self.norm2 = nn.LayerNorm(dim)
         self.mlp = FeedForward(dim, ffn_dim, drop)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        x = x + self.drop(self.attn(self.norm1(x)))
+    def forward(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        x = x + self.drop(self.attn(self.norm1(x), tokens))
         return x + self.mlp(self.norm2(x))
 
 
 class Transformer(nn.Module):
-    """L encoder layers followed by one final LayerNorm: the block's global representation."""
+    """L encoder layers followed by one final LayerNorm: the block's global representation.
+
+    The layers see the tokens of all sequences as one [S*N, d] matrix: norms and linears are then
+    plain matrix ops (one Gemm each in ONNX, with no reshape around it), and only attention needs the
+    sequences apart.
+    """
 
     def __init__(self, dim: int, depth: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float) -> None:
         super().__init__()
-        self.layers = nn.Sequential(
-            *(TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop) for _ in range(depth))
+        self.layers = nn.ModuleList(
+            TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        return self.norm(self.layers(x))
+        sequences, tokens, dim = x.shape
+        x = x.reshape(sequences * tokens, dim)  # [S*N, d]
+        for layer in self.layers:
+            x = layer(x, tokens)
+        return self.norm(x).reshape(sequences, tokens, dim)  # [S, N, d]
 
 
 def unfold(x: torch.Tensor, patch_size: int) -> torch.Tensor:
     """[B, d, H, W] -> [B*P, N, d]: P = patch_size**2 pixel positions, N = H*W/P patches.
 
-    A non-overlapping patch unfold is ``pixel_unshuffle`` followed by a transpose to tokens; written
-    as one reshape-permute-reshape it costs a single copy, which reads whole d-vectors when ``x`` is
-    channels_last.
+    Pixel position (i, j) of every patch is the strided slice ``[i::p, j::p]`` of the map seen as
+    [B, H, W, d] (a view, free when ``x`` is channels_last); stacking the P slices is the one copy.
+    Written this way, ONNX Runtime runs it as a layout change and P block copies of d-vectors: the
+    equivalent single 6-D transpose (``pixel_unshuffle`` + transpose) took 3x longer there.
     """
     batch, dim, height, width = x.shape
     p = patch_size
-    x = x.reshape(batch, dim, height // p, p, width // p, p)  # [B, d, h, p, w, p]
-    x = x.permute(0, 3, 5, 2, 4, 1)  # [B, p, p, h, w, d]
+    x = x.permute(0, 2, 3, 1)  # [B, H, W, d]
+    x = torch.stack([x[:, i::p, j::p] for i in range(p) for j in range(p)], dim=1)  # [B, P, h, w, d]
     return x.reshape(batch * p * p, (height // p) * (width // p), dim)  # [B*P, N, d]
 
 
 def fold(x: torch.Tensor, patch_size: int, height: int, width: int, channels_last: bool = False) -> torch.Tensor:
-    """[B*P, N, d] -> [B, d, H, W]: the exact inverse of :func:`unfold`, in one copy, laid out in
-    the requested memory format (``pixel_shuffle`` would need a second copy)."""
+    """[B*P, N, d] -> [B, d, H, W]: the exact inverse of :func:`unfold`, laid out in the requested
+    memory format. The patches are put back in [B, H, W, d] order first (moving whole d-vectors),
+    which ONNX Runtime's blocked convolutions then read directly; a contiguous result costs eager
+    mode a second copy."""
     p = patch_size
     batch_area, _, dim = x.shape
     batch = batch_area // (p * p)
     x = x.reshape(batch, p, p, height // p, width // p, dim)  # [B, p, p, h, w, d]
-    if channels_last:
-        x = x.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, dim)  # [B, H, W, d]
-        return x.permute(0, 3, 1, 2)  # [B, d, H, W], channels_last strides
-    return x.permute(0, 5, 3, 1, 4, 2).reshape(batch, dim, height, width)  # [B, d, H, W]
+    x = x.permute(0, 3, 1, 4, 2, 5).reshape(batch, height, width, dim)  # [B, H, W, d]
+    x = x.permute(0, 3, 1, 2)  # [B, d, H, W], channels_last strides
+    return x if channels_last else x.contiguous()
 
 
 def resize_to_patches(x: torch.Tensor, patch_size: int, align_corners: bool) -> tuple[torch.Tensor, bool]:
