@@ -15,9 +15,9 @@ from torchvision.transforms import v2
 
 from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.data.segmentation import segmentation_eval_transform
+from mobilevit.data.segmentation import VOC_PALETTE, segmentation_eval_transform
 from mobilevit.models.factory import from_pretrained
-from mobilevit.predict import PALETTE, class_names, detect_files, overlay, segment_files
+from mobilevit.predict import class_names, detect_files, overlay, segment_files
 from mobilevit.testing import randomize_
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -85,7 +85,7 @@ def test_segmentation_writes_mask_overlay_and_json(capsys, photos, seg_dir, tmp_
         photo = Image.open(result["image"])
         mask = Image.open(result["mask_png"])
         assert mask.mode == "P" and mask.size == photo.size
-        assert np.array_equal(np.array(mask.getpalette()).reshape(-1, 3), PALETTE)
+        assert np.array_equal(np.array(mask.getpalette()).reshape(-1, 3), VOC_PALETTE)
         ids = np.asarray(mask)
         assert ids.max() < len(SEG_LABELS)
         tinted = Image.open(result["overlay_png"])

@@ -9,6 +9,7 @@ from collections.abc import Sequence
 
 from mobilevit.errors import TrainingError
 from mobilevit.models import list_models
+from mobilevit.models.factory import TASKS, task_of
 from mobilevit.models.summary import describe
 
 
@@ -85,7 +86,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mobilevit.engine.tasks import get_task
 
     model, classes = load_for_eval(args.checkpoint, args.model, args.weights)
-    task = get_task(getattr(model, "task", "classification"))
+    task = get_task(task_of(model))
     if args.task and args.task != task.name:
         raise ValueError(f"--task {args.task}, but {args.checkpoint} holds a {task.name} model ({model.model_name})")
     data = args.data or task.default_data
@@ -242,11 +243,11 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes, or mask and overlay PNGs, or boxes drawn on a PNG, of each image (as the model's
     task is); unreadable images are reported and make the exit status 2."""
-    from mobilevit.predict import FORMATTERS, load_model, model_task, predict_task
+    from mobilevit.predict import FORMATTERS, load_model, predict_task
 
     source = args.checkpoint or args.pretrained
     model, names = load_model(source, args.model)
-    task = model_task(model)
+    task = task_of(model)
     if args.task and args.task != task:
         raise ValueError(f"--task {args.task}, but {source} holds a {task} model ({model.model_name})")
     options = {"k": args.topk, "score_thresh": args.score_thresh, "backend": args.backend}
@@ -261,7 +262,7 @@ def _cmd_predict(args: argparse.Namespace) -> int:
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    from mobilevit.predict import BACKENDS, DEFAULT_SCORE_THRESH, TASKS
+    from mobilevit.predict import BACKENDS, DEFAULT_SCORE_THRESH
 
     p = sub.add_parser("predict", help="classify, segment or detect in image files with a trained or published model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
@@ -335,7 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("list", help="list the registered models")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'mobilevit_x*'")
-    p.add_argument("--task", choices=["classification", "segmentation", "detection"], help="only this task's models")
+    p.add_argument("--task", choices=TASKS, help="only this task's models")
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters, MACs and feature shapes of a model")
@@ -350,7 +351,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("eval", help="accuracy (classification), mIoU (segmentation) or COCO mAP (detection)")
     p.add_argument("--checkpoint", required=True, help="training checkpoint, model directory or weights file")
-    p.add_argument("--task", choices=["classification", "segmentation", "detection"], help="default: the model's")
+    p.add_argument("--task", choices=TASKS, help="default: the model's")
     p.add_argument(
         "--data",
         help="'fashion-mnist' or an ImageFolder root; a VOC root (segmentation); a COCO or VOC root (detection); "

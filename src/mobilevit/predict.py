@@ -24,10 +24,11 @@ from PIL import Image
 from torch import nn
 from torchvision.transforms.v2 import functional as TF
 
+from mobilevit.data.segmentation import VOC_PALETTE
 from mobilevit.data.transforms import pretrained_transform
+from mobilevit.models.factory import task_of
 
 BACKENDS = ("eager", "onnxruntime")
-TASKS = ("classification", "segmentation", "detection")
 BATCH_SIZE = 32  # images per forward pass: bounds memory for long file lists
 DEFAULT_SCORE_THRESH = 0.3
 OVERLAY_ALPHA = 0.5  # weight of the class colour in a segmentation overlay
@@ -45,11 +46,6 @@ def load_model(path: str | os.PathLike, model_name: str | None = None) -> tuple[
     return model.eval(), class_names(model, names)
 
 
-def model_task(model: nn.Module) -> str:
-    """``classification``, ``segmentation`` or ``detection`` (classifiers carry no ``task``)."""
-    return getattr(model, "task", "classification")
-
-
 def class_names(model: nn.Module, names: Sequence[str] = ()) -> list[str]:
     """``names`` (or the checkpoint's ``label_names``) when they fit the model, the classes of the
     dataset its class count implies (ImageNet's 1000, VOC's 21 for segmentation, COCO's 81 for
@@ -59,7 +55,7 @@ def class_names(model: nn.Module, names: Sequence[str] = ()) -> list[str]:
     names = list(names or model.pretrained_cfg.get("label_names") or ())
     if len(names) == num_classes:
         return names
-    task = model_task(model)
+    task = task_of(model)
     known = _KNOWN_CLASSES.get((task, num_classes))
     if known is not None:
         return known()
@@ -223,23 +219,6 @@ def resized_input(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     return TF.to_dtype(resized, torch.float32, scale=True)
 
 
-def voc_palette(n: int = 256) -> np.ndarray:
-    """[n, 3] uint8 colours of Pascal VOC's masks (class 0 black, 1 dark red, 2 green...): fixed, so
-    a class has the same colour in every image and run."""
-    palette = np.zeros((n, 3), np.uint8)
-    for i in range(n):
-        c, colour = i, [0, 0, 0]
-        for bit in range(7, -1, -1):
-            for channel in range(3):
-                colour[channel] |= ((c >> channel) & 1) << bit
-            c >>= 3
-        palette[i] = colour
-    return palette
-
-
-PALETTE = voc_palette()
-
-
 def segment_files(
     paths: Sequence[str | os.PathLike],
     model: nn.Module,
@@ -253,8 +232,8 @@ def segment_files(
     ``(results, errors)``: ``{image, mask_png, overlay_png, classes}`` with the pixel fraction of each
     class present, and ``{image, error}`` for files that could not be read."""
     _check_backend(backend)
-    if model.num_classes > len(PALETTE):
-        raise ValueError(f"a mask PNG holds at most {len(PALETTE)} classes, the model has {model.num_classes}")
+    if model.num_classes > len(VOC_PALETTE):
+        raise ValueError(f"a mask PNG holds at most {len(VOC_PALETTE)} classes, the model has {model.num_classes}")
     output_dir = Path(output_dir)
     output_dir.mkdir(parents=True, exist_ok=True)
     _, height, width = model.pretrained_cfg["input_size"]
@@ -281,7 +260,7 @@ def _write_segmentation(image: Image.Image, mask: torch.Tensor, prefix: Path, na
     ids = mask.numpy().astype(np.uint8)
     mask_png, overlay_png = prefix.with_name(f"{prefix.name}_mask.png"), prefix.with_name(f"{prefix.name}_overlay.png")
     indexed = Image.fromarray(ids)
-    indexed.putpalette(PALETTE.tobytes())  # "L" -> "P": the pixel values stay the class ids
+    indexed.putpalette(VOC_PALETTE.tobytes())  # "L" -> "P": the pixel values stay the class ids
     indexed.save(mask_png)
     Image.fromarray(overlay(np.asarray(image), ids)).save(overlay_png)
     counts = torch.bincount(mask.flatten(), minlength=len(names))
@@ -293,7 +272,7 @@ def _write_segmentation(image: Image.Image, mask: torch.Tensor, prefix: Path, na
 def overlay(pixels: np.ndarray, ids: np.ndarray, alpha: float = OVERLAY_ALPHA) -> np.ndarray:
     """``pixels`` [H, W, 3] uint8 blended with the palette colour of each pixel's class; class 0 (the
     background) keeps the photo's colours, so the objects stand out."""
-    tinted = (1 - alpha) * pixels + alpha * PALETTE[ids]
+    tinted = (1 - alpha) * pixels + alpha * VOC_PALETTE[ids]
     return np.where(ids[..., None] > 0, tinted, pixels).round().astype(np.uint8)
 
 
@@ -362,7 +341,7 @@ def draw_detections(
     if not len(boxes):  # draw_bounding_boxes warns on an empty set
         return image
     captions = [f"{names[i]} {s:.2f}" for i, s in zip(labels.tolist(), scores.tolist(), strict=True)]
-    colours = [tuple(PALETTE[i].tolist()) for i in labels.tolist()]
+    colours = [tuple(VOC_PALETTE[i].tolist()) for i in labels.tolist()]
     width = max(2, round(max(image.size) / 320))  # visible on large photos too
     drawn = draw_bounding_boxes(
         TF.pil_to_tensor(image), boxes, captions, colours, width=width, fill_labels=True, label_colors="white"
@@ -407,7 +386,7 @@ def predict_task(
     """:func:`predict_files`, :func:`segment_files` or :func:`detect_files`, whichever the model's task
     is: one entry point for the CLI. ``k`` is the classifier's, ``score_thresh`` the detector's and
     ``output_dir`` (for PNGs) both task models'."""
-    task = model_task(model)
+    task = task_of(model)
     if task == "classification":
         return predict_files(paths, model, names, k=k, backend=backend)
     if task == "segmentation":

@@ -14,12 +14,13 @@ from torchvision import tv_tensors
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.data.segmentation import (
     VOC_CLASSES,
+    VOC_PALETTE,
     SegmentationDataset,
     SegmentationEvalDataset,
     collate_segmentation,
     voc_segmentation,
 )
-from mobilevit.data.synthetic import SHAPES_CLASSES, make_shapes, voc_palette
+from mobilevit.data.synthetic import SHAPES_CLASSES, make_shapes
 from mobilevit.errors import UnreadableImageError
 
 SIZE = (96, 128)
@@ -43,7 +44,7 @@ def devkit(root):
 
 def save_mask(path, array):
     mask = Image.fromarray(array.astype(np.uint8), mode="P")
-    mask.putpalette(voc_palette())
+    mask.putpalette(VOC_PALETTE.tobytes())
     mask.save(path)
 
 

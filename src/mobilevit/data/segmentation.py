@@ -12,6 +12,7 @@ import os
 from pathlib import Path
 from typing import Any
 
+import numpy as np
 import torch
 from torchvision import datasets, tv_tensors
 from torchvision.transforms import v2
@@ -23,6 +24,23 @@ log = logging.getLogger(__name__)
 
 IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
 VOC_YEAR = "2012"
+
+
+def _voc_colour_map(n: int = 256) -> np.ndarray:
+    """[n, 3] uint8 colours of Pascal VOC's masks (class 0 black, 1 dark red, 2 green...; 255, the
+    ignore id, light beige): fixed, so a class has the same colour in every image and run."""
+    palette = np.zeros((n, 3), np.uint8)
+    for i in range(n):
+        c, colour = i, [0, 0, 0]
+        for bit in range(7, -1, -1):
+            for channel in range(3):
+                colour[channel] |= ((c >> channel) & 1) << bit
+            c >>= 3
+        palette[i] = colour
+    return palette
+
+
+VOC_PALETTE = _voc_colour_map()
 VOC_CLASSES = (
     "background",
     "aeroplane",

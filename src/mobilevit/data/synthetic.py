@@ -14,13 +14,12 @@ import io
 import json
 import os
 import xml.etree.ElementTree as ET
-from functools import cache
 from pathlib import Path
 
 import numpy as np
 from PIL import Image
 
-from mobilevit.data.segmentation import IGNORE_INDEX
+from mobilevit.data.segmentation import IGNORE_INDEX, VOC_PALETTE
 
 SHAPES_CLASSES = ("background", "rectangle", "ellipse")
 RECTANGLE, ELLIPSE = 1, 2
@@ -30,20 +29,6 @@ COLOUR_DISTANCE = 160  # minimum L1 distance of an object's colour from the back
 NOISE_STD = 10.0
 
 Box = tuple[int, int, int, int]  # x0, y0, x1, y1: pixel edges, x1 and y1 exclusive
-
-
-@cache
-def voc_palette() -> tuple[int, ...]:
-    """VOC's colour map (flat RGB triples for 256 ids; 255, the ignore id, is a light beige)."""
-    palette = []
-    for index in range(256):
-        rgb, code = [0, 0, 0], index
-        for bit in range(8):
-            for channel in range(3):
-                rgb[channel] |= ((code >> channel) & 1) << (7 - bit)
-            code >>= 3
-        palette += rgb
-    return tuple(palette)
 
 
 def _footprint(rng: np.random.Generator, height: int, width: int, label: int) -> np.ndarray:
@@ -205,7 +190,7 @@ def _jpeg(image: np.ndarray) -> bytes:
 
 def _palette_png(classes: np.ndarray, path: Path) -> None:
     mask = Image.fromarray(classes, mode="P")
-    mask.putpalette(voc_palette())
+    mask.putpalette(VOC_PALETTE.tobytes())
     mask.save(path)
 
 

@@ -18,6 +18,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilevit.models.factory import task_of
 from mobilevit.testing import structured_images
 
 FORMATS = ("onnx", "torchscript", "executorch", "coreml")
@@ -98,7 +99,7 @@ def export(
             raise ValueError("int8 export needs calibration images (static quantization measures activation ranges)")
         if tuple(calibration.shape[-2:]) != (height, width):
             raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is {img_size}")
-    box_side = height if getattr(model, "task", None) == "detection" else None
+    box_side = height if task_of(model) == "detection" else None
     notes = [NMS_NOTE.format(s=height), PARITY_NOTE.format(s=height)] if box_side else []
     model = deployable(copy.deepcopy(model).eval())
     path = Path(path)
@@ -127,7 +128,7 @@ def export(
 def check_task(model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool) -> None:
     """ValueErrors for what a task model cannot be exported as: :func:`export` checks it first, and
     the CLI too, before it loads calibration images."""
-    task = getattr(model, "task", "classification")
+    task = task_of(model)
     if fmt not in TASK_FORMATS[task]:
         raise ValueError(f"{fmt} export does not support {task} models; use {', '.join(TASK_FORMATS[task])}")
     if int8 and task != "classification":
@@ -144,7 +145,7 @@ def check_task(model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: b
 def deployable(model: nn.Module) -> nn.Module:
     """The module that is exported for ``model``: a detector's raw predictions (NMS runs after the
     exported graph, see :mod:`mobilevit.export.detection`), any other model itself."""
-    if getattr(model, "task", "classification") != "detection":
+    if task_of(model) != "detection":
         return model
     from mobilevit.export.detection import SSDRawPredictions
 

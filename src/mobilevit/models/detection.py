@@ -33,7 +33,6 @@ from torchvision.models.detection.anchor_utils import DefaultBoxGenerator
 from torchvision.models.detection.ssd import SSD
 
 from mobilevit.convert import convert_state_dict
-from mobilevit.errors import CheckpointMismatchError
 from mobilevit.models.backbones import (
     BACKBONES,
     BackboneConfig,
@@ -250,19 +249,11 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
     def load_backbone(self, state_dict: Mapping[str, torch.Tensor], source: str = "auto") -> None:
         """Initialise the backbone from a MobileViT classification checkpoint (this package's keys
         or timm / Hugging Face / ml-cvnets ones); its ``final_conv`` and ``head`` are not used."""
+        from mobilevit.models.factory import load_state_dict_checked  # factory imports this module
+
         state = convert_state_dict(state_dict, source)
         state = {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
-        target = self.backbone.body.state_dict()
-        missing = [k for k in target if k not in state]
-        unexpected = [k for k in state if k not in target]
-        mismatched = [
-            (k, tuple(v.shape), tuple(target[k].shape))
-            for k, v in state.items()
-            if k in target and v.shape != target[k].shape
-        ]
-        if missing or unexpected or mismatched:
-            raise CheckpointMismatchError(missing, unexpected, mismatched, f" ({self.model_name} backbone)")
-        self.backbone.body.load_state_dict(state)
+        load_state_dict_checked(self.backbone.body, state, context=f" ({self.model_name} backbone)")
 
     def model_args(self) -> dict[str, Any]:
         """Backbone config fields and detection options that differ from the defaults: enough to rebuild it."""

@@ -31,6 +31,12 @@ _SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_drop
 _FEATURE_ARGS = ("output_stride",)
 
 
+def task_of(model: nn.Module) -> str:
+    """``classification``, ``segmentation`` or ``detection``: what the built ``model`` does
+    (task models carry a ``task``; classifiers, timm's and Hugging Face's included, do not)."""
+    return getattr(model, "task", "classification")
+
+
 def model_task(name: str) -> str:
     """``classification``, ``segmentation`` or ``detection``: what the registered model ``name`` does."""
     if name in MODEL_CONFIGS or name in V2_CONFIGS or name in V3_MODELS:

@@ -9,7 +9,7 @@ from torch import nn
 from torch.nn.attention import SDPBackend, sdpa_kernel
 from torch.utils.flop_counter import FlopCounterMode
 
-from mobilevit.models.factory import create_model
+from mobilevit.models.factory import create_model, task_of
 
 
 def count_params(model: nn.Module) -> int:
@@ -30,7 +30,7 @@ def count_macs(model: nn.Module, x: torch.Tensor) -> int:
 
 def _output_shape(model: nn.Module, x: torch.Tensor) -> list[int]:
     """The logits' shape; for a detector, [anchors, 4 + classes] of the raw head (before NMS)."""
-    if getattr(model, "task", "classification") != "detection":
+    if task_of(model) != "detection":
         return list(model(x).shape)
     images, _ = model.transform([x[0]])
     head = model.head(list(model.backbone(images.tensors).values()))
@@ -55,7 +55,7 @@ def describe(name: str, img_size: tuple[int, int] | None = None, num_classes: in
     model = create_model(name, num_classes=num_classes).eval()
     img_size = tuple(img_size or model.pretrained_cfg["input_size"][1:])
     x = torch.zeros(1, model.config.in_chans, *img_size)
-    is_detector = getattr(model, "task", "classification") == "detection"
+    is_detector = task_of(model) == "detection"
     backbone = _features(model)
     with torch.no_grad():
         features = backbone(x)
@@ -66,7 +66,7 @@ def describe(name: str, img_size: tuple[int, int] | None = None, num_classes: in
     ]
     return {
         "model": name,
-        "task": getattr(model, "task", "classification"),
+        "task": task_of(model),
         "img_size": list(img_size),
         "params": count_params(model),
         "macs": count_macs(model, [x[0]] if is_detector else x),

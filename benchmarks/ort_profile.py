@@ -1,0 +1,85 @@
+"""Where ONNX Runtime spends its time: kernel time per op type for our export, timm's and our int8.
+
+    python benchmarks/ort_profile.py [--model mobilevit_s] [--runs 30] [--threads 2] [--json out.json]
+
+Each graph runs ``--runs`` times in a profiling session (ONNX Runtime's own profiler, after its graph
+optimisations, so the op types are the fused kernels it really runs: Conv with BatchNorm folded,
+QuickGelu for SiLU, QLinearConv...). The table gives milliseconds per run and op type; the kernel
+times add up to a little more than the wall-clock latency, since profiling adds a small cost to each
+kernel. It shows which part of the network a faster export or int8 can still shrink and which is
+already at the machine's arithmetic limit (the convolutions and linears).
+"""
+
+from __future__ import annotations
+
+import argparse
+import collections
+import json
+import tempfile
+from pathlib import Path
+
+import torch
+
+from common import print_table, write_json
+from mobilevit.export.bench import CALIBRATION_IMAGES, peer_model
+from mobilevit.export.onnx import export_onnx, quantize_onnx
+from mobilevit.models.factory import create_model
+from mobilevit.testing import structured_images
+
+
+def kernel_ms_per_op(path: Path, x: torch.Tensor, runs: int, threads: int) -> dict[str, float]:
+    """Milliseconds per run spent in each op type's kernels, from an ONNX Runtime profile."""
+    import onnxruntime as ort
+
+    options = ort.SessionOptions()
+    options.intra_op_num_threads = threads
+    options.enable_profiling = True
+    options.profile_file_prefix = str(path.with_suffix(""))
+    session = ort.InferenceSession(str(path), options, providers=["CPUExecutionProvider"])
+    feed = {session.get_inputs()[0].name: x.numpy()}
+    for _ in range(runs):
+        session.run(None, feed)
+    events = json.loads(Path(session.end_profiling()).read_text())
+    totals: collections.Counter[str] = collections.Counter()
+    for event in events:
+        if event.get("cat") == "Node" and event["name"].endswith("_kernel_time"):
+            totals[event["args"]["op_name"]] += event["dur"] / 1e3 / runs  # microseconds -> ms per run
+    return dict(totals)
+
+
+def main() -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--model", default="mobilevit_s")
+    parser.add_argument("--runs", type=int, default=30)
+    parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--top", type=int, default=14, help="op types shown (the rest are summed)")
+    parser.add_argument("--json", help="also write the results to this JSON file")
+    args = parser.parse_args()
+    torch.set_num_threads(args.threads)
+
+    x = structured_images(1, 256, 256)
+    with tempfile.TemporaryDirectory() as tmp:
+        work = Path(tmp)
+        ours = export_onnx(create_model(args.model).eval(), work / "ours.onnx", x)
+        graphs = {
+            "ours fp32": ours,
+            "timm fp32": export_onnx(peer_model("timm", args.model), work / "timm.onnx", x),
+            "ours int8": quantize_onnx(ours, work / "int8.onnx", structured_images(CALIBRATION_IMAGES, 256, 256, 5)),
+        }
+        profiles = {key: kernel_ms_per_op(path, x, args.runs, args.threads) for key, path in graphs.items()}
+
+    ranked = collections.Counter()
+    for profile in profiles.values():
+        ranked.update(profile)
+    shown = [op for op, _ in ranked.most_common(args.top)]
+    rows = [{"op": op, **{k: round(p.get(op, 0.0), 2) for k, p in profiles.items()}} for op in shown]
+    other = {k: sum(v for op, v in p.items() if op not in shown) for k, p in profiles.items()}
+    rows.append({"op": "other", **{k: round(v, 2) for k, v in other.items()}})
+    rows.append({"op": "total", **{k: round(sum(p.values()), 2) for k, p in profiles.items()}})
+    print(f"{args.model}, batch 1, 256x256, {args.threads} threads: kernel ms per run")
+    print_table(rows, ["op", *profiles])
+    write_json(args.json, {"model": args.model, "threads": args.threads, "ms_per_run": profiles})
+
+
+if __name__ == "__main__":
+    main()
