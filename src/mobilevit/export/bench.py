@@ -31,6 +31,11 @@ PEERS = ("timm", "hf")
 # What timm and Hugging Face implement: the v1 and v2 classifiers (neither has MobileViTv3 or our task models).
 PEER_MODELS = (*MODEL_CONFIGS, *V2_CONFIGS)
 CALIBRATION_IMAGES = 16  # for int8 timing only; accuracy is measured in benchmarks/int8.py
+# Idle time before each runner's block of calls. ONNX Runtime's and OpenMP's worker threads spin for a
+# while after a call; without the pause the previous runner's threads took cores from the first three
+# or four timed calls of the next (mobilevit_xxs on 2 cores: 11 ms against 6 ms), which put 40% of
+# the timings in noise and favoured no one.
+SETTLE_S = 0.05
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
 
@@ -110,7 +115,8 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
 
 
 def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, rounds: int, iters: int) -> dict[str, list[float]]:
-    """Seconds per call of each runner: ``rounds`` rounds, each timing every runner ``iters`` times in turn."""
+    """Seconds per call of each runner: ``rounds`` rounds, each timing every runner ``iters`` times in
+    turn, after a pause (see ``SETTLE_S``) and one untimed call that brings its weights back into cache."""
     times: dict[str, list[float]] = {key: [] for key in runners}
     with torch.inference_mode():
         for run in runners.values():  # warm-up: compilation, allocator, oneDNN weight reorders
@@ -118,6 +124,8 @@ def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, rounds: int, i
                 run(x)
         for _ in range(rounds):
             for key, run in runners.items():
+                time.sleep(SETTLE_S)
+                run(x)
                 for _ in range(iters):
                     start = time.perf_counter()
                     run(x)
