@@ -42,7 +42,9 @@ class ConvNormAct(nn.Sequential):
             bias=False,
         )
         self.bn = nn.BatchNorm2d(out_channels)
-        self.act = act_layer() if act else nn.Identity()
+        # In place: the activation overwrites the BatchNorm output, which nothing else reads. A new
+        # tensor per activation cost eager mobilevit_s 19% (fresh memory for every large map).
+        self.act = act_layer(inplace=True) if act else nn.Identity()
 
 
 class InvertedResidual(nn.Module):
