@@ -65,7 +65,9 @@ def test_optimized_traced_fallback_matches(models):
     model = models[NAMES[0]]
     x = structured_images(1, 160, 224, seed=3)
     with torch.inference_mode():
-        traced = torch.jit.trace(optimize_for_inference(model), x)
+        # check_trace would rerun the module eagerly, on the oneDNN kernels the trace replaces: the
+        # comparison that matters is the one below, against the original model
+        traced = torch.jit.trace(optimize_for_inference(model), x, check_trace=False)
         assert not any("mkldnn" in str(node.kind()) for node in traced.inlined_graph.nodes())
         torch.testing.assert_close(traced(x), model(x), atol=1e-4, rtol=0)
 
