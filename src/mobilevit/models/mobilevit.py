@@ -9,7 +9,7 @@ import os
 from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
-from typing import Any, ClassVar
+from typing import Any, ClassVar, TypeVar
 
 import torch
 from torch import nn
@@ -83,18 +83,26 @@ STAGE_STRIDES = (2, 4, 8, 16, 32)
 OUTPUT_STRIDES = (8, 16, 32)
 
 
-def resolve_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig:
-    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_CONFIGS))}")
-    valid = {f.name for f in fields(MobileViTConfig)}
+Config = TypeVar("Config")
+
+
+def override_config(table: dict[str, Config], name: str, overrides: dict[str, Any]) -> Config:
+    """``table[name]`` (a config dataclass of any family) with ``overrides`` applied (lists become
+    tuples, as a YAML config gives them); unknown fields raise ValueError."""
+    valid = {f.name for f in fields(table[name])}
     unknown = sorted(set(overrides) - valid)
     if unknown:
         raise ValueError(
             f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
         )
-    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return replace(MODEL_CONFIGS[name], **tuples)
+    return replace(table[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
+
+
+def resolve_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig:
+    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
+    if name not in MODEL_CONFIGS:
+        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_CONFIGS))}")
+    return override_config(MODEL_CONFIGS, name, overrides)
 
 
 def check_input(x: torch.Tensor, in_chans: int) -> None:

@@ -8,7 +8,7 @@ size is one width multiplier of a single base network (one row of ``V2_CONFIGS``
 from __future__ import annotations
 
 from collections.abc import Callable
-from dataclasses import dataclass, fields, replace
+from dataclasses import dataclass
 from typing import Any
 
 import torch
@@ -21,6 +21,7 @@ from mobilevit.models.mobilevit import (
     MobileViT,
     MobileViTFeatures,
     dilation_plan,
+    override_config,
 )
 from mobilevit.models.mobilevit_block import resize_to_patches
 
@@ -73,14 +74,7 @@ def resolve_v2_config(name: str, overrides: dict[str, Any]) -> MobileViTV2Config
     """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
     if name not in V2_CONFIGS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(V2_CONFIGS))}")
-    valid = {f.name for f in fields(MobileViTV2Config)}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
-        )
-    tuples = {k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()}
-    return replace(V2_CONFIGS[name], **tuples)
+    return override_config(V2_CONFIGS, name, overrides)
 
 
 class LinearSelfAttention(nn.Module):

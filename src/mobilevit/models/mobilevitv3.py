@@ -14,16 +14,15 @@ layer3..layer5 is replaced.
 
 from __future__ import annotations
 
-from dataclasses import fields, replace
 from functools import partial
-from typing import Any, TypeVar
+from typing import Any
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages
+from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages, override_config
 from mobilevit.models.mobilevit_block import Transformer, fold, resize_to_patches, unfold
 from mobilevit.models.mobilevitv2 import (
     MobileViTV2,
@@ -184,26 +183,12 @@ class MobileViTV3V2Features(MobileViTV2Features):
     stage_builder = staticmethod(_v3_v2_stages)
 
 
-_TABLES: dict[str, MobileViTConfig | MobileViTV2Config] = {**V3_CONFIGS, **V3_V2_CONFIGS}
-Config = TypeVar("Config", MobileViTConfig, MobileViTV2Config)
-
-
-def _resolve(table: dict[str, Config], name: str, overrides: dict[str, Any]) -> Config:
-    """The config of ``name`` with ``overrides`` applied; unknown fields raise ValueError."""
-    valid = {f.name for f in fields(table[name])}
-    unknown = sorted(set(overrides) - valid)
-    if unknown:
-        raise ValueError(
-            f"unknown option(s) {', '.join(unknown)} for {name}; valid options: {', '.join(sorted(valid))}"
-        )
-    return replace(table[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
-
-
 def resolve_v3_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig | MobileViTV2Config:
-    """The config of the v3 size ``name`` (v1- or v2-based) with ``overrides`` applied."""
-    if name not in _TABLES:
+    """The config of the v3 size ``name`` (v1- or v2-based) with ``overrides`` applied; unknown names
+    or fields raise ValueError."""
+    if name not in V3_MODELS:
         raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
-    return _resolve(V3_V2_CONFIGS if name in V3_V2_CONFIGS else V3_CONFIGS, name, overrides)
+    return override_config(V3_V2_CONFIGS if name in V3_V2_CONFIGS else V3_CONFIGS, name, overrides)
 
 
 def create_mobilevitv3(
@@ -215,17 +200,14 @@ def create_mobilevitv3(
 ) -> MobileViTV3 | MobileViTV3Features | MobileViTV3V2 | MobileViTV3V2Features:
     """The registered v3 size ``name``; ``overrides`` replace fields of its config (and, for a
     backbone, set ``output_stride`` and, on v2, ``dilate_local_conv``)."""
-    if name not in _TABLES:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
     num_classes = 1000 if num_classes is None else num_classes
     backbone_keys = ("output_stride", "dilate_local_conv") if features_only else ()
     feature_args = {k: overrides.pop(k) for k in backbone_keys if k in overrides}
+    cfg = resolve_v3_config(name, overrides)
     if name in V3_V2_CONFIGS:
-        cfg_v2 = _resolve(V3_V2_CONFIGS, name, overrides)
         if features_only:
-            return MobileViTV3V2Features(name, cfg_v2, out_indices, **feature_args)
-        return MobileViTV3V2(name, cfg_v2, num_classes)
-    cfg = _resolve(V3_CONFIGS, name, overrides)
+            return MobileViTV3V2Features(name, cfg, out_indices, **feature_args)
+        return MobileViTV3V2(name, cfg, num_classes)
     if features_only:
         return MobileViTV3Features(name, cfg, out_indices, **feature_args)
     return MobileViTV3(name, cfg, num_classes)
