@@ -13,7 +13,7 @@ from PIL import Image
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.predict import class_names, imagenet_class_names, predict_files, preprocess, read_image
-from mobilevit.testing import randomize_
+from mobilevit.testing import randomize_, structured_images
 
 skimage_data = pytest.importorskip("skimage.data")
 
@@ -188,3 +188,23 @@ def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
 def test_unknown_backend_is_refused(model_dir):
     with pytest.raises(ValueError, match="onnxruntime"):
         predict_files([], create_model("mobilevit_xxs", num_classes=2), ["a", "b"], backend="tflite")
+
+
+@pytest.mark.parametrize("name", ["mobilevitv2_050", "mobilevitv3_xxs"])
+def test_predict_with_a_v2_or_v3_checkpoint(capsys, tmp_path, name):
+    from mobilevit.models.factory import from_pretrained
+
+    labels = [f"label {i}" for i in range(5)]
+    model = randomize_(create_model(name, num_classes=len(labels)))
+    model.pretrained_cfg.update(label_names=labels, input_size=(3, 64, 64))
+    checkpoint = model.save_pretrained(tmp_path / name)
+    image = tmp_path / "image.png"
+    Image.fromarray((structured_images(1, 80, 96)[0].permute(1, 2, 0) * 255).byte().numpy()).save(image)
+    assert main(["predict", str(image), "--checkpoint", str(checkpoint), "--topk", "3", "--json"]) == 0
+    (result,) = json.loads(capsys.readouterr().out)["results"]
+    reloaded = from_pretrained(checkpoint).eval()
+    assert type(reloaded) is type(model)
+    with torch.no_grad():
+        top = reloaded(preprocess(read_image(image), reloaded.pretrained_cfg)[None]).softmax(1)[0].topk(3)
+    assert [p["label"] for p in result["predictions"]] == [labels[i] for i in top.indices.tolist()]
+    assert [p["prob"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)

@@ -11,7 +11,10 @@ from torch import nn
 import mobilevit
 from mobilevit import optimize_for_inference
 from mobilevit.export.optimize import FusedConv2d, FusedLinear
+from mobilevit.models.mobilevitv3 import V3_MODELS
 from mobilevit.testing import randomize_, structured_images
+
+V2_NAMES = ["mobilevitv2_050", "mobilevitv2_100"]
 
 
 @pytest.fixture(scope="module")
@@ -20,9 +23,11 @@ def models():
     return {name: randomize_(mobilevit.create_model(name), seed=i).eval() for i, name in enumerate(names)}
 
 
-@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"])
-@pytest.mark.parametrize("size", [(256, 256), (200, 300)])
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", *V2_NAMES, *V3_MODELS])
+@pytest.mark.parametrize("size", [(256, 256), (200, 300)], ids=lambda s: f"{s[0]}x{s[1]}")
 def test_matches_original_within_1e4(models, name, size):
+    """Every family (v1, v2, both v3s); 200x300 gives odd maps at strides 16 and 32, so the blocks'
+    resize runs too."""
     model = models[name]
     fast = optimize_for_inference(model)
     x = structured_images(2, *size, seed=7)
