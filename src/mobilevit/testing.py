@@ -9,6 +9,8 @@ from collections.abc import Callable
 import torch
 from torch import nn
 
+from mobilevit.convert import convert_state_dict
+from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 
@@ -79,6 +81,25 @@ def structured_images(batch: int, height: int, width: int, seed: int = 0) -> tor
             img[:, mask] = torch.rand(3, 1, generator=gen)
         images.append(img)
     return torch.stack(images)
+
+
+def converted(name: str, state_dict: dict[str, torch.Tensor], source: str = "auto") -> nn.Module:
+    """Our ``name`` in eval mode with another implementation's weights, converted and loaded strictly."""
+    model = create_model(name)
+    model.load_state_dict(convert_state_dict(state_dict, source))
+    return model.eval()
+
+
+def assert_matches(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> None:
+    """``ours`` equals the reference output ``ref`` (a batch of at least two) within ``tol``, max abs.
+
+    The reference's first two outputs must differ by far more than ``tol``: a reference that ignores
+    its input (collapsed activations) would match anything and prove nothing.
+    """
+    assert ours.shape == ref.shape, f"shape {tuple(ours.shape)} != reference {tuple(ref.shape)}"
+    assert (ref[0] - ref[1]).abs().max() > 100 * tol, "reference output ignores the input"
+    err = (ours - ref).abs().max().item()
+    assert err <= tol, f"max abs difference {err:.2e} > {tol:.2e}"
 
 
 def hf_config(name: str):

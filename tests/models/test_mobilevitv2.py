@@ -9,25 +9,10 @@ import torch.nn.functional as F
 import transformers
 
 import mobilevit
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2, MobileViTV2Features, fold_v2, unfold_v2
-from mobilevit.testing import hf_v2_config, randomize_, structured_images
+from mobilevit.models.mobilevitv2 import V2_CONFIGS, MobileViTV2Features, fold_v2, unfold_v2
+from mobilevit.testing import assert_matches, converted, hf_v2_config, randomize_, structured_images
 
 NAMES = ["mobilevitv2_050", "mobilevitv2_100", "mobilevitv2_200"]
-TOL = 1e-4
-
-
-def ours_from(state_dict: dict[str, torch.Tensor], name: str, source: str = "auto") -> MobileViTV2:
-    model = mobilevit.create_model(name)
-    model.load_state_dict(mobilevit.convert_state_dict(state_dict, source))
-    return model.eval()
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    assert ours.shape == ref.shape
-    # The reference must depend on its input, or the comparison would prove nothing.
-    assert (ref[0] - ref[1]).abs().max() > 100 * TOL, "reference output ignores the input"
-    err = (ours - ref).abs().max().item()
-    assert err <= TOL, f"max abs difference {err:.2e} > {TOL}"
 
 
 @pytest.fixture(scope="module")
@@ -58,10 +43,10 @@ def test_parameter_count_equals_timm(name):
 def test_matches_timm(timm_models, name, size):
     """200x300 gives odd maps at strides 16 and 32: the resize before each v2 block matches too."""
     ref = timm_models[name]
-    ours = ours_from(ref.state_dict(), name)
+    ours = converted(name, ref.state_dict())
     x = structured_images(2, *size)
     with torch.no_grad():
-        assert_close(ours(x), ref(x))
+        assert_matches(ours(x), ref(x))
 
 
 @pytest.mark.parametrize("size", [(256, 256), (192, 320)], ids=lambda s: f"{s[0]}x{s[1]}")
@@ -71,11 +56,11 @@ def test_matches_hugging_face_on_bgr(hf_models, name, size):
     odd-sided maps instead of resizing them (see MobileViTV2Block), so only sizes whose maps stay even
     down to stride 32 (multiples of 64) can agree."""
     ref = hf_models[name]
-    ours = ours_from(ref.state_dict(), name)
+    ours = converted(name, ref.state_dict())
     x = structured_images(2, *size, seed=1)
     with torch.no_grad():
         expected = ref(pixel_values=x.flip(1)).logits
-        assert_close(ours(x), expected)
+        assert_matches(ours(x), expected)
         assert (ours(x.flip(1)) - expected).abs().max() > 1e-2
 
 
@@ -92,7 +77,7 @@ def test_hugging_face_layout_matches_at_sizes_that_are_not_multiples_of_32(hf_mo
     x = structured_images(2, 200, 300, seed=1)
     with torch.no_grad():
         expected = ref(pixel_values=x.flip(1)).logits
-        assert_close(hf_layout(x), expected)
+        assert_matches(hf_layout(x), expected)
         assert (official(x) - expected).abs().max() > 1e-2
 
 
@@ -113,7 +98,7 @@ def test_source_detection_tells_v1_from_v2(timm_models, hf_models):
 
 def test_features_only_loads_classifier_weights(timm_models, tmp_path):
     name = NAMES[0]
-    classifier = ours_from(timm_models[name].state_dict(), name)
+    classifier = converted(name, timm_models[name].state_dict())
     torch.save(classifier.state_dict(), tmp_path / "v2.pt")
     backbone = mobilevit.create_model(name, features_only=True, out_indices=(2, 4), pretrained=tmp_path / "v2.pt")
     assert isinstance(backbone, MobileViTV2Features)
@@ -127,7 +112,7 @@ def test_features_only_loads_classifier_weights(timm_models, tmp_path):
 
 def test_save_pretrained_round_trip(timm_models, tmp_path):
     name = NAMES[0]
-    model = ours_from(timm_models[name].state_dict(), name)
+    model = converted(name, timm_models[name].state_dict())
     model.reset_classifier(10)
     reloaded = mobilevit.from_pretrained(model.save_pretrained(tmp_path / name)).eval()
     assert reloaded.num_classes == 10 and reloaded.pretrained_cfg["crop_pct"] == 0.888

@@ -11,25 +11,11 @@ import transformers
 
 import mobilevit
 from mobilevit.models.mobilevit import MODEL_CONFIGS
-from mobilevit.testing import hf_config, randomize_, structured_images
+from mobilevit.testing import assert_matches, converted, hf_config, randomize_, structured_images
 
 NAMES = sorted(MODEL_CONFIGS)
 SIZES = [(256, 256), (200, 300)]
 TOL = 1e-4
-
-
-def ours_from(state_dict, name: str, source: str) -> torch.nn.Module:
-    model = mobilevit.create_model(name)
-    model.load_state_dict(mobilevit.convert_state_dict(state_dict, source))
-    return model.eval()
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor) -> None:
-    assert ours.shape == ref.shape
-    # The reference must depend on its input, or the comparison would prove nothing.
-    assert (ref[0] - ref[1]).abs().max() > 100 * TOL, "reference output ignores the input"
-    err = (ours - ref).abs().max().item()
-    assert err <= TOL, f"max abs difference {err:.2e} > {TOL}"
 
 
 @pytest.fixture(scope="module")
@@ -52,10 +38,10 @@ def hf_models():
 @pytest.mark.parametrize("name", NAMES)
 def test_matches_timm(timm_models, name, size):
     ref = timm_models[name]
-    ours = ours_from(ref.state_dict(), name, "timm")
+    ours = converted(name, ref.state_dict(), "timm")
     x = structured_images(2, *size)
     with torch.no_grad():
-        assert_close(ours(x), ref(x))
+        assert_matches(ours(x), ref(x))
 
 
 @pytest.mark.parametrize("size", SIZES, ids=lambda s: f"{s[0]}x{s[1]}")
@@ -63,11 +49,11 @@ def test_matches_timm(timm_models, name, size):
 def test_matches_hugging_face_on_bgr(hf_models, name, size):
     """Hugging Face's copies take BGR: ours on RGB equals theirs on the same image flipped."""
     ref = hf_models[name]
-    ours = ours_from(ref.state_dict(), name, "hf")
+    ours = converted(name, ref.state_dict(), "hf")
     x = structured_images(2, *size, seed=1)
     with torch.no_grad():
         expected = ref(pixel_values=x.flip(1)).logits
-        assert_close(ours(x), expected)
+        assert_matches(ours(x), expected)
         # The channel flip matters: without it the outputs differ, so the test above can fail.
         assert (ours(x.flip(1)) - expected).abs().max() > 1e-2
 
@@ -141,7 +127,7 @@ def test_cvnets_state_dict_loads_and_matches(timm_models, size):
     cvnets_state = to_cvnets(ref.state_dict())
     assert any(k.startswith("layer_5.1.global_rep.3.") for k in cvnets_state)
     assert mobilevit.convert.detect_source(list(cvnets_state)) == "cvnets"
-    ours = ours_from(cvnets_state, "mobilevit_s", "auto")
+    ours = converted("mobilevit_s", cvnets_state, "auto")
     x = structured_images(2, *size, seed=3)
     with torch.no_grad():
-        assert_close(ours(x), ref(x))
+        assert_matches(ours(x), ref(x))

@@ -12,7 +12,7 @@ import transformers
 import mobilevit
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.segmentation import SEGMENTATION_MODELS
-from mobilevit.testing import hf_config, hf_v2_config, randomize_, structured_images
+from mobilevit.testing import assert_matches, hf_config, hf_v2_config, randomize_, structured_images
 
 TOL = 1e-4
 PAPER_PARAMS_M = {"deeplabv3_mobilevit_xxs": 1.9, "deeplabv3_mobilevit_xs": 2.9, "deeplabv3_mobilevit_s": 6.4}
@@ -27,13 +27,6 @@ def hf_segmenter(name: str, output_stride: int = 16, seed: int = 0) -> transform
         model(pixel_values=structured_images(4, 128, 128, seed=123))
 
     return randomize_(transformers.MobileViTForSemanticSegmentation(config), seed, calibrate)
-
-
-def assert_close(ours: torch.Tensor, ref: torch.Tensor, tol: float = TOL) -> None:
-    assert ours.shape == ref.shape
-    assert (ref[0] - ref[1]).abs().max() > 100 * TOL, "reference output ignores the input"
-    err = (ours - ref).abs().max().item()
-    assert err <= tol, f"max abs difference {err:.2e} > {tol:.2e}"
 
 
 @pytest.mark.parametrize(
@@ -53,9 +46,9 @@ def test_matches_hugging_face(name, output_stride, size):
     x = structured_images(2, *size, seed=4)
     with torch.no_grad():
         expected = ref(pixel_values=x.flip(1)).logits
-        assert_close(ours.forward_logits(x), expected)
+        assert_matches(ours.forward_logits(x), expected)
         upsampled = F.interpolate(expected, size=size, mode="bilinear", align_corners=False)
-        assert_close(ours(x), upsampled)
+        assert_matches(ours(x), upsampled)
     assert expected.shape[-2:] == tuple(-(-s // output_stride) for s in size)
 
 
@@ -134,7 +127,7 @@ def test_cvnets_segmentation_checkpoint_loads_and_matches(tmp_path):
     ours = mobilevit.create_model(name, pretrained=path).eval()
     x = structured_images(2, 192, 256, seed=6)
     with torch.no_grad():
-        assert_close(ours.forward_logits(x), ref(pixel_values=x.flip(1)).logits)
+        assert_matches(ours.forward_logits(x), ref(pixel_values=x.flip(1)).logits)
 
 
 @pytest.mark.parametrize("name", sorted(PAPER_PARAMS_M))
@@ -201,6 +194,6 @@ def test_v2_matches_hugging_face(name, size):
         expected = ref(pixel_values=x.flip(1)).logits
         # 1e-4 of the logits' scale: v2's random logits reach ~9, and float32 rounding through its
         # GroupNorms and the 512-channel ASPP differs by up to 1.1e-4 between thread counts.
-        assert_close(ours.forward_logits(x), expected, TOL * max(1.0, expected.abs().max().item()))
+        assert_matches(ours.forward_logits(x), expected, TOL * max(1.0, expected.abs().max().item()))
         # The dilation is real: ml-cvnets' layout gives other logits from the same weights.
         assert (official.forward_logits(x) - expected).abs().max() > 1e-2
