@@ -153,23 +153,34 @@ class MobileViTBlock(nn.Module):
         super().__init__()
         self.patch_size = patch_size
         self.local_rep = nn.Sequential()
-        self.local_rep.add_module("conv_kxk", ConvNormAct(channels, channels, 3))
+        self.local_rep.add_module("conv_kxk", self.local_conv(channels))
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
         self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop)
         self.conv_proj = ConvNormAct(dim, channels, 1)
-        self.fusion = ConvNormAct(2 * channels, channels, 3)
+        self.fusion = self.fusion_conv(channels, dim)
 
-    def forward(self, x: torch.Tensor) -> torch.Tensor:
-        shortcut = x
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
-        x = self.local_rep(x)  # [B, d, H, W]
-        height, width = x.shape[-2:]
+    @staticmethod
+    def local_conv(channels: int) -> nn.Module:
+        return ConvNormAct(channels, channels, 3)
+
+    @staticmethod
+    def fusion_conv(channels: int, dim: int) -> nn.Module:
+        """Mixes the block input (C) with the global features (C)."""
+        return ConvNormAct(2 * channels, channels, 3)
+
+    def global_features(self, local: torch.Tensor) -> torch.Tensor:
+        """Unfold into patches, transformer, fold back, project to C: [B, d, H, W] -> [B, C, H, W]."""
+        channels_last = local.is_contiguous(memory_format=torch.channels_last) and not local.is_contiguous()
+        height, width = local.shape[-2:]
         p = self.patch_size
-        x, resize = resize_to_patches(x, p, align_corners=False)  # [B, d, H', W']
+        x, resize = resize_to_patches(local, p, align_corners=False)  # [B, d, H', W']
         new_h, new_w = x.shape[-2:]
         x = self.global_rep(unfold(x, p))  # [B*P, N, d]
         x = fold(x, p, new_h, new_w, channels_last)  # [B, d, H', W']
         if resize:
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)
-        x = self.conv_proj(x)  # [B, C, H, W]
-        return self.fusion(torch.cat((shortcut, x), dim=1))  # [B, 2C, H, W] -> [B, C, H, W]
+        return self.conv_proj(x)  # [B, C, H, W]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        y = self.global_features(self.local_rep(x))
+        return self.fusion(torch.cat((x, y), dim=1))  # [B, 2C, H, W] -> [B, C, H, W]

@@ -18,12 +18,11 @@ from functools import partial
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages, override_config
-from mobilevit.models.mobilevit_block import Transformer, fold, resize_to_patches, unfold
+from mobilevit.models.mobilevit_block import MobileViTBlock, resize_to_patches
 from mobilevit.models.mobilevitv2 import (
     MobileViTV2,
     MobileViTV2Block,
@@ -69,7 +68,7 @@ V3_V2_CONFIGS: dict[str, MobileViTV2Config] = {
 V3_MODELS: tuple[str, ...] = (*V3_CONFIGS, *V3_V2_CONFIGS)
 
 
-class MobileViTV3Block(nn.Module):
+class MobileViTV3Block(MobileViTBlock):
     """The v3 block on v1: v1's block with three changes. The 1x1 fusion mixes each position on its
     own (a simpler task than v1's 3x3) and, with the depthwise conv, makes the block cheap enough to
     widen layer3..layer5 at about v1's cost; the residual eases training of the deeper fused path.
@@ -80,37 +79,18 @@ class MobileViTV3Block(nn.Module):
     3. the block input is added to the fused output.
     """
 
-    def __init__(
-        self,
-        channels: int,
-        dim: int,
-        depth: int,
-        ffn_dim: int,
-        num_heads: int = 4,
-        patch_size: int = 2,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-    ) -> None:
-        super().__init__()
-        self.patch_size = patch_size
-        self.local_rep = nn.Sequential()
-        self.local_rep.add_module("conv_kxk", ConvNormAct(channels, channels, 3, groups=channels))
-        self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
-        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop)
-        self.conv_proj = ConvNormAct(dim, channels, 1)
-        self.fusion = ConvNormAct(dim + channels, channels, 1)
+    @staticmethod
+    def local_conv(channels: int) -> nn.Module:
+        return ConvNormAct(channels, channels, 3, groups=channels)
+
+    @staticmethod
+    def fusion_conv(channels: int, dim: int) -> nn.Module:
+        """Mixes the local features (d) with the global ones (C), position by position."""
+        return ConvNormAct(dim + channels, channels, 1)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
-        height, width = x.shape[-2:]
-        channels_last = x.is_contiguous(memory_format=torch.channels_last) and not x.is_contiguous()
         local = self.local_rep(x)  # [B, d, H, W]
-        y, resized = resize_to_patches(local, self.patch_size, align_corners=False)  # [B, d, H', W']
-        padded = y.shape[-2:]
-        y = self.global_rep(unfold(y, self.patch_size))  # [B*P, N, d]
-        y = fold(y, self.patch_size, *padded, channels_last)  # [B, d, H', W']
-        if resized:
-            y = F.interpolate(y, size=(height, width), mode="bilinear", align_corners=False)
-        y = self.conv_proj(y)  # [B, C, H, W]
+        y = self.global_features(local)  # [B, C, H, W]
         return x + self.fusion(torch.cat((local, y), dim=1))  # [B, d + C, H, W] -> [B, C, H, W]
 
 
