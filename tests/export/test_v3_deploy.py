@@ -1,24 +1,21 @@
-"""MobileViTv3 deploys and trains like v1 and v2: optimize_for_inference, every export format with fp32
-parity, int8 ONNX, bench (with a clear error for peers, which have no v3), predict, info, training with
-the multi-scale sampler, and the DeepLabv3 / SSDLite heads on v3 backbones."""
+"""MobileViTv3 deploys and trains like v1 and v2: optimize_for_inference, bench (with a clear error for
+peers, which have no v3), info, training with the multi-scale sampler, and the DeepLabv3 / SSDLite
+heads on v3 backbones (its exports are tested with v2's in test_family_deploy.py)."""
 
 from __future__ import annotations
 
 import re
-import sys
 from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from deploy_helpers import onnx_ops_and_ranks, with_fitted_head
 from PIL import Image
 from torch import nn
 
 from mobilevit import create_model, optimize_for_inference
 from mobilevit.cli import main
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.export import FP32_TOLERANCE, export
 from mobilevit.export.bench import bench
 from mobilevit.export.optimize import FusedConv2d, FusedLinear
 from mobilevit.models.layers import ConvNormAct
@@ -26,10 +23,9 @@ from mobilevit.models.mobilevit_block import FeedForward
 from mobilevit.models.mobilevitv2 import MobileViTV2Block
 from mobilevit.models.mobilevitv3 import V3_MODELS, MobileViTV3Block, MobileViTV3V2Block
 from mobilevit.models.summary import count_params
-from mobilevit.testing import randomize_, structured_images
+from mobilevit.testing import randomize_
 
-EXPORTED = ["mobilevitv3_xxs", "mobilevitv3_050"]  # one of each family: on v1 and on v2
-MAX_RANK = 5  # Core ML's limit
+FAMILIES = ["mobilevitv3_xxs", "mobilevitv3_050"]  # one of each family: on v1 and on v2
 ONEDNN_NAMES = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 
 
@@ -38,13 +34,7 @@ def models():
     return {name: randomize_(create_model(name), seed=i).eval() for i, name in enumerate(V3_MODELS)}
 
 
-@pytest.fixture(scope="module")
-def classifiers():
-    """Small randomised 10-class v3 classifiers for the exports (as the v1 and v2 export tests use)."""
-    return {name: randomize_(create_model(name, num_classes=10), seed=5).eval() for name in EXPORTED}
-
-
-@pytest.mark.parametrize("name", EXPORTED)
+@pytest.mark.parametrize("name", FAMILIES)
 def test_optimize_fuses_every_conv_with_its_activation(models, name):
     """Every ConvNormAct (the v3 blocks' depthwise local conv, 1x1 projection and fusion included)
     becomes one FusedConv2d carrying the same activation: none is left unfused, none is dropped."""
@@ -71,87 +61,6 @@ def test_optimize_fuses_the_v1_based_feed_forward(models):
     assert len(ffns) == 2 + 4 + 3  # transformer depths of layer3..layer5
     assert all(isinstance(f.fc1, FusedLinear) and f.fc1.activation == "swish" for f in ffns)
     assert all(isinstance(f.act, nn.Identity) and f.fc2.activation == "none" for f in ffns)
-
-
-@pytest.fixture(scope="module")
-def onnx_dynamic(classifiers, tmp_path_factory):
-    pytest.importorskip("onnxruntime")
-    pytest.importorskip("onnxscript")
-    folder = tmp_path_factory.mktemp("onnx")
-    return {name: export(model, "onnx", folder / f"{name}.onnx", dynamic=True) for name, model in classifiers.items()}
-
-
-@pytest.mark.parametrize("name", EXPORTED)
-@pytest.mark.parametrize("shape", [(3, 224, 320), (2, 100, 130)], ids=["batch3-224x320", "sides-not-multiples-of-32"])
-def test_onnx_dynamic_matches_at_unseen_sizes(classifiers, onnx_dynamic, name, shape):
-    from mobilevit.export.onnx import run_onnx
-
-    assert onnx_dynamic[name].max_abs_diff <= FP32_TOLERANCE
-    x = structured_images(*shape, seed=7)
-    with torch.no_grad():
-        expected = classifiers[name](x)
-    torch.testing.assert_close(run_onnx(onnx_dynamic[name].path, x, threads=1), expected, rtol=0, atol=FP32_TOLERANCE)
-
-
-@pytest.mark.parametrize("name", EXPORTED)
-def test_onnx_static_matches(classifiers, name, tmp_path):
-    pytest.importorskip("onnxruntime")
-    report = export(classifiers[name], "onnx", tmp_path / f"{name}.onnx")
-    assert report.max_abs_diff <= FP32_TOLERANCE
-
-
-def test_onnx_graph_of_the_v2_based_v3_is_core_ml_friendly(onnx_dynamic):
-    """As v2's: the unfold/fold is rank <= 5 and there is no Col2Im / Im2Col (the v1-based v3 keeps
-    v1's rank-6 patch reshapes; Core ML's converter splits those, see the Core ML test)."""
-    ops, ranks = onnx_ops_and_ranks(onnx_dynamic["mobilevitv3_050"].path)
-    assert not ops & {"Col2Im", "Im2Col"}
-    assert {"Reshape", "Transpose"} <= ops
-    assert {k: r for k, r in ranks.items() if r > MAX_RANK} == {}
-
-
-def test_onnx_int8_reports_top1_agreement(tmp_path):
-    pytest.importorskip("onnxruntime")
-    images = structured_images(8, 128, 128, seed=1)
-    model = with_fitted_head(randomize_(create_model("mobilevitv3_xxs")).eval(), images)
-    report = export(model, "onnx", tmp_path / "int8.onnx", img_size=(128, 128), int8=True, calibration=images)
-    assert report.top1_agreement >= 7 / 8
-    assert any("int8 QDQ" in note for note in report.notes)
-
-
-@pytest.mark.parametrize("name", EXPORTED)
-def test_torchscript_matches_at_another_size(classifiers, name, tmp_path):
-    from mobilevit.export.torchscript import run_torchscript
-
-    model = classifiers[name]
-    report = export(model, "torchscript", tmp_path / f"{name}.pt", img_size=(128, 160), dynamic=True)
-    assert report.max_abs_diff <= FP32_TOLERANCE
-    x = structured_images(2, 224, 96, seed=5)
-    with torch.no_grad():
-        torch.testing.assert_close(run_torchscript(report.path, x), model(x), rtol=0, atol=FP32_TOLERANCE)
-
-
-@pytest.mark.slow
-@pytest.mark.parametrize("name", EXPORTED)
-def test_executorch_fp32(classifiers, name, tmp_path):
-    """15-25 s each on one CPU thread."""
-    pytest.importorskip("executorch")
-    report = export(classifiers[name], "executorch", tmp_path / f"{name}.pte", img_size=(64, 64))
-    assert report.max_abs_diff <= FP32_TOLERANCE
-
-
-@pytest.mark.parametrize("name", EXPORTED)
-def test_coreml_spec_validates_and_its_program_is_rank_5(classifiers, name, tmp_path):
-    ct = pytest.importorskip("coremltools")
-    report = export(classifiers[name], "coreml", tmp_path / f"{name}.mlpackage", img_size=(64, 96))
-    spec = ct.utils.load_spec(str(report.path))
-    assert [(o.name, list(o.type.multiArrayType.shape)) for o in spec.description.output] == [("logits", [1, 10])]
-    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
-    ranks = [
-        out.type.tensorType.rank for op in block.operations for out in op.outputs if out.type.HasField("tensorType")
-    ]
-    assert ranks and max(ranks) <= MAX_RANK
-    if sys.platform != "darwin":
-        assert report.max_abs_diff is None
 
 
 @pytest.mark.parametrize("backend", ["eager", "optimized", "onnxruntime"])

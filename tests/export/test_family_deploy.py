@@ -1,0 +1,113 @@
+"""MobileViTv2 and both MobileViTv3 families export like v1: fp32 parity in every format, at sizes
+the export never saw, int8 ONNX, and graphs within Core ML's rank limit."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+from deploy_helpers import onnx_ops_and_ranks, with_fitted_head
+
+from mobilevit import create_model
+from mobilevit.export import FP32_TOLERANCE, export
+from mobilevit.testing import randomize_, structured_images
+
+NAMES = ["mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"]  # v2, v3 on v1, v3 on v2
+# v2's unfold/fold is rank <= 5; v1 and the v3 on it keep v1's rank-6 fold, which Core ML's
+# converter splits (see the Core ML test, which holds for every family)
+RANK_5_ONNX = ["mobilevitv2_050", "mobilevitv3_050"]
+INT8 = ["mobilevitv2_050", "mobilevitv3_xxs"]
+MAX_RANK = 5  # Core ML's limit
+
+
+@pytest.fixture(scope="module")
+def classifiers():
+    """Small randomised 10-class classifiers, as the v1 export tests use."""
+    return {name: randomize_(create_model(name, num_classes=10), seed=5).eval() for name in NAMES}
+
+
+@pytest.fixture(scope="module")
+def onnx_dynamic(classifiers, tmp_path_factory):
+    pytest.importorskip("onnxruntime")
+    pytest.importorskip("onnxscript")
+    folder = tmp_path_factory.mktemp("onnx")
+    return {name: export(model, "onnx", folder / f"{name}.onnx", dynamic=True) for name, model in classifiers.items()}
+
+
+@pytest.mark.parametrize("name", NAMES)
+@pytest.mark.parametrize("shape", [(3, 224, 320), (2, 100, 130)], ids=["batch3-224x320", "sides-not-multiples-of-32"])
+def test_onnx_dynamic_matches_at_unseen_sizes(classifiers, onnx_dynamic, name, shape):
+    from mobilevit.export.onnx import run_onnx
+
+    assert onnx_dynamic[name].max_abs_diff <= FP32_TOLERANCE
+    x = structured_images(*shape, seed=7)
+    with torch.no_grad():
+        expected = classifiers[name](x)
+    torch.testing.assert_close(run_onnx(onnx_dynamic[name].path, x, threads=1), expected, rtol=0, atol=FP32_TOLERANCE)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_onnx_static_matches(classifiers, name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    report = export(classifiers[name], "onnx", tmp_path / f"{name}.onnx")
+    assert report.max_abs_diff <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("name", RANK_5_ONNX)
+def test_onnx_graph_is_core_ml_friendly(onnx_dynamic, name):
+    """The unfold/fold is rank <= 5, with no Col2Im / Im2Col (F.fold / F.unfold), at opset 17."""
+    import onnx
+
+    ops, ranks = onnx_ops_and_ranks(onnx_dynamic[name].path)
+    assert not ops & {"Col2Im", "Im2Col"}
+    assert {"Reshape", "Transpose"} <= ops
+    assert {k: r for k, r in ranks.items() if r > MAX_RANK} == {}
+    opsets = onnx.load(onnx_dynamic[name].path).opset_import
+    assert [o.version for o in opsets if o.domain in ("", "ai.onnx")] == [17]
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_onnx_int8_reports_top1_agreement(name, tmp_path):
+    pytest.importorskip("onnxruntime")
+    images = structured_images(8, 128, 128, seed=1)
+    model = with_fitted_head(randomize_(create_model(name)).eval(), images)
+    report = export(model, "onnx", tmp_path / "int8.onnx", img_size=(128, 128), int8=True, calibration=images)
+    assert report.top1_agreement >= 7 / 8
+    assert any("int8 QDQ" in note for note in report.notes)
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_torchscript_matches_at_another_size(classifiers, name, tmp_path):
+    from mobilevit.export.torchscript import run_torchscript
+
+    model = classifiers[name]
+    report = export(model, "torchscript", tmp_path / f"{name}.pt", img_size=(128, 160), dynamic=True)
+    assert report.max_abs_diff <= FP32_TOLERANCE
+    x = structured_images(2, 224, 96, seed=5)
+    with torch.no_grad():
+        torch.testing.assert_close(run_torchscript(report.path, x), model(x), rtol=0, atol=FP32_TOLERANCE)
+
+
+@pytest.mark.slow
+@pytest.mark.parametrize("name", NAMES)
+def test_executorch_fp32(classifiers, name, tmp_path):
+    """15-25 s each on one CPU thread."""
+    pytest.importorskip("executorch")
+    report = export(classifiers[name], "executorch", tmp_path / f"{name}.pte", img_size=(64, 64))
+    assert report.max_abs_diff <= FP32_TOLERANCE
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_coreml_spec_validates_and_its_program_is_rank_5(classifiers, name, tmp_path):
+    ct = pytest.importorskip("coremltools")
+    report = export(classifiers[name], "coreml", tmp_path / f"{name}.mlpackage", img_size=(64, 96))
+    spec = ct.utils.load_spec(str(report.path))
+    assert [(o.name, list(o.type.multiArrayType.shape)) for o in spec.description.output] == [("logits", [1, 10])]
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    ranks = [
+        out.type.tensorType.rank for op in block.operations for out in op.outputs if out.type.HasField("tensorType")
+    ]
+    assert ranks and max(ranks) <= MAX_RANK
+    if sys.platform != "darwin":
+        assert report.max_abs_diff is None
