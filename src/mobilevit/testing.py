@@ -5,6 +5,7 @@ from __future__ import annotations
 
 import math
 from collections.abc import Callable
+from pathlib import Path
 
 import torch
 from torch import nn
@@ -100,6 +101,22 @@ def assert_matches(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> 
     assert (ref[0] - ref[1]).abs().max() > 100 * tol, "reference output ignores the input"
     err = (ours - ref).abs().max().item()
     assert err <= tol, f"max abs difference {err:.2e} > {tol:.2e}"
+
+
+def write_image_folder(root: Path, per_class: int = 48, val_per_class: int = 8, size: int = 40) -> Path:
+    """An ImageFolder dataset (``train/`` and ``val/``) of two classes a model can tell apart in a few
+    steps: bright and dark noisy squares, as PNG files. Returns ``root``."""
+    from PIL import Image
+
+    gen = torch.Generator().manual_seed(0)
+    for split, count in (("train", per_class), ("val", val_per_class)):
+        for label, level in (("bright", 200), ("dark", 60)):
+            folder = root / split / label
+            folder.mkdir(parents=True)
+            for i in range(count):
+                noise = torch.randint(-40, 40, (size, size, 3), generator=gen)
+                Image.fromarray((noise + level).clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
+    return root
 
 
 def hf_config(name: str):

@@ -8,7 +8,8 @@ import textwrap
 
 import pytest
 import torch
-from test_train import make_image_folder
+
+from mobilevit.testing import write_image_folder
 
 SCRIPT = textwrap.dedent(
     """
@@ -42,7 +43,7 @@ def run(args: list[str], tmp_path) -> None:
 def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
     import json
 
-    data = make_image_folder(tmp_path / "data", per_class=64)
+    data = write_image_folder(tmp_path / "data", per_class=64)
     script = tmp_path / "train_ddp.py"
     script.write_text(SCRIPT)
     single, ddp = tmp_path / "single", tmp_path / "ddp"

@@ -12,24 +12,10 @@ from pathlib import Path
 
 import pytest
 import torch
-from PIL import Image
 from safetensors.torch import load_file
 
 import mobilevit
-
-
-def make_image_folder(root: Path, per_class: int = 48, size: int = 40) -> Path:
-    """Two classes a model can tell apart: bright squares and dark squares, with noise."""
-    gen = torch.Generator().manual_seed(0)
-    for split in ("train", "val"):
-        for label, level in (("bright", 200), ("dark", 60)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(per_class if split == "train" else 8):
-                noise = torch.randint(-40, 40, (size, size, 3), generator=gen)
-                pixels = (noise + level).clamp(0, 255).to(torch.uint8).numpy()
-                Image.fromarray(pixels).save(folder / f"{i}.png")
-    return root
+from mobilevit.testing import write_image_folder
 
 
 def train_command(data: Path, output: Path, *extra: str) -> list[str]:
@@ -48,7 +34,7 @@ def final_weights(output: Path) -> dict[str, torch.Tensor]:
 
 
 def test_sigkill_mid_epoch_then_resume_matches_uninterrupted_run(tmp_path):
-    data = make_image_folder(tmp_path / "data")
+    data = write_image_folder(tmp_path / "data")
     env = {**os.environ, "OMP_NUM_THREADS": "1"}
     subprocess.run(train_command(data, tmp_path / "whole"), check=True, env=env, capture_output=True, timeout=300)
 
@@ -92,7 +78,7 @@ def tiny_config(data: Path, output: Path, **overrides):
 
 @pytest.fixture(scope="module")
 def image_data(tmp_path_factory):
-    return make_image_folder(tmp_path_factory.mktemp("images"), per_class=16)
+    return write_image_folder(tmp_path_factory.mktemp("images"), per_class=16)
 
 
 def test_run_writes_metrics_tensorboard_plot_and_model(image_data, tmp_path):

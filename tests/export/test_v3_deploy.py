@@ -5,12 +5,10 @@ heads on v3 backbones (its exports are tested with v2's in test_family_deploy.py
 from __future__ import annotations
 
 import re
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
-from PIL import Image
 from torch import nn
 
 from mobilevit import create_model, optimize_for_inference
@@ -23,7 +21,7 @@ from mobilevit.models.mobilevit_block import FeedForward
 from mobilevit.models.mobilevitv2 import MobileViTV2Block
 from mobilevit.models.mobilevitv3 import V3_MODELS, MobileViTV3Block, MobileViTV3V2Block
 from mobilevit.models.summary import count_params
-from mobilevit.testing import randomize_
+from mobilevit.testing import randomize_, write_image_folder
 
 FAMILIES = ["mobilevitv3_xxs", "mobilevitv3_050"]  # one of each family: on v1 and on v2
 ONEDNN_NAMES = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
@@ -88,19 +86,6 @@ def test_info_prints_params_and_macs(capsys):
     assert macs and float(macs[1]) > 0
 
 
-def make_image_folder(root: Path, per_class: int = 12, size: int = 40) -> Path:
-    """Two classes, bright and dark noisy squares, as tests/engine/test_train.py makes them."""
-    gen = torch.Generator().manual_seed(0)
-    for split, count in (("train", per_class), ("val", 4)):
-        for label, level in (("bright", 200), ("dark", 60)):
-            folder = root / split / label
-            folder.mkdir(parents=True)
-            for i in range(count):
-                noise = torch.randint(-40, 40, (size, size, 3), generator=gen)
-                Image.fromarray((noise + level).clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
-    return root
-
-
 @pytest.mark.parametrize(
     ("name", "block"), [("mobilevitv3_xxs", MobileViTV3Block), ("mobilevitv2_050", MobileViTV2Block)]
 )
@@ -119,8 +104,9 @@ def test_trains_one_epoch_on_multi_scale_batches(tmp_path, monkeypatch, name, bl
             yield batch
 
     monkeypatch.setattr(MultiScaleBatchSampler, "__iter__", recording)
+    data = write_image_folder(tmp_path / "data", per_class=12, val_per_class=4)
     cfg = load_config(
-        model=name, data=str(make_image_folder(tmp_path / "data")), output=str(tmp_path / "run"),
+        model=name, data=str(data), output=str(tmp_path / "run"),
         epochs=1, img_size=32, multi_scale=True, min_size=32, max_size=64, size_divisor=16, batch_size=4,
         warmup_steps=1, workers=0, ema_momentum=0.1,
     )  # fmt: skip
