@@ -126,6 +126,27 @@ def test_overrides_change_the_config():
     assert model.pretrained_cfg["input_size"] == (1, 256, 256)
 
 
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs"])
+def test_transformer_dropout_sits_where_ml_cvnets_puts_it(name):
+    """ml-cvnets' ``dropout`` follows attention and the FFN's second linear; its ``ffn_dropout``, between
+    the two linears, is 0 in the published recipes: in training, SiLU's output reaches fc2 unchanged."""
+
+    def fc2_input_zeros(model) -> float:
+        seen = {}
+        fc2 = next(m for n, m in model.named_modules() if n.endswith("mlp.fc2"))
+        fc2.register_forward_pre_hook(lambda _, args: seen.setdefault("x", args[0]))
+        model.train()(torch.rand(2, 3, 64, 64))
+        return (seen["x"] == 0).float().mean().item()
+
+    torch.manual_seed(0)
+    model = mobilevit.create_model(name, transformer_dropout=0.5)
+    assert fc2_input_zeros(model) == 0.0
+    drops = {n: m.p for n, m in model.named_modules() if ".global_rep." in n and isinstance(m, torch.nn.Dropout)}
+    assert {p for n, p in drops.items() if n.endswith("mlp.drop1")} == {0.0}
+    assert {p for n, p in drops.items() if n.endswith(("mlp.drop2", "attn.proj_drop", ".drop"))} == {0.5}
+    assert fc2_input_zeros(mobilevit.create_model(name, ffn_dropout=0.5)) > 0.3
+
+
 def test_training_step_runs():
     model = mobilevit.create_model("mobilevit_xxs", num_classes=3)
     loss = torch.nn.functional.cross_entropy(model(torch.rand(2, 3, 64, 64)), torch.tensor([0, 2]))

@@ -37,6 +37,7 @@ class MobileViTConfig:
     last_channels_multiplier: int = 4  # final 1x1 conv: min(4 C_layer5, 960)
     max_last_channels: int = 960
     attn_dropout: float = 0.0
+    ffn_dropout: float = 0.0  # between the FFN's linears; 0 in every published recipe
     drop_rate: float = 0.1  # classifier dropout
     in_chans: int = 3
 
@@ -169,6 +170,7 @@ def build_stages(
                     patch_size=cfg.patch_size,
                     drop=cfg.transformer_dropout,
                     attn_drop=cfg.attn_dropout,
+                    ffn_drop=cfg.ffn_dropout,
                 ),
             )
         )

@@ -34,13 +34,14 @@ class MultiHeadAttention(nn.Module):
 
 
 class FeedForward(nn.Module):
-    """Linear d -> ffn, SiLU, dropout, Linear ffn -> d, dropout."""
+    """Linear d -> ffn, SiLU, dropout ``ffn_drop``, Linear ffn -> d, dropout ``drop`` (ml-cvnets'
+    ``ffn_dropout`` and ``dropout``: the published recipes set only the second)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float, ffn_drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.SiLU(inplace=True)  # on fc1's output, which nothing else reads
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(ffn_drop)
         self.fc2 = nn.Linear(hidden, dim)
         self.drop2 = nn.Dropout(drop)
 
@@ -51,13 +52,15 @@ class FeedForward(nn.Module):
 class TransformerEncoderLayer(nn.Module):
     """Pre-norm transformer layer: x + MHA(LN(x)), then x + FFN(LN(x))."""
 
-    def __init__(self, dim: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float) -> None:
+    def __init__(
+        self, dim: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float, ffn_drop: float = 0.0
+    ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
         self.attn = MultiHeadAttention(dim, num_heads, attn_drop)
         self.drop = nn.Dropout(drop)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, drop)
+        self.mlp = FeedForward(dim, ffn_dim, drop, ffn_drop)
 
     def forward(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), tokens))
@@ -72,10 +75,19 @@ class Transformer(nn.Module):
     sequences apart.
     """
 
-    def __init__(self, dim: int, depth: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float) -> None:
+    def __init__(
+        self,
+        dim: int,
+        depth: int,
+        ffn_dim: int,
+        num_heads: int,
+        drop: float,
+        attn_drop: float,
+        ffn_drop: float = 0.0,
+    ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop) for _ in range(depth)
+            TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop, ffn_drop) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
@@ -149,13 +161,14 @@ class MobileViTBlock(nn.Module):
         patch_size: int = 2,
         drop: float = 0.0,
         attn_drop: float = 0.0,
+        ffn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.local_rep = nn.Sequential()
         self.local_rep.add_module("conv_kxk", self.local_conv(channels))
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
-        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop)
+        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop, ffn_drop)
         self.conv_proj = ConvNormAct(dim, channels, 1)
         self.fusion = self.fusion_conv(channels, dim)
 

@@ -40,6 +40,7 @@ class MobileViTV2Config:
     patch_size: int = 2
     transformer_dropout: float = 0.0
     attn_dropout: float = 0.0
+    ffn_dropout: float = 0.0  # between the FFN's convs
     drop_rate: float = 0.0  # classifier dropout
     in_chans: int = 3
     # Odd-sided maps: "resize" up to even first (ml-cvnets, timm), or "zero": unfold drops the last
@@ -98,13 +99,14 @@ class LinearSelfAttention(nn.Module):
 
 
 class ConvFeedForward(nn.Module):
-    """1x1 conv d -> ffn, SiLU, dropout, 1x1 conv ffn -> d, dropout: v1's FFN on [B, d, P, N]."""
+    """1x1 conv d -> ffn, SiLU, dropout ``ffn_drop``, 1x1 conv ffn -> d, dropout ``drop``: v1's FFN
+    on [B, d, P, N]."""
 
-    def __init__(self, dim: int, hidden: int, drop: float) -> None:
+    def __init__(self, dim: int, hidden: int, drop: float, ffn_drop: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.SiLU(inplace=True)  # on fc1's output, which nothing else reads
-        self.drop1 = nn.Dropout(drop)
+        self.drop1 = nn.Dropout(ffn_drop)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
         self.drop2 = nn.Dropout(drop)
 
@@ -116,12 +118,12 @@ class LinearTransformerLayer(nn.Module):
     """Pre-norm layer on [B, d, P, N]: x + attn(GN(x)), then x + FFN(GN(x)); GroupNorm(1)
     normalises each sample over (d, P, N), the channel-first stand-in for LayerNorm."""
 
-    def __init__(self, dim: int, ffn_dim: int, drop: float, attn_drop: float) -> None:
+    def __init__(self, dim: int, ffn_dim: int, drop: float, attn_drop: float, ffn_drop: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
         self.attn = LinearSelfAttention(dim, attn_drop, drop)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = ConvFeedForward(dim, ffn_dim, drop)
+        self.mlp = ConvFeedForward(dim, ffn_dim, drop, ffn_drop)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -131,9 +133,12 @@ class LinearTransformerLayer(nn.Module):
 class LinearTransformer(nn.Module):
     """L linear transformer layers followed by one final GroupNorm(1): the block's global representation."""
 
-    def __init__(self, dim: int, depth: int, ffn_dim: int, drop: float, attn_drop: float) -> None:
+    def __init__(
+        self, dim: int, depth: int, ffn_dim: int, drop: float, attn_drop: float, ffn_drop: float = 0.0
+    ) -> None:
         super().__init__()
-        self.layers = nn.Sequential(*(LinearTransformerLayer(dim, ffn_dim, drop, attn_drop) for _ in range(depth)))
+        layers = (LinearTransformerLayer(dim, ffn_dim, drop, attn_drop, ffn_drop) for _ in range(depth))
+        self.layers = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(1, dim)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -185,6 +190,7 @@ class MobileViTV2Block(nn.Module):
         attn_drop: float = 0.0,
         dilation: int = 1,
         unfold_remainder: str = "resize",
+        ffn_drop: float = 0.0,
     ) -> None:
         super().__init__()
         if unfold_remainder not in UNFOLD_REMAINDERS:
@@ -195,7 +201,7 @@ class MobileViTV2Block(nn.Module):
         local = ConvNormAct(channels, channels, 3, groups=channels, dilation=dilation)
         self.local_rep.add_module("conv_kxk", local)
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
-        self.global_rep = LinearTransformer(dim, depth, ffn_dim, drop, attn_drop)
+        self.global_rep = LinearTransformer(dim, depth, ffn_dim, drop, attn_drop, ffn_drop)
         self.conv_proj = ConvNormAct(dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
@@ -258,6 +264,7 @@ def build_v2_stages(
                     attn_drop=cfg.attn_dropout,
                     dilation=dilation if dilate_local_conv else 1,
                     unfold_remainder=cfg.unfold_remainder,
+                    ffn_drop=cfg.ffn_dropout,
                 ),
             )
         )
