@@ -19,7 +19,7 @@ from mobilevit.export.optimize import FusedConv2d, FusedLinear
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit_block import FeedForward
 from mobilevit.models.mobilevitv2 import MobileViTV2Block
-from mobilevit.models.mobilevitv3 import V3_MODELS, MobileViTV3Block, MobileViTV3V2Block
+from mobilevit.models.mobilevitv3 import MobileViTV3Block, MobileViTV3V2Block
 from mobilevit.models.summary import count_params
 from mobilevit.testing import randomize_, write_image_folder
 
@@ -29,7 +29,7 @@ ONEDNN_NAMES = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 
 @pytest.fixture(scope="module")
 def models():
-    return {name: randomize_(create_model(name), seed=i).eval() for i, name in enumerate(V3_MODELS)}
+    return {name: randomize_(create_model(name), seed=i).eval() for i, name in enumerate(FAMILIES)}
 
 
 @pytest.mark.parametrize("name", FAMILIES)
