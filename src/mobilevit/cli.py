@@ -288,10 +288,12 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     import torch
 
     from mobilevit.export.bench import bench
+    from mobilevit.export.machine import describe, machine_info
 
     if args.threads:
         torch.set_num_threads(args.threads)
     compare = tuple(p for p in args.compare.split(",") if p) if args.compare else ()
+    machine = machine_info()
     rows = bench(
         args.model,
         args.backend,
@@ -300,11 +302,13 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         compare=compare,
         rounds=args.rounds,
         iters=args.iters,
+        peak_gflops=machine["fp32_matmul_peak_gflops"],
     )
     if args.json:
-        print(json.dumps(rows, indent=2))
+        print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return 0
-    print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32, {torch.get_num_threads()} threads")
+    print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32")
+    print(f"on {describe(machine)}")
     header = f"{'impl':<10}{'backend':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'% peak':>8}"
     print(header + ("  ours/this" if compare else ""))
     for r in rows:

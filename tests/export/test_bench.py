@@ -5,9 +5,10 @@ from __future__ import annotations
 import json
 
 import pytest
+import torch
 
 from mobilevit.cli import main
-from mobilevit.export.bench import bench, matmul_peak_gflops
+from mobilevit.export.bench import bench
 
 KEYS = {"impl", "backend", "median_ms", "p90_ms", "img_per_s", "gflop_per_s", "peak_pct", "ours_over_this"}
 
@@ -32,15 +33,18 @@ def test_onnxruntime_backend_runs_for_us_and_timm():
     assert [(r["impl"], r["backend"]) for r in rows] == [("mobilevit", "onnxruntime"), ("timm", "onnxruntime")]
 
 
-def test_matmul_peak_is_measured():
-    assert matmul_peak_gflops(size=128, repeats=2) > 0.1
-
-
 def test_cli_json_and_errors(capsys):
     argv = ["bench", "--model", "mobilevit_xxs", "--img-size", "64", "64", "--rounds", "1", "--iters", "1", "--json"]
     assert main(argv) == 0
-    (row,) = json.loads(capsys.readouterr().out)
+    printed = json.loads(capsys.readouterr().out)
+    (row,) = printed["rows"]
     assert row["impl"] == "mobilevit" and row["backend"] == "eager"
+    machine = printed["machine"]  # where it was measured: a latency means nothing without it
+    assert machine["cpu"] and machine["isa"] == torch.backends.cpu.get_cpu_capability()
+    assert machine["threads"] == torch.get_num_threads() and machine["fp32_matmul_peak_gflops"] > 0
+    assert main(argv[:-1]) == 0
+    caption = capsys.readouterr().out.splitlines()[1]
+    assert caption.startswith(f"on {machine['cpu']}") and f"{machine['isa']}" in caption and "GFLOP/s" in caption
     assert main(["bench", "--model", "mobilevit_xxs", "--compare", "timm,nope"]) == 2
     assert "unknown peer(s) nope" in capsys.readouterr().err
     assert main(["bench", "--model", "resnet50"]) == 2

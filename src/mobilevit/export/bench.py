@@ -19,6 +19,7 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilevit.export.machine import matmul_peak_gflops
 from mobilevit.export.optimize import optimize_for_inference
 from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
@@ -38,25 +39,6 @@ CALIBRATION_IMAGES = 16  # for int8 timing only; accuracy is measured in benchma
 SETTLE_S = 0.05
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
-
-
-def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
-    """This machine's measured fp32 matmul throughput: the best of ``repeats`` square products,
-    through both ``torch.mm`` and oneDNN (which may be the faster BLAS here), as the yardstick for
-    how much of the CPU a model's forward pass uses."""
-    a, b = torch.randn(size, size), torch.randn(size, size)
-    products = [lambda: torch.mm(a, b)]
-    if torch.backends.mkldnn.is_available():
-        products.append(lambda: torch.ops.mkldnn._linear_pointwise(a, b, None, "none", [], ""))
-    best = float("inf")
-    with torch.inference_mode():
-        for product in products:
-            product()
-            for _ in range(repeats):
-                start = time.perf_counter()
-                product()
-                best = min(best, time.perf_counter() - start)
-    return 2 * size**3 / best / 1e9
 
 
 class _HFLogits(nn.Module):
@@ -146,9 +128,11 @@ def bench(
     compare: tuple[str, ...] = (),
     rounds: int = 7,
     iters: int = 10,
+    peak_gflops: float | None = None,
 ) -> list[dict[str, Any]]:
     """One row per implementation: median and p90 latency, img/s, GFLOP/s and its share of the
-    measured matmul peak, and (with ``compare``) the peers' latency over ours."""
+    machine's fp32 matmul peak (``peak_gflops``, measured when not given), and (with ``compare``) the
+    peers' latency over ours."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     unknown = set(compare) - set(PEERS)
@@ -170,7 +154,7 @@ def bench(
             (Path(tmp) / key).mkdir()
             runners[key] = build_runner(impl, backend if key == "mobilevit" else peer_backend, x, Path(tmp) / key)
         times = time_interleaved(runners, x, rounds, iters)
-    peak = matmul_peak_gflops()
+    peak = peak_gflops or matmul_peak_gflops()
     ours = statistics.median(times["mobilevit"])
     rows = []
     for key, values in times.items():
