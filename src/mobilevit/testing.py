@@ -4,9 +4,14 @@ and Hugging Face configs of our sizes (like ``torch.testing``, importable by use
 from __future__ import annotations
 
 import math
+import shutil
+import subprocess
+import sys
+import tempfile
 from collections.abc import Callable
 from pathlib import Path
 
+import numpy as np
 import torch
 from torch import nn
 
@@ -138,3 +143,30 @@ def hf_v2_config(name: str):
     import transformers
 
     return transformers.MobileViTV2Config(width_multiplier=V2_CONFIGS[name].width_multiplier, num_labels=1000)
+
+
+# AMD Zen 2: AVX2 without AVX-512 or VNNI, the x86 kind whose integer kernels differ from VNNI CPUs'.
+CPU_WITHOUT_VNNI = "EPYC-Rome"
+_ONNX_RUNTIME_SCRIPT = """
+import sys, numpy as np, onnxruntime as ort
+session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
+name, x = session.get_inputs()[0].name, np.load(sys.argv[2])
+np.save(sys.argv[3], np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]))
+"""
+
+
+def run_onnx_on_emulated_cpu(path: str | Path, images: torch.Tensor, cpu: str = CPU_WITHOUT_VNNI) -> torch.Tensor:
+    """ONNX Runtime's first output for each image, computed on an emulated x86 ``cpu`` (QEMU user mode,
+    Debian's ``qemu-user``): its CPUID is the emulated CPU's, so ONNX Runtime takes that CPU's kernels.
+    This shows what a file computes on a kind of CPU the machine at hand is not (e.g. AVX2 without VNNI)."""
+    qemu = shutil.which("qemu-x86_64")
+    if qemu is None:
+        raise FileNotFoundError("qemu-x86_64 not found: install QEMU user mode (apt-get install qemu-user)")
+    with tempfile.TemporaryDirectory() as tmp:
+        inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
+        np.save(inputs, images.detach().cpu().float().numpy())
+        command = [qemu, "-cpu", cpu, sys.executable, "-c", _ONNX_RUNTIME_SCRIPT, str(path), str(inputs), str(outputs)]
+        done = subprocess.run(command, capture_output=True, text=True)
+        if done.returncode:
+            raise RuntimeError(f"ONNX Runtime on an emulated {cpu} failed:\n{done.stderr[-2000:]}")
+        return torch.from_numpy(np.load(outputs))

@@ -11,8 +11,15 @@ pytest.importorskip("onnxruntime")
 
 import onnx
 
-from mobilevit.export import FP32_TOLERANCE, export
-from mobilevit.export.onnx import OnnxRunner, quantize_onnx, run_onnx
+from mobilevit.export import FP32_TOLERANCE, export, machine
+from mobilevit.export.onnx import (
+    PORTABLE_WEIGHT_MAX,
+    Int8PortabilityError,
+    OnnxRunner,
+    quantize_onnx,
+    run_onnx,
+    saturating_weights,
+)
 from mobilevit.testing import structured_images
 
 
@@ -62,6 +69,53 @@ def test_int8_agrees_with_fp32_on_top1(model, dynamic_export, tmp_path):
     # here; 0.9% on a trained Fashion-MNIST model); a broken quantization would agree by chance only.
     assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.6
     assert (logits - reference).pow(2).mean().sqrt() < 0.4 * reference.std()
+
+
+@pytest.fixture(scope="module")
+def int8_files(dynamic_export, tmp_path_factory):
+    """Ours, and one as ONNX Runtime's quantizer writes by default: full-range int8 weights (-127..127)."""
+    from onnxruntime.quantization import QuantFormat, quantize_static
+    from onnxruntime.quantization.calibrate import CalibrationDataReader
+
+    folder = tmp_path_factory.mktemp("int8")
+    images = structured_images(4, 64, 64, seed=3)
+
+    class Reader(CalibrationDataReader):
+        def __init__(self):
+            self.batches = iter(images.split(1))
+
+        def get_next(self):
+            batch = next(self.batches, None)
+            return None if batch is None else {"input": batch.numpy()}
+
+    full_range = folder / "full-range.onnx"
+    quantize_static(str(dynamic_export.path), str(full_range), Reader(), quant_format=QuantFormat.QDQ, per_channel=True)
+    return {"ours": quantize_onnx(dynamic_export.path, folder / "ours.onnx", images), "full range": full_range}
+
+
+def test_int8_weights_cannot_overflow_on_cpus_without_vnni(int8_files):
+    """x86 CPUs without VNNI add u8 x s8 products pairwise in 16 bits: 255 * 2 * 64 <= 32767 holds for
+    our weights, on every CPU kind; full-range weights break it (and gave wrong top-1 there)."""
+    from onnx import numpy_helper
+
+    graph = onnx.load(int8_files["ours"]).graph
+    int8 = [numpy_helper.to_array(t) for t in graph.initializer if t.data_type == onnx.TensorProto.INT8]
+    assert len(int8) > 20 and max(abs(w.astype(int)).max() for w in int8) == PORTABLE_WEIGHT_MAX
+    assert saturating_weights(int8_files["ours"]) == []
+    overflowing = saturating_weights(int8_files["full range"])
+    assert len(overflowing) > 20 and all(name.endswith("_quantized") for name in overflowing)
+
+
+@pytest.mark.parametrize(("vnni", "refused"), [(False, True), (True, False)], ids=["avx2", "vnni"])
+def test_full_range_int8_is_refused_on_x86_without_vnni(int8_files, monkeypatch, vnni, refused):
+    monkeypatch.setattr(machine, "is_x86", lambda: True)
+    monkeypatch.setattr(machine, "has_vnni", lambda: vnni)
+    OnnxRunner(int8_files["ours"])  # runs everywhere
+    if refused:
+        with pytest.raises(Int8PortabilityError, match=r"overflow on x86 CPUs without VNNI.*mobilevit export --int8"):
+            OnnxRunner(int8_files["full range"])
+    else:
+        OnnxRunner(int8_files["full range"])
 
 
 def test_old_opset_is_refused(model, tmp_path):

@@ -16,6 +16,8 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilevit.export import machine
+
 INPUT_NAME = "input"
 OUTPUT_NAME = "logits"
 MIN_OPSET = 17  # LayerNormalization
@@ -35,6 +37,15 @@ QUANTIZED_OPS = (
     "Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Transpose", "Reshape", "GlobalAveragePool",
     "ReduceMean",
 )  # fmt: skip
+# On x86 CPUs without VNNI (AVX2 alone), ONNX Runtime's uint8 x int8 kernels (VPMADDUBSW) add each pair of
+# products in a signed 16-bit register, which saturates unless 255 * (|w1| + |w2|) <= 32767: int8 weights
+# must stay within [-64, 64], ONNX Runtime's reduce_range. Full-range weights (-127..127) gave wrong top-1
+# for half the images there while being exact on VNNI CPUs.
+U8_MAX, INT16_MAX = 255, 32767
+PORTABLE_WEIGHT_MAX = INT16_MAX // (2 * U8_MAX)  # 64
+# Where the weight enters each integer op (QOperator format) or the float op a DequantizeLinear feeds (QDQ).
+WEIGHT_INPUT = {"QLinearConv": 3, "QLinearMatMul": 3, "QGemm": 3, "ConvInteger": 1, "MatMulInteger": 1}
+QDQ_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 
 def require_onnx() -> None:
@@ -129,6 +140,48 @@ def _strip_default_noop_attribute(proto):
     return proto
 
 
+class Int8PortabilityError(RuntimeError):
+    """An int8 ONNX file whose integer kernels would overflow on this CPU."""
+
+
+def saturating_weights(path: str | os.PathLike) -> list[str]:
+    """The int8 weights of an ONNX file's integer convolutions and matmuls that can overflow ONNX
+    Runtime's 16-bit pair sums on x86 CPUs without VNNI (see ``PORTABLE_WEIGHT_MAX``): empty for a file
+    that computes the same on every CPU. Weights of uint8 type (U8U8) take another kernel and never do."""
+    import onnx
+    from onnx import numpy_helper
+
+    graph = onnx.load(path).graph
+    weights = {t.name: t for t in graph.initializer if t.data_type == onnx.TensorProto.INT8}
+    dequantized = {n.output[0]: n.input[0] for n in graph.node if n.op_type == "DequantizeLinear"}
+    used = set()
+    for node in graph.node:
+        if node.op_type in WEIGHT_INPUT and len(node.input) > WEIGHT_INPUT[node.op_type]:
+            used.add(node.input[WEIGHT_INPUT[node.op_type]])
+        elif node.op_type in QDQ_WEIGHT_INPUT and len(node.input) > QDQ_WEIGHT_INPUT[node.op_type]:
+            used.add(dequantized.get(node.input[QDQ_WEIGHT_INPUT[node.op_type]]))
+    return sorted(
+        name
+        for name in used & weights.keys()
+        if abs(numpy_helper.to_array(weights[name]).astype(int)).max(initial=0) > PORTABLE_WEIGHT_MAX
+    )
+
+
+def check_int8_runs_here(path: str | os.PathLike) -> None:
+    """Refuse a file whose int8 weights this CPU's kernels would overflow (x86 without VNNI), rather
+    than return wrong logits. Files from :func:`quantize_onnx` run everywhere."""
+    if not machine.is_x86() or machine.has_vnni():
+        return
+    overflowing = saturating_weights(path)
+    if overflowing:
+        raise Int8PortabilityError(
+            f"{path}: {len(overflowing)} int8 weight tensors (e.g. {overflowing[0]}) exceed +-{PORTABLE_WEIGHT_MAX}, "
+            "which ONNX Runtime's integer kernels overflow on x86 CPUs without VNNI, as this one "
+            f"({machine.isa_level()}): its outputs would be wrong. Quantize with reduce_range (7-bit weights) or "
+            "uint8 weights (re-export with 'mobilevit export --int8'), or run it on a CPU with VNNI or on ARM."
+        )
+
+
 class _CalibrationReader:
     """Feeds the calibration images one at a time (the exported batch size may be fixed at 1)."""
 
@@ -144,10 +197,10 @@ def quantize_onnx(fp32_path: str | os.PathLike, path: str | os.PathLike, calibra
     """Static int8 post-training quantization of an exported fp32 model, calibrated on ``calibration``.
 
     QDQ format, ONNX Runtime's recommended default: per-channel int8 weights and uint8 activations, which
-    its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...; VNNI on x86 CPUs
-    that have it: no saturation, so the weight range is not reduced). int8 activations (S8S8) ran 1.9x
-    slower than uint8 here. Min-max calibration: percentile and entropy calibration agreed no
-    better with fp32 on Fashion-MNIST.
+    its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...). The weights are
+    7-bit (reduce_range), so that the file computes the same on every CPU (see ``PORTABLE_WEIGHT_MAX``);
+    the README gives what that costs. int8 activations (S8S8) ran 1.9x slower than uint8. Min-max
+    calibration: percentile and entropy calibration agreed no better with fp32 on Fashion-MNIST.
     """
     require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -166,11 +219,14 @@ def quantize_onnx(fp32_path: str | os.PathLike, path: str | os.PathLike, calibra
             op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=_activation_matmuls(prepared),
             per_channel=True,
-            reduce_range=False,
-            activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: MLAS's fast x86 (VNNI) kernels
+            reduce_range=True,
+            activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: MLAS's fast x86 kernels
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
+    overflowing = saturating_weights(path)
+    if overflowing:  # a change in ONNX Runtime's quantizer, not in the model: say so rather than ship the file
+        raise Int8PortabilityError(f"{path}: reduce_range left weights beyond +-{PORTABLE_WEIGHT_MAX}: {overflowing}")
     return path
 
 
@@ -195,6 +251,7 @@ class OnnxRunner:
         require_onnx()
         import onnxruntime as ort
 
+        check_int8_runs_here(path)
         options = ort.SessionOptions()
         if threads is not None:
             options.intra_op_num_threads = threads
