@@ -16,10 +16,15 @@ if [ ! -x .venv/bin/python ]; then
         fi
     fi
 fi
-# Fashion-MNIST, the built-in dataset, from Debian's package when we may install it.
-if [ ! -d /usr/share/datasets/fashion-mnist ] && [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null; then
-    (apt-get update -qq && DEBIAN_FRONTEND=noninteractive apt-get install -y -qq dataset-fashion-mnist >/dev/null) ||
-        echo "note: could not install dataset-fashion-mnist; training will look in \$MOBILEVIT_DATA or download" >&2
+# Debian packages: Fashion-MNIST (the built-in dataset) and, for the tests, QEMU user mode (the int8 tests run
+# ONNX Runtime on an emulated x86 CPU without VNNI). Installed when missing and we may.
+packages=()
+[ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
+if [ "${1:-}" = test ] && ! command -v qemu-x86_64 >/dev/null; then packages+=(qemu-user); fi
+if [ ${#packages[@]} -gt 0 ] && ! { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq &&
+    DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null; }; then
+    echo "note: could not install ${packages[*]}: training looks in \$MOBILEVIT_DATA or downloads;" \
+        "the emulated-CPU test skips" >&2
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
