@@ -13,11 +13,10 @@ from __future__ import annotations
 
 import argparse
 
-import torch
-
 import mobilevit
-from common import add_timing_args, parse_timing_args, print_table, write_json
+from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
 from mobilevit.export.bench import BACKENDS, bench
+from mobilevit.export.machine import describe
 
 PEERS = {"eager": ("timm", "hf"), "optimized": ("timm", "hf"), "compile": ("timm",), "onnxruntime": ("timm",)}
 PEERS |= {"executorch": ("timm",), "int8": ()}
@@ -30,13 +29,22 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
     add_timing_args(parser)
     args = parse_timing_args(parser)
+    machine = measured_on()
 
     rows = []
     for name in args.models:
         fp32_onnx_ms = None
         for backend in args.backends:
             size = tuple(args.img_size)
-            result = bench(name, backend, img_size=size, compare=PEERS[backend], rounds=args.rounds, iters=args.iters)
+            result = bench(
+                name,
+                backend,
+                img_size=size,
+                compare=PEERS[backend],
+                rounds=args.rounds,
+                iters=args.iters,
+                peak_gflops=machine["fp32_matmul_peak_gflops"],
+            )
             ours = result[0]
             if backend == "onnxruntime":
                 fp32_onnx_ms = ours["median_ms"]
@@ -61,9 +69,9 @@ def main() -> None:
             )
             print(rows[-1], flush=True)
     h, w = args.img_size
-    print(f"\nbatch 1, {h}x{w}, fp32 unless int8, {torch.get_num_threads()} threads; ratios: our latency / theirs")
+    print(f"\nbatch 1, {h}x{w}, fp32 unless int8; ratios: our latency / theirs; on {describe(machine)}")
     print_table(rows, list(rows[0]))
-    write_json(args.json, rows)
+    write_json(args.json, rows, machine)
 
 
 if __name__ == "__main__":

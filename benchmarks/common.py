@@ -1,4 +1,4 @@
-"""Shared pieces of the benchmark scripts: printing a table and writing JSON."""
+"""Shared pieces of the benchmark scripts: the machine they ran on, printing a table and writing JSON."""
 
 from __future__ import annotations
 
@@ -26,6 +26,16 @@ def parse_timing_args(parser: argparse.ArgumentParser) -> argparse.Namespace:
     return args
 
 
+def measured_on() -> dict[str, Any]:
+    """The machine (CPU, ISA level, VNNI, threads, fp32 matmul peak), printed now and passed to
+    ``write_json``: a speed figure means nothing without it."""
+    from mobilevit.export.machine import describe, machine_info
+
+    info = machine_info()
+    print(f"measured on {describe(info)}", flush=True)
+    return info
+
+
 def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
     """A Markdown table, ready to paste into the README."""
     print("| " + " | ".join(columns) + " |")
@@ -34,7 +44,9 @@ def print_table(rows: list[dict[str, Any]], columns: list[str]) -> None:
         print("| " + " | ".join(str(row[c]) for c in columns) + " |")
 
 
-def write_json(path: str | None, payload: Any) -> None:
+def write_json(path: str | None, payload: Any, machine: dict[str, Any] | None = None) -> None:
+    """``payload`` under ``results``, beside the ``machine`` it was measured on (when speed is in it)."""
     if path:
-        Path(path).write_text(json.dumps(payload, indent=2) + "\n")
+        document = {"machine": machine, "results": payload} if machine else payload
+        Path(path).write_text(json.dumps(document, indent=2) + "\n")
         print(f"wrote {path}")

@@ -19,8 +19,9 @@ from pathlib import Path
 import torch
 
 import mobilevit
-from common import add_timing_args, parse_timing_args, print_table, write_json
+from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
 from mobilevit.export.bench import build_runner, time_interleaved
+from mobilevit.export.machine import describe
 from mobilevit.models.summary import count_macs, count_params
 from mobilevit.testing import structured_images
 
@@ -61,6 +62,7 @@ def main() -> None:
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
     add_timing_args(parser)
     args = parse_timing_args(parser)
+    machine = measured_on()
 
     size = tuple(args.img_size)
     rows = {name: describe_row(name, size) for name in args.models}
@@ -76,9 +78,9 @@ def main() -> None:
             rows[name][f"{backend} ms"] = round(1000 * statistics.median(values), 2)
         print(backend, {name: rows[name][f"{backend} ms"] for name in args.models}, flush=True)
     rows = list(rows.values())
-    print(f"\nbatch 1, {size[0]}x{size[1]}, fp32, {torch.get_num_threads()} threads, interleaved\n")
+    print(f"\nbatch 1, {size[0]}x{size[1]}, fp32, interleaved, on {describe(machine)}\n")
     print_table(rows, list(rows[0]))
-    write_json(args.json, rows)
+    write_json(args.json, rows, machine)
 
 
 if __name__ == "__main__":

@@ -1,100 +1,123 @@
-"""int8 post-training quantization: accuracy on Fashion-MNIST and speed on ONNX Runtime.
+"""int8 post-training quantization: accuracy on Fashion-MNIST and speed on ONNX Runtime, for the
+portable weights (7-bit, the default) and full-range 8-bit weights, on this CPU and on an x86 CPU
+without VNNI.
 
     python benchmarks/int8.py [--checkpoint runs/fashion_mnist/model] [--calibration-images 256]
-                              [--speed-model mobilevit_s] [--threads 2] [--json out.json]
+                              [--emulated-images 10000] [--speed-model mobilevit_s] [--threads 2]
+                              [--json out.json]
 
 1. Accuracy: the Fashion-MNIST model of the quickstart (``runs/fashion_mnist/model``), exported to
-   ONNX in fp32 and in int8 (static, calibrated on training images), both run by ONNX Runtime on the
-   10,000 test images: top-1 of each and the drop.
-2. Speed: ``--speed-model`` at 256x256, batch 1: fp32 ONNX Runtime against int8 ONNX Runtime,
-   interleaved in one process (``mobilevit.export.bench``).
+   ONNX in fp32 and in int8 both ways (static, calibrated on training images), run by ONNX Runtime on
+   the 10,000 test images, here and on an emulated AMD EPYC-Rome (AVX2, no VNNI; QEMU user mode,
+   ``apt-get install qemu-user``) for the first ``--emulated-images`` of them: top-1 of each and the
+   drop from fp32. Full-range weights are exact only with VNNI or on ARM: on an x86 CPU without VNNI
+   ONNX Runtime's 16-bit pair sums overflow (``mobilevit.export.onnx.PORTABLE_WEIGHT_MAX``).
+2. Speed: ``--speed-model`` at 256x256, batch 1: fp32 ONNX Runtime against both int8 files,
+   interleaved in one process on this CPU (``mobilevit.export.bench.time_interleaved``).
 """
 
 from __future__ import annotations
 
 import argparse
+import shutil
 import statistics
 import tempfile
 from pathlib import Path
 
 import torch
 
-from common import add_timing_args, parse_timing_args, print_table, write_json
+from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
 from mobilevit.data.calibration import calibration_images
 from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
 from mobilevit.engine.evaluate import load_for_eval
-from mobilevit.export.bench import build_runner, time_interleaved
+from mobilevit.export import machine
+from mobilevit.export.bench import CALIBRATION_IMAGES, time_interleaved
 from mobilevit.export.onnx import OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
-from mobilevit.testing import structured_images
+from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu, structured_images
+
+INT8 = {"int8 portable": True, "int8 full range": False}  # name -> quantize_onnx(portable=...)
 
 
-def top1(run, loader) -> float:
-    """Top-1 of ``run``, fed one image at a time (the exports have a static batch of 1)."""
-    correct = total = 0
-    for images, labels in loader:
-        predicted = torch.cat([run(image).argmax(1) for image in images.split(1)])
-        correct += (predicted == labels).sum().item()
-        total += len(labels)
-    return correct / total
+def exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdir: Path) -> dict[str, Path]:
+    """fp32 and both int8 ONNX files of ``model`` at size x size (static shapes)."""
+    fp32 = export_onnx(model, workdir / "fp32.onnx", structured_images(1, size, size))
+    files = {"fp32": fp32}
+    for name, portable in INT8.items():
+        files[name] = quantize_onnx(fp32, workdir / f"{name.replace(' ', '-')}.onnx", calibration, portable=portable)
+    return files
 
 
-def accuracy(checkpoint: str, n_calibration: int, workdir: Path) -> dict:
+def runs_correctly_here(portable: bool) -> bool:
+    return portable or not machine.is_x86() or machine.has_vnni()
+
+
+def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path) -> list[dict]:
     model, _ = load_for_eval(checkpoint)
     size = model.pretrained_cfg["input_size"][-1]
-    # static shapes: at 32x32 the last stage's 1x1 map is resized, which a graph traced at a larger size lacks
-    fp32 = export_onnx(model, workdir / "fp32.onnx", structured_images(1, size, size))
     calibration = calibration_images(FASHION_MNIST, n_calibration, (size, size))
-    int8 = quantize_onnx(fp32, workdir / "int8.onnx", calibration)
+    files = exports(model, size, calibration, workdir)
     test = TransformedDataset(fashion_mnist(train=False), eval_transform(size))
-    loader = torch.utils.data.DataLoader(test, batch_size=256, num_workers=2)
+    batches = list(torch.utils.data.DataLoader(test, batch_size=1000, num_workers=2))
+    images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
     with torch.inference_mode():
-        results = {
-            "pytorch fp32": top1(model.eval(), loader),  # the reference the exports must reproduce
-            "onnxruntime fp32": top1(OnnxRunner(fp32), loader),
-            "onnxruntime int8": top1(OnnxRunner(int8), loader),
-        }
-    return {"img_size": size, "calibration_images": n_calibration, **results}
+        here = {"pytorch fp32": torch.cat([model.eval()(batch).argmax(1) for batch in images.split(1000)])}
+        for name, path in files.items():
+            if runs_correctly_here(INT8.get(name, True)):
+                runner = OnnxRunner(path)
+                here[name] = torch.cat([runner(x).argmax(1) for x in images.split(1)])
+    rows = [{"cpu": f"this one ({machine.isa_level()})", "images": len(labels), **_top1(here, labels)}]
+    if n_emulated and shutil.which("qemu-x86_64") and machine.is_x86():
+        subset, subset_labels = images[:n_emulated], labels[:n_emulated]
+        emulated = {name: run_onnx_on_emulated_cpu(path, subset).argmax(1) for name, path in files.items()}
+        cpu = f"emulated {CPU_WITHOUT_VNNI} (AVX2, no VNNI)"
+        rows.append({"cpu": cpu, "images": len(subset), **_top1(emulated, subset_labels)})
+    return rows
+
+
+def _top1(predictions: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
+    """Top-1 of each file, and each int8 file's drop from the fp32 ONNX file on the same CPU."""
+    top1 = {name: (predicted == labels).float().mean().item() for name, predicted in predictions.items()}
+    return top1 | {f"{name} drop": top1["fp32"] - top1[name] for name in INT8 if name in top1}
 
 
 def speed(name: str, rounds: int, iters: int, workdir: Path) -> dict:
-    model = create_model(name).eval()
     x = structured_images(1, 256, 256)
-    runners = {backend: build_runner(model, backend, x, workdir / backend) for backend in ("onnxruntime", "int8")}
+    files = exports(create_model(name).eval(), 256, structured_images(CALIBRATION_IMAGES, 256, 256, seed=5), workdir)
+    runners = {key: OnnxRunner(path, threads=torch.get_num_threads()) for key, path in files.items()}
     times = time_interleaved(runners, x, rounds, iters)
-    med = {k: statistics.median(v) * 1e3 for k, v in times.items()}
-    return {"model": name, "fp32 ms": round(med["onnxruntime"], 2), "int8 ms": round(med["int8"], 2)}
+    median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    row = {"model": name} | {f"{key} ms": round(ms, 2) for key, ms in median.items()}
+    return row | {f"{key} speed-up": f"{median['fp32'] / median[key]:.2f}x" for key in INT8}
 
 
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/model")
     parser.add_argument("--calibration-images", type=int, default=256)
+    parser.add_argument("--emulated-images", type=int, default=10_000, help="0: skip the emulated CPU")
     parser.add_argument("--speed-model", default="mobilevit_s")
     add_timing_args(parser)
     args = parse_timing_args(parser)
+    info = measured_on()
     with tempfile.TemporaryDirectory() as tmp:
-        for sub in ("acc", "onnxruntime", "int8"):
+        for sub in ("acc", "speed"):
             (Path(tmp) / sub).mkdir()
-        acc = accuracy(args.checkpoint, args.calibration_images, Path(tmp) / "acc")
-        fast = speed(args.speed_model, args.rounds, args.iters, Path(tmp))
-    drop = 100 * (acc["onnxruntime fp32"] - acc["onnxruntime int8"])
-    print(
-        f"Fashion-MNIST test top-1, {args.checkpoint} at {acc['img_size']}x{acc['img_size']}, "
-        f"int8 calibrated on {args.calibration_images} training images"
-    )
-    print_table(
-        [
-            {k: f"{100 * v:.2f}%" for k, v in acc.items() if k.startswith(("pytorch", "onnx"))}
-            | {"int8 drop": f"{drop:.2f} points"}
-        ],
-        ["pytorch fp32", "onnxruntime fp32", "onnxruntime int8", "int8 drop"],
-    )
-    print(f"\n{args.speed_model}, batch 1, 256x256, {torch.get_num_threads()} threads")
-    fast["int8 speed-up"] = f"{fast['fp32 ms'] / fast['int8 ms']:.2f}x"
+        acc = accuracy(args.checkpoint, args.calibration_images, args.emulated_images, Path(tmp) / "acc")
+        fast = speed(args.speed_model, args.rounds, args.iters, Path(tmp) / "speed")
+    print(f"\nFashion-MNIST test top-1, {args.checkpoint}, int8 calibrated on {args.calibration_images} train images")
+    columns = ["cpu", "images", "pytorch fp32", "fp32", *INT8, *(f"{name} drop" for name in INT8)]
+    print_table([{c: _formatted(c, row.get(c, "-")) for c in columns} for row in acc], columns)
+    print(f"\n{args.speed_model}, batch 1, 256x256, ONNX Runtime, on {machine.describe(info)}")
     print_table([fast], list(fast))
-    write_json(args.json, {"accuracy": acc, "int8_drop_points": drop, "speed": fast})
+    write_json(args.json, {"accuracy": acc, "speed": fast}, info)
+
+
+def _formatted(column: str, value: object) -> object:
+    if not isinstance(value, float):
+        return value
+    return f"{100 * value:.2f} points" if column.endswith("drop") else f"{100 * value:.2f}%"
 
 
 if __name__ == "__main__":

@@ -26,7 +26,7 @@ from pathlib import Path
 
 import torch
 
-from common import print_table, write_json
+from common import measured_on, print_table, write_json
 from mobilevit.export.bench import CALIBRATION_IMAGES, peer_model
 from mobilevit.export.onnx import export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
@@ -69,6 +69,7 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
+    machine = measured_on()
 
     x = structured_images(1, 256, 256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -94,7 +95,7 @@ def main() -> None:
     split = bounds(profiles)
     print("\nData movement against arithmetic, kernel ms per run")
     print_table(split, list(split[0]))
-    write_json(args.json, {"model": args.model, "threads": args.threads, "ms_per_run": profiles, "bounds": split})
+    write_json(args.json, {"model": args.model, "ms_per_run": profiles, "bounds": split}, machine)
 
 
 def bounds(profiles: dict[str, dict[str, float]]) -> list[dict[str, object]]:

@@ -19,7 +19,7 @@ import torch
 import torch.nn.functional as F
 
 import mobilevit
-from common import print_table, write_json
+from common import measured_on, print_table, write_json
 from mobilevit.data import MultiScaleBatchSampler
 
 
@@ -116,15 +116,14 @@ def main() -> None:
     parser.add_argument("--json", help="also write the results to this JSON file")
     args = parser.parse_args()
 
-    print(
-        f"training, batch {args.batch_size}, {args.img_size}x{args.img_size}, fp32, {torch.get_num_threads()} threads"
-    )
+    machine = measured_on()
+    print(f"training, batch {args.batch_size}, {args.img_size}x{args.img_size}, fp32")
     speed = compare_with_timm(args.models, args.batch_size, args.img_size, args.rounds, args.steps)
     print_table(speed, list(speed[0]))
     print(f"\none epoch of {args.epoch_images} images, mobilevit_xxs, base batch {args.batch_size}")
     epochs = compare_samplers(args.epoch_images, args.batch_size, args.img_size, "mobilevit_xxs")
     print_table(epochs, list(epochs[0]))
-    write_json(args.json, {"train_speed": speed, "epoch": epochs})
+    write_json(args.json, {"train_speed": speed, "epoch": epochs}, machine)
 
 
 if __name__ == "__main__":

@@ -193,14 +193,18 @@ class _CalibrationReader:
         return None if batch is None else {INPUT_NAME: batch.numpy()}
 
 
-def quantize_onnx(fp32_path: str | os.PathLike, path: str | os.PathLike, calibration: torch.Tensor) -> Path:
+def quantize_onnx(
+    fp32_path: str | os.PathLike, path: str | os.PathLike, calibration: torch.Tensor, *, portable: bool = True
+) -> Path:
     """Static int8 post-training quantization of an exported fp32 model, calibrated on ``calibration``.
 
     QDQ format, ONNX Runtime's recommended default: per-channel int8 weights and uint8 activations, which
-    its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...). The weights are
-    7-bit (reduce_range), so that the file computes the same on every CPU (see ``PORTABLE_WEIGHT_MAX``);
-    the README gives what that costs. int8 activations (S8S8) ran 1.9x slower than uint8. Min-max
-    calibration: percentile and entropy calibration agreed no better with fp32 on Fashion-MNIST.
+    its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...). ``portable``
+    weights are 7-bit (reduce_range), so that the file computes the same on every CPU (see
+    ``PORTABLE_WEIGHT_MAX``); ``portable=False`` keeps 8 bits, exact only on x86 CPUs with VNNI and on ARM
+    (:class:`OnnxRunner` refuses it elsewhere). The README gives what each costs. int8 activations (S8S8)
+    ran 1.9x slower than uint8. Min-max calibration: percentile and entropy calibration agreed no
+    better with fp32 on Fashion-MNIST.
     """
     require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static
@@ -219,12 +223,12 @@ def quantize_onnx(fp32_path: str | os.PathLike, path: str | os.PathLike, calibra
             op_types_to_quantize=list(QUANTIZED_OPS),
             nodes_to_exclude=_activation_matmuls(prepared),
             per_channel=True,
-            reduce_range=True,
+            reduce_range=portable,
             activation_type=QuantType.QUInt8,  # u8 activations x s8 weights: MLAS's fast x86 kernels
             weight_type=QuantType.QInt8,
             calibrate_method=CalibrationMethod.MinMax,
         )
-    overflowing = saturating_weights(path)
+    overflowing = saturating_weights(path) if portable else []
     if overflowing:  # a change in ONNX Runtime's quantizer, not in the model: say so rather than ship the file
         raise Int8PortabilityError(f"{path}: reduce_range left weights beyond +-{PORTABLE_WEIGHT_MAX}: {overflowing}")
     return path
