@@ -6,7 +6,8 @@ Each (model, backend) pair is one ``mobilevit bench`` run (``mobilevit.export.be
 the peers in one process, interleaved, medians over rounds. Peers: timm and Hugging Face in eager
 mode (for ``eager`` and ``optimized``), timm alone on the export backends (its ONNX export is the
 issue's yardstick; Hugging Face's exports are slower still), none for ``int8``, which is compared
-with our own fp32 ONNX Runtime row instead.
+with our own fp32 ONNX Runtime row instead. ``optimized`` also runs our eager model beside it: the
+script says whether ``optimize_for_inference`` beat it for every model on this CPU, as it must.
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ def main() -> None:
             ours = result[0]
             if backend == "onnxruntime":
                 fp32_onnx_ms = ours["median_ms"]
-            peers = {r["impl"]: r for r in result[1:]}
+            peers = {r["impl"]: r for r in result[1:] if r["impl"] != "mobilevit"}
+            eager = next((r for r in result[1:] if r["impl"] == "mobilevit"), None)  # optimized's baseline
             rows.append(
                 {
                     "model": name,
@@ -62,6 +64,7 @@ def main() -> None:
                     "vs timm": f"{peers['timm']['ours_over_this']:.2f}x" if "timm" in peers else "",
                     "hf ms": peers["hf"]["median_ms"] if "hf" in peers else "",
                     "vs hf": f"{peers['hf']['ours_over_this']:.2f}x" if "hf" in peers else "",
+                    "vs our eager": f"{eager['ours_over_this']:.2f}x" if eager else "",
                     "vs our fp32 onnx": f"{ours['median_ms'] / fp32_onnx_ms:.2f}x"
                     if backend == "int8" and fp32_onnx_ms
                     else "",
@@ -71,6 +74,11 @@ def main() -> None:
     h, w = args.img_size
     print(f"\nbatch 1, {h}x{w}, fp32 unless int8; ratios: our latency / theirs; on {describe(machine)}")
     print_table(rows, list(rows[0]))
+    ratios = {row["model"]: row["vs our eager"] for row in rows if row["vs our eager"]}
+    if ratios:
+        slower = [name for name, ratio in ratios.items() if float(ratio.rstrip("x")) > 1]
+        verdict = f"SLOWER than eager for {', '.join(slower)}" if slower else "faster than eager for every model"
+        print(f"\noptimize_for_inference on this CPU: {verdict} ({', '.join(f'{k} {v}' for k, v in ratios.items())})")
     write_json(args.json, rows, machine)
 
 

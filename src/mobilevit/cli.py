@@ -310,11 +310,11 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32")
     print(f"on {describe(machine)}")
     header = f"{'impl':<10}{'backend':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'% peak':>8}"
-    print(header + ("  ours/this" if compare else ""))
+    print(header + ("  ours/this" if len(rows) > 1 else ""))
     for r in rows:
         line = f"{r['impl']:<10}{r['backend']:<13}{r['median_ms']:>10.2f}{r['p90_ms']:>9.2f}{r['img_per_s']:>8.1f}"
         line += f"{r['gflop_per_s']:>9.1f}{r['peak_pct']:>8.1f}"
-        print(line + (f"  {r['ours_over_this']:>8.2f}x" if compare else ""))
+        print(line + (f"  {r['ours_over_this']:>8.2f}x" if len(rows) > 1 else ""))
     return 0
 
 

@@ -16,6 +16,7 @@ from mobilevit.export.onnx import (
     PORTABLE_WEIGHT_MAX,
     Int8PortabilityError,
     OnnxRunner,
+    int8_speed_note,
     quantize_onnx,
     run_onnx,
     saturating_weights,
@@ -105,6 +106,27 @@ def test_full_range_int8_is_refused_on_x86_without_vnni(int8_files, monkeypatch,
             OnnxRunner(int8_files["full range"])
     else:
         OnnxRunner(int8_files["full range"])
+
+
+@pytest.mark.parametrize(
+    ("x86", "vnni", "speedup", "says"),
+    [
+        (True, False, 0.8, "slower than fp32 here (x86 CPUs without VNNI have no fast 8-bit dot product)"),
+        (True, True, 0.9, "slower than fp32 here (SiLU, LayerNorm and softmax have no integer kernels)"),
+        (True, True, 1.2, None),
+        (False, None, 1.1, None),
+    ],
+)
+def test_int8_speed_note_says_when_int8_is_slower_here(monkeypatch, x86, vnni, speedup, says):
+    monkeypatch.setattr(machine, "is_x86", lambda: x86)
+    monkeypatch.setattr(machine, "has_vnni", lambda: vnni)
+    note = int8_speed_note(speedup)
+    assert note.startswith(f"int8 ran {speedup:.2f}x as fast as fp32 ONNX Runtime on this CPU ({machine.cpu_name()}")
+    assert ("without VNNI" in note) == (vnni is False) and ("with VNNI" in note) == bool(vnni)
+    if says:
+        assert says in note and note.endswith("deploy the fp32 file on CPUs like this one")
+    else:
+        assert "slower" not in note
 
 
 def test_old_opset_is_refused(model, tmp_path):

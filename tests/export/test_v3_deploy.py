@@ -61,13 +61,15 @@ def test_optimize_fuses_the_v1_based_feed_forward(models):
     assert all(isinstance(f.act, nn.Identity) and f.fc2.activation == "none" for f in ffns)
 
 
-@pytest.mark.parametrize("backend", ["eager", "optimized", "onnxruntime"])
+# 10 s for onnxruntime: test_bench runs that backend on v1 and test_family_deploy checks the v3 export
+@pytest.mark.parametrize("backend", ["eager", "optimized", pytest.param("onnxruntime", marks=pytest.mark.slow)])
 def test_bench_runs_v3(backend):
     if backend == "onnxruntime":
         pytest.importorskip("onnxruntime")
-    (row,) = bench("mobilevitv3_xxs", backend, img_size=(64, 64), rounds=1, iters=1)
+    row, *baseline = bench("mobilevitv3_xxs", backend, img_size=(64, 64), rounds=1, iters=1)
     assert (row["impl"], row["backend"], row["model"]) == ("mobilevit", backend, "mobilevitv3_xxs")
     assert row["median_ms"] > 0 and row["gflop_per_s"] > 0
+    assert [(r["impl"], r["backend"]) for r in baseline] == ([("mobilevit", "eager")] if backend == "optimized" else [])
 
 
 def test_bench_cli_says_peers_have_no_v3(capsys):

@@ -4,7 +4,7 @@ Face's same model, run in the same process and interleaved so that machine load 
 Backends: ``eager`` (the model as built), ``optimized`` (:func:`optimize_for_inference`), ``compile``
 (``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK) and ``int8``
 (a static int8 ONNX export on ONNX Runtime). Peers run on the same backend, except ``optimized``,
-which is ours alone: they run eagerly there.
+which is ours alone: they run eagerly there, beside our own eager model.
 """
 
 from __future__ import annotations
@@ -131,8 +131,8 @@ def bench(
     peak_gflops: float | None = None,
 ) -> list[dict[str, Any]]:
     """One row per implementation: median and p90 latency, img/s, GFLOP/s and its share of the
-    machine's fp32 matmul peak (``peak_gflops``, measured when not given), and (with ``compare``) the
-    peers' latency over ours."""
+    machine's fp32 matmul peak (``peak_gflops``, measured when not given), and ours over each row's
+    latency: the peers' (``compare``) and, for ``optimized``, our own eager model's."""
     if backend not in BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
     unknown = set(compare) - set(PEERS)
@@ -146,23 +146,29 @@ def bench(
         )
     x = structured_images(batch_size, *img_size)
     flops = 2 * count_macs(model, x)
+    # optimize_for_inference is ours alone: the peers run eagerly beside it, and so does our own eager
+    # model, the baseline it must beat on every CPU
     peer_backend = "eager" if backend == "optimized" else backend
+    entries = [("mobilevit", backend, model)]
+    if backend == "optimized":
+        entries.append(("mobilevit", "eager", model))
+    entries += [(peer, peer_backend, peer_model(peer, name)) for peer in compare]
     with tempfile.TemporaryDirectory() as tmp:
-        models = {"mobilevit": model, **{peer: peer_model(peer, name) for peer in compare}}
         runners = {}
-        for key, impl in models.items():
-            (Path(tmp) / key).mkdir()
-            runners[key] = build_runner(impl, backend if key == "mobilevit" else peer_backend, x, Path(tmp) / key)
+        for impl, impl_backend, network in entries:
+            workdir = Path(tmp) / f"{impl}-{impl_backend}"
+            workdir.mkdir()
+            runners[impl, impl_backend] = build_runner(network, impl_backend, x, workdir)
         times = time_interleaved(runners, x, rounds, iters)
     peak = peak_gflops or matmul_peak_gflops()
-    ours = statistics.median(times["mobilevit"])
+    ours = statistics.median(times["mobilevit", backend])
     rows = []
-    for key, values in times.items():
+    for (impl, impl_backend), values in times.items():
         median = statistics.median(values)
         rows.append(
             {
-                "impl": key,
-                "backend": backend if key == "mobilevit" else peer_backend,
+                "impl": impl,
+                "backend": impl_backend,
                 "model": name,
                 "batch": batch_size,
                 "img_size": f"{img_size[0]}x{img_size[1]}",

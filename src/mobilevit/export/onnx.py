@@ -182,6 +182,22 @@ def check_int8_runs_here(path: str | os.PathLike) -> None:
         )
 
 
+def int8_speed_note(speedup: float) -> str:
+    """What int8's measured speed-up over fp32 (on this CPU, batch 1) means for the user."""
+    where = f"{machine.cpu_name()}, {machine.isa_level()}"
+    if machine.is_x86():
+        where += " with VNNI" if machine.has_vnni() else " without VNNI"
+    note = f"int8 ran {speedup:.2f}x as fast as fp32 ONNX Runtime on this CPU ({where}), batch 1"
+    if speedup >= 1:
+        return note
+    reason = (
+        "x86 CPUs without VNNI have no fast 8-bit dot product"
+        if machine.is_x86() and not machine.has_vnni()
+        else "SiLU, LayerNorm and softmax have no integer kernels"
+    )
+    return f"{note}: int8 is slower than fp32 here ({reason}); deploy the fp32 file on CPUs like this one"
+
+
 class _CalibrationReader:
     """Feeds the calibration images one at a time (the exported batch size may be fixed at 1)."""
 
