@@ -27,7 +27,8 @@ def test_optimized_against_timm_and_hf_rows():
     for row in rows:
         assert row.keys() >= KEYS
         assert 0 < row["median_ms"] <= row["p90_ms"]
-        assert row["img_per_s"] == pytest.approx(2 / row["median_ms"] * 1e3, rel=0.01)
+        # img/s is rounded to 0.1: on a slow CPU (a few img/s) that rounding is more than 1%
+        assert row["img_per_s"] == pytest.approx(2 / row["median_ms"] * 1e3, rel=0.01, abs=0.05)
         assert row["gflop_per_s"] > 0 and row["peak_pct"] > 0
     assert rows[0]["ours_over_this"] == 1.0
 
