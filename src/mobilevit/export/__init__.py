@@ -209,12 +209,21 @@ def _export(
             notes.append("dynamic batch, height and width (any input of at least 32x32)")
         if int8:
             with tempfile.TemporaryDirectory() as tmp:
-                fp32 = export_onnx(model, Path(tmp) / "fp32.onnx", example, dynamic=dynamic, opset=opset)
-                quantize_onnx(fp32, path, calibration)
+                fp32_path = export_onnx(model, Path(tmp) / "fp32.onnx", example, dynamic=dynamic, opset=opset)
+                fp32 = OnnxRunner(fp32_path)
+                # the graph that is quantized must compute the model: an export fault would pass for int8 error
+                drift = max_abs_diff(fp32(example), model(example))
+                if drift > FP32_TOLERANCE:
+                    raise ExportCheckError(
+                        f"the fp32 ONNX graph behind {path} differs from PyTorch by {drift:.3g} > {FP32_TOLERANCE:g}; "
+                        "please report this with the model name and options"
+                    )
+                quantize_onnx(fp32_path, path, calibration)
+                notes.append(f"fp32 graph before quantization: max abs diff {drift:.3g} from PyTorch")
                 notes.append(
                     f"int8 QDQ, 7-bit weights (the same results on every CPU), calibrated on {len(calibration)} images"
                 )
-                notes.append(int8_speed_note(_speedup(OnnxRunner(fp32), OnnxRunner(path), example[:1])))
+                notes.append(int8_speed_note(_speedup(fp32, OnnxRunner(path), example[:1])))
         else:
             export_onnx(model, path, example, dynamic=dynamic, opset=opset)
         notes.append(f"opset {opset}")
