@@ -191,39 +191,32 @@ def test_failed_save_keeps_the_previous_checkpoint(image_data, tmp_path, monkeyp
     assert torch.load(tmp_path / "run" / "checkpoints" / files[0], weights_only=True)["epoch"] == 1
 
 
-def test_eval_cli_reports_metrics_and_writes_confusion_matrix(image_data, tmp_path):
+def test_eval_cli_reports_metrics_and_writes_confusion_matrix(image_data, tmp_path, capsys):
+    """In-process, as the other command tests (tests/test_cli.py runs the installed command itself)."""
     import json
 
+    from mobilevit.cli import main
     from mobilevit.engine.train import train
 
     train(tiny_config(image_data, tmp_path / "run", epochs=2))
     (checkpoint,) = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1:]
-    result = subprocess.run(
-        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(checkpoint), "--data", str(image_data),
-         "--workers", "0", "--json", "--output", str(tmp_path / "eval")],
-        capture_output=True, text=True, timeout=120,
-    )  # fmt: skip
-    assert result.returncode == 0, result.stderr
-    report = json.loads(result.stdout)
+    capsys.readouterr()
+    args = ["--data", str(image_data), "--workers", "0", "--output", str(tmp_path / "eval")]
+    assert main(["eval", "--checkpoint", str(checkpoint), *args, "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
     assert report["images"] == 16 and 0 <= report["top1"] <= report["top5"] == 1.0
     assert set(report["per_class"]) == {"bright", "dark"}
     assert (tmp_path / "eval" / "confusion_matrix.png").read_bytes()[:4] == b"\x89PNG"
-    text = subprocess.run(
-        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(tmp_path / "run" / "model"),
-         "--data", str(image_data), "--workers", "0", "--output", str(tmp_path / "eval")],
-        capture_output=True, text=True, timeout=120,
-    ).stdout  # fmt: skip
+    assert main(["eval", "--checkpoint", str(tmp_path / "run" / "model"), *args]) == 0
+    text = capsys.readouterr().out
     assert "16 images: top-1" in text and "bright" in text
 
 
-def test_eval_cli_errors(tmp_path):
-    result = subprocess.run(
-        [sys.executable, "-m", "mobilevit", "eval", "--checkpoint", str(tmp_path / "nope.pt")],
-        capture_output=True,
-        text=True,
-        timeout=120,
-    )
-    assert result.returncode == 2 and "checkpoint not found" in result.stderr
+def test_eval_cli_errors(tmp_path, capsys):
+    from mobilevit.cli import main
+
+    assert main(["eval", "--checkpoint", str(tmp_path / "nope.pt")]) == 2
+    assert "checkpoint not found" in capsys.readouterr().err
 
 
 def test_ema_update_with_and_without_warmup():

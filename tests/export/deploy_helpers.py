@@ -1,4 +1,4 @@
-"""What the v2 and v3 deployment tests share: an int8-friendly head and an ONNX graph's ranks."""
+"""What the deployment tests share: an int8-friendly head, an ONNX graph's and a Core ML program's ranks."""
 
 from __future__ import annotations
 
@@ -33,3 +33,13 @@ def onnx_ops_and_ranks(path: Path) -> tuple[set[str], dict[str, int]]:
             assert typed[name].HasField("shape"), f"{node.op_type} {name}: rank unknown"
             ranks[f"{node.op_type} {name}"] = len(typed[name].shape.dim)
     return {node.op_type for node in graph.node}, ranks
+
+
+def coreml_max_rank(spec) -> int:
+    """The largest tensor rank in a Core ML ML Program's main function (Core ML allows 5)."""
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    ranks = [
+        out.type.tensorType.rank for op in block.operations for out in op.outputs if out.type.HasField("tensorType")
+    ]
+    assert ranks, "the program has no typed tensors"
+    return max(ranks)
