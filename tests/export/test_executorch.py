@@ -10,6 +10,7 @@ import sys
 
 import pytest
 import torch
+from deploy_helpers import with_fitted_head
 
 from mobilevit import create_model
 from mobilevit.export.executorch import ExecuTorchRunner, export_executorch, run_executorch
@@ -54,20 +55,6 @@ def test_fp32_matches_pytorch_when_blocks_resize(model, tmp_path):
     example = structured_images(1, 160, 224, seed=1)
     path = export_executorch(model, tmp_path / "xxs_160x224.pte", example)
     assert max_abs_diff(model, ExecuTorchRunner(path), structured_images(1, 160, 224, seed=3)) <= FP32_TOLERANCE
-
-
-def with_fitted_head(model, images: torch.Tensor):
-    """Give each image its own class with a clear margin (a least-squares classifier on the pooled
-    features): a random head's top-1 hangs on margins smaller than any int8 error, a trained one's does not."""
-    with torch.no_grad():
-        features = model.forward_head(model.forward_features(images), pre_logits=True)
-        mean = features.mean(0)
-        n = len(images)
-        weight = torch.linalg.lstsq(features - mean, 4 * (torch.eye(n) - 1 / n)).solution.T
-        model.reset_classifier(n)
-        model.head.fc.weight.copy_(weight)
-        model.head.fc.bias.copy_(-weight @ mean)
-    return model.eval()
 
 
 @pytest.mark.slow
