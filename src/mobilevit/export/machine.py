@@ -75,23 +75,30 @@ def matmul_peak_gflops(size: int = 1024, repeats: int = 20) -> float:
     return 2 * size**3 / best / 1e9
 
 
+def cpu_info() -> dict[str, object]:
+    """The CPU: model name, architecture, the ISA level torch runs and (x86) whether it has VNNI."""
+    return {"cpu": cpu_name(), "arch": platform.machine(), "isa": isa_level(), "vnni": has_vnni() if is_x86() else None}
+
+
 def machine_info(peak_gflops: float | None = None) -> dict[str, object]:
     """The fields every speed figure carries; the fp32 matmul peak is measured unless given."""
     return {
-        "cpu": cpu_name(),
-        "arch": platform.machine(),
-        "isa": isa_level(),
-        "vnni": has_vnni() if is_x86() else None,
+        **cpu_info(),
         "threads": torch.get_num_threads(),
         "fp32_matmul_peak_gflops": round(peak_gflops if peak_gflops is not None else matmul_peak_gflops(), 1),
         "torch": torch.__version__,
     }
 
 
-def describe(info: dict[str, object]) -> str:
-    """One line for a table's caption: ``AMD EPYC (x86_64), AVX512 with VNNI, 2 threads, fp32 matmul peak ...``."""
+def describe_cpu(info: dict[str, object]) -> str:
+    """``AMD EPYC (x86_64), AVX512 with VNNI``, from :func:`cpu_info` or :func:`machine_info`."""
     vnni = {True: " with VNNI", False: " without VNNI", None: ""}[info["vnni"]]
+    return f"{info['cpu']} ({info['arch']}), {info['isa']}{vnni}"
+
+
+def describe(info: dict[str, object]) -> str:
+    """One line for a table's caption: the CPU, threads, fp32 matmul peak and torch version."""
     return (
-        f"{info['cpu']} ({info['arch']}), {info['isa']}{vnni}, {info['threads']} threads, "
+        f"{describe_cpu(info)}, {info['threads']} threads, "
         f"fp32 matmul peak {info['fp32_matmul_peak_gflops']:.0f} GFLOP/s, torch {info['torch']}"
     )

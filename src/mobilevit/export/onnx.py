@@ -184,9 +184,7 @@ def check_int8_runs_here(path: str | os.PathLike) -> None:
 
 def int8_speed_note(speedup: float) -> str:
     """What int8's measured speed-up over fp32 (on this CPU, batch 1) means for the user."""
-    where = f"{machine.cpu_name()}, {machine.isa_level()}"
-    if machine.is_x86():
-        where += " with VNNI" if machine.has_vnni() else " without VNNI"
+    where = machine.describe_cpu(machine.cpu_info())
     note = f"int8 ran {speedup:.2f}x as fast as fp32 ONNX Runtime on this CPU ({where}), batch 1"
     if speedup >= 1:
         return note
