@@ -218,16 +218,16 @@ def _export(
                         f"the fp32 ONNX graph behind {path} differs from PyTorch by {drift:.3g} > {FP32_TOLERANCE:g}; "
                         "please report this with the model name and options"
                     )
-                quantize_onnx(fp32_path, path, calibration)
+                runner = OnnxRunner(quantize_onnx(fp32_path, path, calibration))
                 notes.append(f"fp32 graph before quantization: max abs diff {drift:.3g} from PyTorch")
                 notes.append(
                     f"int8 QDQ, 7-bit weights (the same results on every CPU), calibrated on {len(calibration)} images"
                 )
-                notes.append(int8_speed_note(_speedup(fp32, OnnxRunner(path), example[:1])))
+                notes.append(int8_speed_note(_speedup(fp32, runner, example[:1])))
         else:
-            export_onnx(model, path, example, dynamic=dynamic, opset=opset)
+            runner = OnnxRunner(export_onnx(model, path, example, dynamic=dynamic, opset=opset))
         notes.append(f"opset {opset}")
-        return OnnxRunner(path)
+        return runner
     if fmt == "torchscript":
         from mobilevit.export.detection import SSDRawPredictions
         from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
