@@ -13,7 +13,7 @@ import transformers
 from safetensors.torch import save_file
 
 import mobilevit
-from mobilevit.engine.checkpoint import atomic_write, read_state_dict
+from mobilevit.checkpoint_io import atomic_write, read_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
 from mobilevit.testing import hf_config, randomize_, structured_images
 
@@ -235,7 +235,7 @@ def test_atomic_write_gives_files_the_umask_permissions(tmp_path):
     import os
     from pathlib import Path
 
-    from mobilevit.engine.checkpoint import atomic_write
+    from mobilevit.checkpoint_io import atomic_write
 
     old = os.umask(0o022)
     try:

@@ -10,7 +10,7 @@ import torch
 import torch.nn.functional as F
 
 import mobilevit
-from mobilevit.engine.checkpoint import read_state_dict
+from mobilevit.checkpoint_io import read_state_dict
 from mobilevit.errors import CheckpointMismatchError
 from mobilevit.models.detection import DETECTION_MODELS, SSDLiteMobileViT, ssdlite_mobilevit
 

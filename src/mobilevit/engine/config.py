@@ -13,7 +13,7 @@ from typing import Any
 
 import yaml
 
-from mobilevit.engine.checkpoint import atomic_write
+from mobilevit.checkpoint_io import atomic_write
 
 
 @dataclass

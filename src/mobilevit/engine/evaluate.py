@@ -57,8 +57,8 @@ def load_for_eval(path: str | Path, model_name: str | None = None, weights: str 
     its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, or any weights
     file of a supported port (then ``model_name`` is needed). Classifiers, segmentation and
     detection models alike."""
+    from mobilevit.checkpoint_io import load_pickle, read_state_dict
     from mobilevit.convert import convert_state_dict
-    from mobilevit.engine.checkpoint import load_pickle, read_state_dict
     from mobilevit.models.factory import create_model, from_pretrained, load_state_dict_checked
 
     path = Path(path)

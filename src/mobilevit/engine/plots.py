@@ -11,7 +11,7 @@ import matplotlib
 matplotlib.use("Agg")  # files only, no display
 import matplotlib.pyplot as plt
 
-from mobilevit.engine.checkpoint import atomic_write
+from mobilevit.checkpoint_io import atomic_write
 
 
 def _save(fig, path: Path) -> Path:

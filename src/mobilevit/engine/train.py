@@ -21,8 +21,8 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
+from mobilevit.checkpoint_io import atomic_write, load_pickle
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.engine.checkpoint import atomic_write, load_pickle
 from mobilevit.engine.config import TrainConfig, save_config
 from mobilevit.engine.plots import plot_curves
 from mobilevit.engine.tasks import Task, get_task, to_device

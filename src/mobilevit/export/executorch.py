@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilevit.engine.checkpoint import atomic_write
+from mobilevit.checkpoint_io import atomic_write
 
 INSTALL_HINT = "ExecuTorch export needs executorch: pip install 'mobilevit[executorch]'"
 

@@ -11,8 +11,8 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilevit.checkpoint_io import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.convert import convert_state_dict
-from mobilevit.engine.checkpoint import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
 from mobilevit.models.backbones import resolve_backbone_config
 from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
@@ -90,7 +90,7 @@ def create_model(
     """Build a registered model, optionally loading weights from ``pretrained``.
 
     ``pretrained`` is a checkpoint of this package, timm, Hugging Face or ml-cvnets (see
-    :func:`mobilevit.engine.checkpoint.read_state_dict` for the file layouts); a classification
+    :func:`mobilevit.checkpoint_io.read_state_dict` for the file layouts); a classification
     checkpoint initialises the backbone of a segmentation or detection model. ``num_classes`` defaults to the
     task's dataset (1000 ImageNet, 21 VOC, 81 COCO). ``overrides`` replace fields of the size's
     :class:`~mobilevit.models.mobilevit.MobileViTConfig` (e.g. ``drop_rate=0.2``) or set head options

@@ -14,7 +14,7 @@ from typing import Any, ClassVar, TypeVar
 import torch
 from torch import nn
 
-from mobilevit.engine.checkpoint import CONFIG_FILE, WEIGHT_FILES, save_json, save_safetensors
+from mobilevit.checkpoint_io import CONFIG_FILE, WEIGHT_FILES, save_json, save_safetensors
 from mobilevit.models.layers import ClassifierHead, ConvNormAct, InvertedResidual
 from mobilevit.models.mobilevit_block import MobileViTBlock
 

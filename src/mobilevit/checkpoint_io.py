@@ -1,4 +1,5 @@
-"""Reading weights from any supported file layout, and writing files atomically.
+"""Checkpoint file I/O, below every other module: reading weights from any supported file layout
+and writing files atomically.
 
 Loading never executes code from a file: ``.pt``/``.pth``/``.bin`` files are read with
 ``torch.load(weights_only=True)`` and safetensors is the default format for writing.
