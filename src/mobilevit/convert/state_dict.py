@@ -160,37 +160,40 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
-def _convert_segmentation(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+def _convert_segmentation(state: dict[str, torch.Tensor], source: str, bgr: bool | None) -> dict[str, torch.Tensor]:
     """A Hugging Face (``mobilevit.*`` + ``segmentation_head.*``) or ml-cvnets (``encoder.*`` +
     ``seg_head.*``) DeepLabv3 state dict with our ``backbone.*`` + ``head.*`` keys. The encoder's
     classifier layers, if the file kept them, are dropped: segmentation does not use them."""
     encoder = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(_SEGMENTATION_HEADS)}
-    backbone = convert_state_dict(encoder, source)
+    backbone = convert_state_dict(encoder, source, bgr=bgr)
     out = {_BACKBONE_PREFIX + k: v for k, v in backbone.items() if not k.startswith(("final_conv.", "head.fc."))}
     out.update({_rename(k, _SEGMENTATION_HEAD): v for k, v in state.items() if k.startswith(_SEGMENTATION_HEADS)})
     return out
 
 
-def convert_state_dict(state_dict: Mapping[str, torch.Tensor], source: str = "auto") -> dict[str, torch.Tensor]:
+def convert_state_dict(
+    state_dict: Mapping[str, torch.Tensor], source: str = "auto", bgr: bool | None = None
+) -> dict[str, torch.Tensor]:
     """Return ``state_dict`` with this project's key names.
 
     ``source`` is ``"timm"``, ``"hf"``, ``"cvnets"``, ``"mobilevit"`` (already ours) or ``"auto"``
     (detected from the keys). A ``module.`` prefix left by DistributedDataParallel is removed.
     Weights from ``hf`` and ``cvnets`` were trained on BGR images: their stem is flipped so the
-    converted model takes RGB, like every other model of this package. DeepLabv3 checkpoints of
-    both become ``backbone.*`` + ``head.*``.
+    converted model takes RGB, like every other model of this package; ``bgr`` overrides that
+    default where the weights' origin is known (the published-weights table says it per copy).
+    DeepLabv3 checkpoints of both become ``backbone.*`` + ``head.*``.
     """
     if source != "auto" and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of: auto, {', '.join(SOURCES)}")
     state = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}
     if any(k.startswith(_SEGMENTATION_HEADS) for k in state):
-        return _convert_segmentation(state, source)
+        return _convert_segmentation(state, source, bgr)
     if source == "auto":
         source = detect_source(list(state))
     rules = _HF_V2 if source == "hf" and any(k.startswith(_HF_V2_PREFIX) for k in state) else _RULES[source]
     out = {_rename(k, rules): v for k, v in state.items()}
     if source == "hf":
         out = _fuse_qkv(out)
-    if source in _BGR_SOURCES and STEM_WEIGHT in out:
+    if (source in _BGR_SOURCES if bgr is None else bgr) and STEM_WEIGHT in out:
         out[STEM_WEIGHT] = out[STEM_WEIGHT].flip(1)
     return out
