@@ -21,7 +21,7 @@ def test_defaults_are_the_papers_recipe():
 
 @pytest.mark.parametrize("path", CONFIGS, ids=lambda p: p.name)
 def test_every_recipe_loads(path):
-    from mobilevit.models.factory import model_task
+    from mobilevit.models.registry import model_task
 
     cfg = load_config(path)
     assert model_task(cfg.model) == cfg.task

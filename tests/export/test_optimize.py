@@ -11,11 +11,12 @@ from torch import nn
 import mobilevit
 from mobilevit import optimize_for_inference
 from mobilevit.export.optimize import FusedConv2d, FusedLinear
-from mobilevit.models.mobilevitv3 import V3_MODELS
+from mobilevit.models.mobilevitv3 import V3_CONFIGS, V3_V2_CONFIGS
 from mobilevit.testing import randomize_, structured_images
 
 # every family: v1, v2 and both v3s
-NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100", *V3_MODELS]
+NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100"]
+NAMES += [*V3_CONFIGS, *V3_V2_CONFIGS]
 
 
 @pytest.fixture(scope="module")

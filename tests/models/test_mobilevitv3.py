@@ -11,10 +11,8 @@ import pytest
 import torch
 
 import mobilevit
-from mobilevit.models.factory import model_task
 from mobilevit.models.mobilevitv3 import (
     V3_CONFIGS,
-    V3_MODELS,
     V3_V2_CONFIGS,
     MobileViTV3,
     MobileViTV3Block,
@@ -23,8 +21,11 @@ from mobilevit.models.mobilevitv3 import (
     MobileViTV3V2Block,
     MobileViTV3V2Features,
 )
+from mobilevit.models.registry import model_task
 from mobilevit.models.summary import count_macs, count_params
 from mobilevit.testing import structured_images
+
+V3_MODELS = (*V3_CONFIGS, *V3_V2_CONFIGS)
 
 # Paper (arXiv 2209.15159) and official README, in millions, rounded to 0.1 M there.
 PUBLISHED_PARAMS_M = {

@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import fnmatch
 import os
 import warnings
 from pathlib import Path
@@ -14,21 +13,17 @@ from torch import nn
 from mobilevit.checkpoint_io import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.convert import convert_state_dict
 from mobilevit.errors import CheckpointError, CheckpointMismatchError
-from mobilevit.models.backbones import resolve_backbone_config
-from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, DETECTION_MODELS, ssdlite_mobilevit
-from mobilevit.models.mobilevit import (
-    MODEL_CONFIGS,
-    MobileViT,
-    MobileViTFeatures,
-    resolve_config,
-)
-from mobilevit.models.mobilevitv2 import V2_CONFIGS, create_mobilevitv2
-from mobilevit.models.mobilevitv3 import V3_MODELS, create_mobilevitv3
-from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_MODELS, DeepLabV3
+from mobilevit.hub import fetch_first, fetch_repo, is_repo_id
+from mobilevit.models.backbones import backbone_features, resolve_backbone_config
+from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, ssdlite_mobilevit
+from mobilevit.models.mobilevit import MODEL_CONFIGS, MobileViTFeatures
+from mobilevit.models.mobilevitv2 import V2_CONFIGS
+from mobilevit.models.pretrained import Copy, PublishedWeights
+from mobilevit.models.registry import TASKS, get_entry, get_weights, list_models, split_name
+from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, DeepLabV3
 
-TASKS = ("classification", "segmentation", "detection")
 _SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout", "dilate_local_conv")
-_FEATURE_ARGS = ("output_stride",)
+_FEATURE_ARGS = ("output_stride", "dilate_local_conv")
 
 
 def task_of(model: nn.Module) -> str:
@@ -37,87 +32,130 @@ def task_of(model: nn.Module) -> str:
     return getattr(model, "task", "classification")
 
 
-def model_task(name: str) -> str:
-    """``classification``, ``segmentation`` or ``detection``: what the registered model ``name`` does."""
-    if name in MODEL_CONFIGS or name in V2_CONFIGS or name in V3_MODELS:
-        return "classification"
-    if name in SEGMENTATION_MODELS:
-        return "segmentation"
-    if name in DETECTION_MODELS:
-        return "detection"
-    raise ValueError(f"unknown model {name!r}; valid names: {', '.join(list_models())}")
-
-
-_TASK_PREFIXES = {"segmentation": "deeplabv3_", "detection": "ssdlite_"}
-
-
 def resolve_task_model(name: str, task: str | None = None) -> tuple[str, str]:
     """``(model, task)`` for a model name and an optional task: a backbone name with a task picks
     that task's model (``mobilevit_s`` + segmentation -> ``deeplabv3_mobilevit_s``)."""
-    own = model_task(name)
-    if task is None or task == own:
-        return name, own
+    entry = get_entry(name)
+    if task is None or task == entry.task:
+        return name, entry.task
     if task not in TASKS:
         raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
-    candidate = _TASK_PREFIXES.get(task, "") + name
-    if own == "classification" and candidate in list_models(task=task):
-        return candidate, task
-    raise ValueError(f"{name} is a {own} model; for {task} use one of {', '.join(list_models(task=task))}")
-
-
-def list_models(pattern: str | None = None, task: str | None = None) -> list[str]:
-    """Registered model names, sorted, optionally filtered by a shell-style ``pattern`` and a task."""
-    names = sorted([*MODEL_CONFIGS, *V2_CONFIGS, *V3_MODELS, *SEGMENTATION_MODELS, *DETECTION_MODELS])
-    if task is not None:
-        names = [n for n in names if model_task(n) == task]
-    return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names
+    candidates = [n for n in list_models(task=task) if get_entry(n).backbone == entry.name]
+    if entry.task == "classification" and candidates:
+        return candidates[0], task
+    raise ValueError(f"{name} is a {entry.task} model; for {task} use one of {', '.join(list_models(task=task))}")
 
 
 def _split(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: options.pop(k) for k in keys if k in options}
 
 
+def build_model(
+    name: str,
+    num_classes: int | None = None,
+    features_only: bool = False,
+    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    **overrides: Any,
+) -> nn.Module:
+    """The registered model ``name`` with fresh weights; ``overrides`` replace config fields or set
+    head options."""
+    entry = get_entry(name)
+    overrides = dict(overrides)
+    if entry.task == "segmentation":
+        head_args = _split(overrides, _SEGMENTATION_ARGS)
+        cfg = resolve_backbone_config(entry.backbone, overrides)
+        return DeepLabV3(entry.name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
+    if entry.task == "detection":
+        return ssdlite_mobilevit(entry.backbone, num_classes or DEFAULT_DETECTION_CLASSES, **overrides)
+    if features_only:
+        feature_args = _split(overrides, _FEATURE_ARGS)
+        return backbone_features(
+            entry.name, resolve_backbone_config(entry.name, overrides), out_indices, **feature_args
+        )
+    cfg = resolve_backbone_config(entry.name, overrides)
+    return entry.family.classifier(entry.name, cfg, 1000 if num_classes is None else num_classes)
+
+
 def create_model(
     name: str,
     *,
     num_classes: int | None = None,
-    pretrained: str | os.PathLike | None = None,
+    pretrained: bool | str | os.PathLike | None = None,
     features_only: bool = False,
     out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
     source: str = "auto",
+    host: str | None = None,
+    progress: bool = True,
     **overrides: Any,
 ) -> nn.Module:
-    """Build a registered model, optionally loading weights from ``pretrained``.
+    """Build a registered model, optionally with weights, as ``timm.create_model`` does.
 
-    ``pretrained`` is a checkpoint of this package, timm, Hugging Face or ml-cvnets (see
-    :func:`mobilevit.checkpoint_io.read_state_dict` for the file layouts); a classification
-    checkpoint initialises the backbone of a segmentation or detection model. ``num_classes`` defaults to the
-    task's dataset (1000 ImageNet, 21 VOC, 81 COCO). ``overrides`` replace fields of the size's
-    :class:`~mobilevit.models.mobilevit.MobileViTConfig` (e.g. ``drop_rate=0.2``) or set head options
+    ``name`` is a model (``mobilevit_s``) or a model and a tag of its published weights
+    (``mobilevit_s.cvnets_in1k``, see :func:`list_pretrained`). ``pretrained=True`` downloads and
+    loads the tag's weights (the model's default tag without one), from ``host`` (``"timm"``,
+    ``"hf"``, ``"cvnets"``, ...) or else from the first copy that can be fetched. ``pretrained`` may
+    also be a checkpoint file or directory of this package, timm, Hugging Face or ml-cvnets (see
+    :func:`mobilevit.checkpoint_io.read_state_dict`; ``source`` names its port when it cannot be
+    detected). A classification checkpoint initialises the backbone of a segmentation or detection
+    model; a ``num_classes`` other than the checkpoint's keeps a fresh classifier (fine-tuning).
+    ``num_classes`` defaults to the weights' or the task's dataset (1000 ImageNet, 21 VOC, 81 COCO).
+    ``overrides`` replace fields of the size's config (e.g. ``drop_rate=0.2``) or set head options
     (``output_stride``, ``aspp_rates``, ...).
     """
-    task = model_task(name)
-    overrides = dict(overrides)
-    model: nn.Module
-    if task == "segmentation":
-        head_args = _split(overrides, _SEGMENTATION_ARGS)
-        cfg = resolve_backbone_config(SEGMENTATION_MODELS[name], overrides)
-        model = DeepLabV3(name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
-    elif task == "detection":
-        model = ssdlite_mobilevit(DETECTION_MODELS[name], num_classes or DEFAULT_DETECTION_CLASSES, **overrides)
-    elif name in V2_CONFIGS:
-        model = create_mobilevitv2(name, num_classes, features_only, out_indices, **overrides)
-    elif name in V3_MODELS:
-        model = create_mobilevitv3(name, num_classes, features_only, out_indices, **overrides)
-    elif features_only:
-        feature_args = _split(overrides, _FEATURE_ARGS)
-        model = MobileViTFeatures(name, resolve_config(name, overrides), out_indices=out_indices, **feature_args)
-    else:
-        model = MobileViT(
-            name, resolve_config(name, overrides), num_classes=1000 if num_classes is None else num_classes
-        )
-    if pretrained is not None:
+    model_name, tag = split_name(name)
+    get_entry(model_name)
+    if pretrained is True:
+        return _create_published(name, num_classes, features_only, out_indices, host, progress, overrides)
+    if tag is not None:
+        weights = get_weights(name)
+        if pretrained in (None, False):
+            overrides = {**weights.model_args, **overrides}
+            num_classes = weights.num_classes if num_classes is None else num_classes
+    model = build_model(model_name, num_classes, features_only, out_indices, **overrides)
+    if tag is not None:
+        model.pretrained_cfg.update(weights.pretrained_cfg())
+    if pretrained not in (None, False):
         load_pretrained(model, pretrained, source=source)
+    return model
+
+
+def _pick_copies(weights: PublishedWeights, host: str | None) -> tuple[Copy, ...]:
+    if host is None:
+        return weights.copies
+    copies = tuple(c for c in weights.copies if c.host == host)
+    if not copies:
+        raise ValueError(f"{weights.name} is not published on {host!r}; its hosts: {', '.join(weights.hosts)}")
+    return copies
+
+
+def _create_published(
+    name: str,
+    num_classes: int | None,
+    features_only: bool,
+    out_indices: tuple[int, ...],
+    host: str | None,
+    progress: bool,
+    overrides: dict[str, Any],
+) -> nn.Module:
+    """The model with the published weights ``name`` stands for, fetched from the first copy that can be."""
+    weights = get_weights(name)
+    copies = _pick_copies(weights, host)
+    remote, path = fetch_first(tuple(c.remote for c in copies), progress)
+    copy = next(c for c in copies if c.remote == remote)
+    options = {**weights.model_args, **copy.model_args, **overrides}
+    model = build_model(
+        weights.model,
+        weights.num_classes if num_classes is None else num_classes,
+        features_only,
+        out_indices,
+        **options,
+    )
+    state = convert_state_dict(read_state_dict(path), copy.layout, bgr=copy.bgr)
+    state, keep_own = _fit_classifier(state, model)
+    load_state_dict_checked(model, state, keep_own, context=f" ({weights.name} from {remote.address})")
+    model.pretrained_cfg.update(weights.pretrained_cfg(), source=remote.address)
+    if model.pretrained_cfg.get("num_classes") != getattr(model, "num_classes", None):
+        model.pretrained_cfg["num_classes"] = getattr(model, "num_classes", 0)
     return model
 
 
@@ -218,8 +256,11 @@ def _hf_model(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
 
 
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Rebuild a model from a directory written by ``save_pretrained`` (or by timm / Hugging Face:
-    v1 and v2 classifiers and their DeepLabv3 segmenters)."""
+    """Rebuild a model from a directory written by ``save_pretrained`` or by timm / Hugging Face (v1
+    and v2 classifiers and their DeepLabv3 segmenters), or from such a Hub repo
+    (``apple/mobilevit-small``, ``timm/mobilevit_s.cvnets_in1k``), downloaded through huggingface_hub."""
+    if isinstance(path, str) and is_repo_id(path):
+        path = fetch_repo(path)
     path = Path(path)
     if not path.is_dir():
         raise FileNotFoundError(

@@ -99,13 +99,6 @@ def override_config(table: dict[str, Config], name: str, overrides: dict[str, An
     return replace(table[name], **{k: tuple(v) if isinstance(v, list) else v for k, v in overrides.items()})
 
 
-def resolve_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig:
-    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
-    if name not in MODEL_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(MODEL_CONFIGS))}")
-    return override_config(MODEL_CONFIGS, name, overrides)
-
-
 def check_input(x: torch.Tensor, in_chans: int) -> None:
     """Raise a ValueError that says what was expected when ``x`` is not [B, in_chans, H>=32, W>=32]."""
     if x.dim() != 4:

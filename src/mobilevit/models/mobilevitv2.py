@@ -21,7 +21,6 @@ from mobilevit.models.mobilevit import (
     MobileViT,
     MobileViTFeatures,
     dilation_plan,
-    override_config,
 )
 from mobilevit.models.mobilevit_block import resize_to_patches
 
@@ -69,13 +68,6 @@ V2_CONFIGS: dict[str, MobileViTV2Config] = {
 
 # Evaluation of the published weights: shorter side resized to 288, centre crop 256.
 V2_PRETRAINED_CFG: dict[str, Any] = dict(DEFAULT_PRETRAINED_CFG, crop_pct=0.888)
-
-
-def resolve_v2_config(name: str, overrides: dict[str, Any]) -> MobileViTV2Config:
-    """The config of ``name`` with ``overrides`` applied; unknown names or fields raise ValueError."""
-    if name not in V2_CONFIGS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(sorted(V2_CONFIGS))}")
-    return override_config(V2_CONFIGS, name, overrides)
 
 
 class LinearSelfAttention(nn.Module):
@@ -306,19 +298,3 @@ class MobileViTV2Features(MobileViTFeatures):
         if not self.dilate_local_conv:
             config["model_args"] = {**config["model_args"], "dilate_local_conv": False}
         return config
-
-
-def create_mobilevitv2(
-    name: str,
-    num_classes: int | None = None,
-    features_only: bool = False,
-    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
-    **overrides: Any,
-) -> MobileViTV2 | MobileViTV2Features:
-    """The registered v2 size ``name``, ``overrides`` replacing fields of its :class:`MobileViTV2Config`
-    (and, for a backbone, ``output_stride`` and ``dilate_local_conv``)."""
-    feature_args = {k: overrides.pop(k) for k in ("output_stride", "dilate_local_conv") if k in overrides}
-    cfg = resolve_v2_config(name, overrides)
-    if features_only:
-        return MobileViTV2Features(name, cfg, out_indices, **feature_args)
-    return MobileViTV2(name, cfg, 1000 if num_classes is None else num_classes)

@@ -15,13 +15,12 @@ layer3..layer5 is replaced.
 from __future__ import annotations
 
 from functools import partial
-from typing import Any
 
 import torch
 from torch import nn
 
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages, override_config
+from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages
 from mobilevit.models.mobilevit_block import MobileViTBlock, resize_to_patches
 from mobilevit.models.mobilevitv2 import (
     MobileViTV2,
@@ -64,9 +63,6 @@ V3_CONFIGS: dict[str, MobileViTConfig] = {
 V3_V2_CONFIGS: dict[str, MobileViTV2Config] = {
     f"mobilevitv3_{round(100 * m):03d}": MobileViTV2Config(width_multiplier=m) for m in (0.5, 0.75, 1.0)
 }
-
-V3_MODELS: tuple[str, ...] = (*V3_CONFIGS, *V3_V2_CONFIGS)
-
 
 class MobileViTV3Block(MobileViTBlock):
     """The v3 block on v1: v1's block with three changes. The 1x1 fusion mixes each position on its
@@ -162,33 +158,3 @@ class MobileViTV3V2Features(MobileViTV2Features):
 
     configs = V3_V2_CONFIGS
     stage_builder = staticmethod(_v3_v2_stages)
-
-
-def resolve_v3_config(name: str, overrides: dict[str, Any]) -> MobileViTConfig | MobileViTV2Config:
-    """The config of the v3 size ``name`` (v1- or v2-based) with ``overrides`` applied; unknown names
-    or fields raise ValueError."""
-    if name not in V3_MODELS:
-        raise ValueError(f"unknown model {name!r}; valid names: {', '.join(V3_MODELS)}")
-    return override_config(V3_V2_CONFIGS if name in V3_V2_CONFIGS else V3_CONFIGS, name, overrides)
-
-
-def create_mobilevitv3(
-    name: str,
-    num_classes: int | None = None,
-    features_only: bool = False,
-    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
-    **overrides: Any,
-) -> MobileViTV3 | MobileViTV3Features | MobileViTV3V2 | MobileViTV3V2Features:
-    """The registered v3 size ``name``; ``overrides`` replace fields of its config (and, for a
-    backbone, set ``output_stride`` and, on v2, ``dilate_local_conv``)."""
-    num_classes = 1000 if num_classes is None else num_classes
-    backbone_keys = ("output_stride", "dilate_local_conv") if features_only else ()
-    feature_args = {k: overrides.pop(k) for k in backbone_keys if k in overrides}
-    cfg = resolve_v3_config(name, overrides)
-    if name in V3_V2_CONFIGS:
-        if features_only:
-            return MobileViTV3V2Features(name, cfg, out_indices, **feature_args)
-        return MobileViTV3V2(name, cfg, num_classes)
-    if features_only:
-        return MobileViTV3Features(name, cfg, out_indices, **feature_args)
-    return MobileViTV3(name, cfg, num_classes)
