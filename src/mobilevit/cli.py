@@ -8,7 +8,7 @@ import sys
 from collections.abc import Sequence
 
 from mobilevit.errors import TrainingError
-from mobilevit.models import list_models
+from mobilevit.models import list_models, list_pretrained
 from mobilevit.models.factory import TASKS, task_of
 from mobilevit.models.summary import describe
 
@@ -21,7 +21,15 @@ def _positive_size(value: str) -> int:
 
 
 def _cmd_list(args: argparse.Namespace) -> int:
-    print("\n".join(list_models(args.pattern, task=args.task)))
+    if not args.pretrained:
+        print("\n".join(list_models(args.pattern, task=args.task)))
+        return 0
+    from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
+
+    rows = [PUBLISHED_WEIGHTS[n] for n in list_pretrained(args.pattern, task=args.task)]
+    width = max((len(w.name) for w in rows), default=0)
+    for w in rows:
+        print(f"{w.name:<{width}}  {w.input_size:>3}px  {w.metric}  [{', '.join(w.hosts)}]  license: {w.license}")
     return 0
 
 
@@ -86,9 +94,10 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     from mobilevit.engine.tasks import get_task
 
     model, classes = load_for_eval(args.checkpoint, args.model, args.weights)
+    source = args.checkpoint or args.model
     task = get_task(task_of(model))
     if args.task and args.task != task.name:
-        raise ValueError(f"--task {args.task}, but {args.checkpoint} holds a {task.name} model ({model.model_name})")
+        raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
     data = args.data or task.default_data
     dataset = task.dataset(data, args.split)
     classes = classes or list(getattr(dataset, "classes", []))
@@ -107,7 +116,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
         evaluation, batch_size=args.batch_size, num_workers=args.workers, collate_fn=task.collate
     )
     result = task.evaluate(model, loader, model.num_classes, torch.device("cpu"))
-    summary = {"checkpoint": str(args.checkpoint), "task": task.name, "images": len(evaluation)}
+    summary = {"checkpoint": str(source), "task": task.name, "images": len(evaluation)}
     summary |= _EVAL_REPORTS[task.name](args, result, names)
     if args.json:
         print(json.dumps(summary, indent=2))
@@ -120,7 +129,8 @@ def _report_classification(args: argparse.Namespace, result: dict, names: list[s
 
     from mobilevit.engine.plots import plot_confusion
 
-    output = Path(args.output) if args.output else Path(args.checkpoint).resolve().parent
+    beside = Path(args.checkpoint).resolve().parent if args.checkpoint and Path(args.checkpoint).exists() else Path()
+    output = Path(args.output) if args.output else beside
     figure = plot_confusion(result["confusion"], names, output / "confusion_matrix.png")
     per_class = dict(zip(names, result["per_class"], strict=True))
     if not args.json:
@@ -174,12 +184,19 @@ def _cmd_export(args: argparse.Namespace) -> int:
     from mobilevit.engine.evaluate import load_for_eval
     from mobilevit.export import FP32_TOLERANCE, INT8_FORMATS, check_task, export
     from mobilevit.models import create_model
+    from mobilevit.models.registry import split_name
 
     if args.checkpoint is None:
         if args.model is None:
             raise ValueError("pass --model NAME, --checkpoint PATH or both")
-        print("no --checkpoint: exporting randomly initialised weights", file=sys.stderr)
-        model = create_model(args.model)
+        if split_name(args.model)[1] is not None:
+            model = create_model(args.model, pretrained=True)
+        else:
+            print(
+                f"no --checkpoint: exporting randomly initialised weights ({args.model}.TAG exports published ones)",
+                file=sys.stderr,
+            )
+            model = create_model(args.model)
     else:
         if not Path(args.checkpoint).exists():
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
@@ -226,7 +243,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     from mobilevit.export.coreml import PRECISIONS
 
     p = sub.add_parser("export", help="export to ONNX, TorchScript, ExecuTorch or CoreML and check it against PyTorch")
-    p.add_argument("--model", help="model name (default: the checkpoint's; needed for a plain weights file)")
+    p.add_argument(
+        "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
+    )
     p.add_argument("--checkpoint", help="training checkpoint, model directory or weights file (default: random init)")
     p.add_argument("--format", required=True, choices=FORMATS, help="task models: onnx, torchscript, executorch")
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
@@ -246,7 +265,10 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     from mobilevit.predict import FORMATTERS, load_model, predict_task
 
     source = args.checkpoint or args.pretrained
+    if source is None and args.model is None:
+        raise ValueError("pass --model NAME (published weights), --checkpoint PATH or --pretrained NAME|PATH")
     model, names = load_model(source, args.model)
+    source = source or args.model
     task = task_of(model)
     if args.task and args.task != task:
         raise ValueError(f"--task {args.task}, but {source} holds a {task} model ({model.model_name})")
@@ -266,10 +288,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
 
     p = sub.add_parser("predict", help="classify, segment or detect in image files with a trained or published model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
-    source = p.add_mutually_exclusive_group(required=True)
+    source = p.add_mutually_exclusive_group()
     source.add_argument("--checkpoint", help="training output: a model directory or a step-N.pt (its EMA weights)")
-    source.add_argument("--pretrained", help="published weights: timm / Hugging Face / ml-cvnets file or directory")
-    p.add_argument("--model", help="model name, needed for a plain weights file")
+    source.add_argument(
+        "--pretrained", help="published weights by name (mobilevit_s.cvnets_in1k), a Hub repo id, or a file/directory"
+    )
+    p.add_argument("--model", help="model name[.tag]: alone, its published weights; names a plain weights file")
     p.add_argument("--task", choices=TASKS, help="check that the model does this (default: the model's own task)")
     p.add_argument("--topk", type=_positive_size, default=5, help="classification: classes per image (default: 5)")
     p.add_argument(
@@ -338,9 +362,12 @@ def build_parser() -> argparse.ArgumentParser:
     parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
     sub = parser.add_subparsers(dest="command", required=True)
 
-    p = sub.add_parser("list", help="list the registered models")
+    p = sub.add_parser("list", help="list the registered models, or their published weights")
     p.add_argument("pattern", nargs="?", default=None, help="shell-style filter, e.g. 'mobilevit_x*'")
     p.add_argument("--task", choices=TASKS, help="only this task's models")
+    p.add_argument(
+        "--pretrained", action="store_true", help="published weights: NAME.TAG, size, metric, hosts, license"
+    )
     p.set_defaults(func=_cmd_list)
 
     p = sub.add_parser("info", help="parameters, MACs and feature shapes of a model")
@@ -354,7 +381,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("eval", help="accuracy (classification), mIoU (segmentation) or COCO mAP (detection)")
-    p.add_argument("--checkpoint", required=True, help="training checkpoint, model directory or weights file")
+    p.add_argument(
+        "--checkpoint",
+        help="training checkpoint, model directory, Hub repo or weights file (default: --model's published weights)",
+    )
     p.add_argument("--task", choices=TASKS, help="default: the model's")
     p.add_argument(
         "--data",
@@ -362,7 +392,9 @@ def build_parser() -> argparse.ArgumentParser:
         "'shapes' (default: the task's built-in data)",
     )
     p.add_argument("--split", default="val", help="split to evaluate (default: val)")
-    p.add_argument("--model", help="model name, needed for a plain weights file")
+    p.add_argument(
+        "--model", help="model name[.tag]: its published weights without --checkpoint; names a plain weights file"
+    )
     p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of a training checkpoint")
     p.add_argument("--img-size", type=_positive_size, help="default: the model's input size")
     p.add_argument("--batch-size", type=int, default=128)

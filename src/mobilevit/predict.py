@@ -36,10 +36,11 @@ READ_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
 Forward = Callable[[torch.Tensor], Any]
 
 
-def load_model(path: str | os.PathLike, model_name: str | None = None) -> tuple[nn.Module, list[str]]:
+def load_model(path: str | os.PathLike | None, model_name: str | None = None) -> tuple[nn.Module, list[str]]:
     """The model in eval mode and its class names, from a ``save_pretrained`` / timm / Hugging Face
-    directory, a training checkpoint ``step-N.pt`` (its EMA weights) or a weights file of any
-    supported port (which needs ``model_name``)."""
+    directory or Hub repo, a training checkpoint ``step-N.pt`` (its EMA weights), published weights
+    by name (``path=None``: ``model_name``'s default tag) or a weights file of any supported port
+    (which needs ``model_name``)."""
     from mobilevit.engine.evaluate import load_for_eval
 
     model, names = load_for_eval(path, model_name)

@@ -52,15 +52,29 @@ def _num_classes(raw: dict[str, Any], state: dict[str, torch.Tensor]) -> int | N
     return None if weight is None else weight.shape[0]
 
 
-def load_for_eval(path: str | Path, model_name: str | None = None, weights: str = "ema") -> tuple[nn.Module, list[str]]:
+def load_for_eval(
+    path: str | Path | None, model_name: str | None = None, weights: str = "ema"
+) -> tuple[nn.Module, list[str]]:
     """A model ready to evaluate and its class names, from a training checkpoint (``step-N.pt``:
-    its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, or any weights
-    file of a supported port (then ``model_name`` is needed). Classifiers, segmentation and
-    detection models alike."""
+    its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, a Hub repo id,
+    published weights by name (``mobilevit_s.cvnets_in1k``; ``path=None`` takes ``model_name``'s
+    default tag) or any weights file of a supported port (then ``model_name`` is needed).
+    Classifiers, segmentation and detection models alike."""
     from mobilevit.checkpoint_io import load_pickle, read_state_dict
     from mobilevit.convert import convert_state_dict
-    from mobilevit.models.factory import create_model, from_pretrained, load_state_dict_checked
+    from mobilevit.hub import fetch_repo, is_repo_id
+    from mobilevit.models.factory import create_model, from_pretrained, is_published, load_state_dict_checked
+    from mobilevit.models.registry import get_weights
 
+    if path is None and model_name is None:
+        raise ValueError("pass a checkpoint, or a model name to use its published weights")
+    published = model_name if path is None else path
+    if is_published(published):
+        return create_model(str(published), pretrained=True), []
+    if path is None:
+        get_weights(model_name)  # raises: the model has no published weights, or no such tag
+    if isinstance(path, str) and is_repo_id(path):
+        path = fetch_repo(path)
     path = Path(path)
     if path.is_dir():
         model = from_pretrained(path)

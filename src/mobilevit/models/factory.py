@@ -18,8 +18,8 @@ from mobilevit.models.backbones import backbone_features, resolve_backbone_confi
 from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, ssdlite_mobilevit
 from mobilevit.models.mobilevit import MODEL_CONFIGS, MobileViTFeatures
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
-from mobilevit.models.pretrained import Copy, PublishedWeights
-from mobilevit.models.registry import TASKS, get_entry, get_weights, list_models, split_name
+from mobilevit.models.pretrained import PUBLISHED_WEIGHTS, Copy, PublishedWeights
+from mobilevit.models.registry import REGISTRY, TASKS, get_entry, get_weights, list_models, split_name
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, DeepLabV3
 
 _SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout", "dilate_local_conv")
@@ -128,6 +128,24 @@ def _pick_copies(weights: PublishedWeights, host: str | None) -> tuple[Copy, ...
     return copies
 
 
+def is_published(name: str | os.PathLike) -> bool:
+    """Whether ``name`` names published weights (``mobilevit_s.cvnets_in1k``, or a model with a
+    default tag) rather than a local file."""
+    if not isinstance(name, str) or Path(name).exists():
+        return False
+    model, tag = split_name(name)
+    if tag is not None:
+        return name in PUBLISHED_WEIGHTS
+    return model in REGISTRY and bool(REGISTRY[model].weights)
+
+
+def _fetch_published(weights: PublishedWeights, host: str | None, progress: bool) -> tuple[Copy, Path]:
+    """The copy of ``weights`` that could be fetched (``host``'s, or the first that can) and its file."""
+    copies = _pick_copies(weights, host)
+    remote, path = fetch_first(tuple(c.remote for c in copies), progress)
+    return next(c for c in copies if c.remote == remote), path
+
+
 def _create_published(
     name: str,
     num_classes: int | None,
@@ -139,23 +157,13 @@ def _create_published(
 ) -> nn.Module:
     """The model with the published weights ``name`` stands for, fetched from the first copy that can be."""
     weights = get_weights(name)
-    copies = _pick_copies(weights, host)
-    remote, path = fetch_first(tuple(c.remote for c in copies), progress)
-    copy = next(c for c in copies if c.remote == remote)
+    copy, path = _fetch_published(weights, host, progress)
     options = {**weights.model_args, **copy.model_args, **overrides}
-    model = build_model(
-        weights.model,
-        weights.num_classes if num_classes is None else num_classes,
-        features_only,
-        out_indices,
-        **options,
-    )
-    state = convert_state_dict(read_state_dict(path), copy.layout, bgr=copy.bgr)
-    state, keep_own = _fit_classifier(state, model)
-    load_state_dict_checked(model, state, keep_own, context=f" ({weights.name} from {remote.address})")
-    model.pretrained_cfg.update(weights.pretrained_cfg(), source=remote.address)
-    if model.pretrained_cfg.get("num_classes") != getattr(model, "num_classes", None):
-        model.pretrained_cfg["num_classes"] = getattr(model, "num_classes", 0)
+    classes = weights.num_classes if num_classes is None else num_classes
+    model = build_model(weights.model, classes, features_only, out_indices, **options)
+    _load_converted(model, read_state_dict(path), copy.layout, copy.bgr, f"{weights.name} from {copy.remote.address}")
+    model.pretrained_cfg.update(weights.pretrained_cfg(), source=copy.remote.address)
+    model.pretrained_cfg["num_classes"] = getattr(model, "num_classes", 0)
     return model
 
 
@@ -218,12 +226,31 @@ def load_state_dict_checked(
     model.load_state_dict({**target, **state})
 
 
-def load_pretrained(model: nn.Module, path: str | os.PathLike, source: str = "auto") -> None:
-    """Load weights from ``path`` (any supported format and port) into ``model`` in place."""
-    state = convert_state_dict(read_state_dict(path), source)
-    state, keep_own = _fit_classifier(state, model)
-    name = getattr(model, "model_name", "model")
-    load_state_dict_checked(model, state, keep_own, context=f" ({name} from {path})")
+def _load_converted(
+    model: nn.Module, raw: dict[str, torch.Tensor], source: str, bgr: bool | None, context: str
+) -> None:
+    state, keep_own = _fit_classifier(convert_state_dict(raw, source, bgr=bgr), model)
+    load_state_dict_checked(model, state, keep_own, context=f" ({getattr(model, 'model_name', 'model')}: {context})")
+
+
+def load_pretrained(
+    model: nn.Module,
+    pretrained: str | os.PathLike,
+    source: str = "auto",
+    host: str | None = None,
+    progress: bool = True,
+) -> None:
+    """Load weights into ``model`` in place: from a file or directory of any supported format and
+    port, or from published weights by name (``mobilevit_s.cvnets_in1k``; a classifier's weights
+    initialise a segmentation or detection model's backbone)."""
+    if is_published(pretrained):
+        weights = get_weights(str(pretrained))
+        copy, path = _fetch_published(weights, host, progress)
+        _load_converted(
+            model, read_state_dict(path), copy.layout, copy.bgr, f"{weights.name} from {copy.remote.address}"
+        )
+        return
+    _load_converted(model, read_state_dict(pretrained), source, None, f"from {pretrained}")
 
 
 def _name_from_hf_config(config: dict[str, Any]) -> str:
