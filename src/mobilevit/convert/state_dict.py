@@ -9,6 +9,7 @@ every converted model take RGB.
 from __future__ import annotations
 
 import re
+import warnings
 from collections.abc import Mapping
 
 import torch
@@ -106,16 +107,39 @@ _CVNETS: _Rules = [
     (r"(?<!global_rep)\.norm\.", ".bn."),
 ]
 
-# DeepLabv3 heads: Hugging Face's ``segmentation_head.*`` and ml-cvnets' ``seg_head.*``.
+# DeepLabv3 heads: Hugging Face's ``segmentation_head.*`` and ml-cvnets' ``seg_head.*``. ml-cvnets
+# v0.1 wraps its classifier ConvLayer in a Sequential (dropout, ``classifier``, upsample): it becomes
+# ``classifier.classifier.block.conv``; later versions name the ConvLayer ``classifier`` directly.
 _SEGMENTATION_HEAD: _Rules = [
     (r"^(segmentation_head|seg_head)\.", "head."),
     (r"\.(aspp_layer|aspp_pool|block)\.", "."),
     (r"\.convolution\.", ".conv."),
     (r"\.(normalization|norm)\.", ".bn."),
-    (r"^head\.classifier\.conv\.", "head.classifier."),
+    (r"^head\.classifier\.(classifier\.)?conv\.", "head.classifier."),
 ]
 _SEGMENTATION_HEADS = ("segmentation_head.", "seg_head.")
 _BACKBONE_PREFIX = "backbone."
+# ml-cvnets v2 recipes train with an auxiliary head on layer4 (``use_aux_head: true``); it only adds a
+# training loss, and our model has none, so its weights are left out.
+_AUX_HEAD_PREFIX = "seg_head.aux_head."
+
+# ml-cvnets' SSD (``encoder.*`` + ``extra_layers.*`` + ``ssd_heads.*``). Its extra layers are a
+# ModuleDict keyed by output stride; ours are a list in the same order (strides 64, 128, 256, then the
+# global 1x1 map, whose ConvLayer is entry 1 of ``Sequential(pool, conv)``). Its SSDHead is ours
+# renamed: ``proj_layer`` -> ``proj``, ``loc_cls_layer`` -> ``loc_cls``, whose last conv predicts box
+# offsets and class logits of every anchor interleaved the same way ([4 + K] per anchor, (cx, cy, w, h)
+# first), so no tensor needs reordering. Our predictors' last conv is a bare Conv2d: no ``.conv``.
+_SSD_EXTRA_INDEX = {"64": 0, "128": 1, "256": 2, "-1": 3}
+_DETECTOR: _Rules = [
+    (r"^extra_layers\.os_(-?\d+)\.(1\.)?", lambda m: f"backbone.extra.{_SSD_EXTRA_INDEX[m.group(1)]}."),
+    (r"^ssd_heads\.(\d+)\.proj_layer\.", r"head.predictors.\1.proj."),
+    (r"^ssd_heads\.(\d+)\.loc_cls_layer\.", r"head.predictors.\1.loc_cls."),
+    (r"\.block\.", "."),
+    (r"\.norm\.", ".bn."),
+    (r"\.loc_cls\.(pw_conv\.)?conv\.", r".loc_cls.\1"),
+]
+_DETECTOR_KEYS = ("ssd_heads.", "extra_layers.")
+_ENCODER_PREFIX = "encoder."
 
 _RULES: dict[str, _Rules] = {"timm": _TIMM, "hf": _HF, "cvnets": _CVNETS, "mobilevit": []}
 _BGR_SOURCES = ("hf", "cvnets")
@@ -160,14 +184,40 @@ def _fuse_qkv(state_dict: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
     return out
 
 
+def _convert_backbone(
+    encoder: dict[str, torch.Tensor], source: str, bgr: bool | None, prefix: str
+) -> dict[str, torch.Tensor]:
+    """A classifier's state dict (without its task head) under ``prefix``, by the classifier rules
+    (stem flip included). Its classifier layers, if the file kept them, are dropped: dense tasks do
+    not use them."""
+    encoder = {k.removeprefix(_ENCODER_PREFIX): v for k, v in encoder.items()}
+    backbone = convert_state_dict(encoder, source, bgr=bgr)
+    return {prefix + k: v for k, v in backbone.items() if not k.startswith(("final_conv.", "head.fc."))}
+
+
 def _convert_segmentation(state: dict[str, torch.Tensor], source: str, bgr: bool | None) -> dict[str, torch.Tensor]:
     """A Hugging Face (``mobilevit.*`` + ``segmentation_head.*``) or ml-cvnets (``encoder.*`` +
-    ``seg_head.*``) DeepLabv3 state dict with our ``backbone.*`` + ``head.*`` keys. The encoder's
-    classifier layers, if the file kept them, are dropped: segmentation does not use them."""
-    encoder = {k.removeprefix("encoder."): v for k, v in state.items() if not k.startswith(_SEGMENTATION_HEADS)}
-    backbone = convert_state_dict(encoder, source, bgr=bgr)
-    out = {_BACKBONE_PREFIX + k: v for k, v in backbone.items() if not k.startswith(("final_conv.", "head.fc."))}
-    out.update({_rename(k, _SEGMENTATION_HEAD): v for k, v in state.items() if k.startswith(_SEGMENTATION_HEADS)})
+    ``seg_head.*``) DeepLabv3 state dict with our ``backbone.*`` + ``head.*`` keys."""
+    aux = [k for k in state if k.startswith(_AUX_HEAD_PREFIX)]
+    if aux:
+        warnings.warn(
+            f"dropped {len(aux)} tensors of ml-cvnets' auxiliary segmentation head ({_AUX_HEAD_PREFIX}*): "
+            "it only serves a training loss and this model has none",
+            stacklevel=3,
+        )
+    head = {k: v for k, v in state.items() if k.startswith(_SEGMENTATION_HEADS) and k not in aux}
+    encoder = {k: v for k, v in state.items() if not k.startswith(_SEGMENTATION_HEADS)}
+    out = _convert_backbone(encoder, source, bgr, _BACKBONE_PREFIX)
+    out.update({_rename(k, _SEGMENTATION_HEAD): v for k, v in head.items()})
+    return out
+
+
+def _convert_detector(state: dict[str, torch.Tensor], source: str, bgr: bool | None) -> dict[str, torch.Tensor]:
+    """An ml-cvnets SSD state dict (``encoder.*`` + ``extra_layers.*`` + ``ssd_heads.*``) with our
+    SSDLite keys: ``backbone.body.*`` (the features backbone), ``backbone.extra.*`` and ``head.*``."""
+    encoder = {k: v for k, v in state.items() if not k.startswith(_DETECTOR_KEYS)}
+    out = _convert_backbone(encoder, source, bgr, _BACKBONE_PREFIX + "body.")
+    out.update({_rename(k, _DETECTOR): v for k, v in state.items() if k.startswith(_DETECTOR_KEYS)})
     return out
 
 
@@ -181,13 +231,17 @@ def convert_state_dict(
     Weights from ``hf`` and ``cvnets`` were trained on BGR images: their stem is flipped so the
     converted model takes RGB, like every other model of this package; ``bgr`` overrides that
     default where the weights' origin is known (the published-weights table says it per copy).
-    DeepLabv3 checkpoints of both become ``backbone.*`` + ``head.*``.
+    DeepLabv3 checkpoints of both become ``backbone.*`` + ``head.*`` (ml-cvnets' auxiliary head is
+    dropped, with a warning); ml-cvnets SSD checkpoints (``ssd_heads.*``, ``extra_layers.*``) become
+    ``backbone.body.*`` + ``backbone.extra.*`` + ``head.*``.
     """
     if source != "auto" and source not in SOURCES:
         raise ValueError(f"unknown source {source!r}; expected one of: auto, {', '.join(SOURCES)}")
     state = {re.sub(r"^module\.", "", k): v for k, v in state_dict.items()}
     if any(k.startswith(_SEGMENTATION_HEADS) for k in state):
         return _convert_segmentation(state, source, bgr)
+    if any(k.startswith(_DETECTOR_KEYS) for k in state):
+        return _convert_detector(state, source, bgr)
     if source == "auto":
         source = detect_source(list(state))
     rules = _HF_V2 if source == "hf" and any(k.startswith(_HF_V2_PREFIX) for k in state) else _RULES[source]

@@ -1,0 +1,174 @@
+"""ml-cvnets' own DeepLabv3 and SSDLite checkpoint layouts convert onto our models, tensor for tensor.
+
+The layouts (ordered keys and shapes of the official models' ``state_dict()``) are the fixtures that
+scripts/cvnets_layouts.py writes from ml-cvnets' sources: v0.1 (MobileViT v1) and main (MobileViTv2)
+DeepLabv3 and SSD. Every tensor gets a random value, so a key that lands on the wrong tensor of the
+same shape is caught by value, not only by name.
+"""
+
+from __future__ import annotations
+
+import json
+import warnings
+from pathlib import Path
+
+import pytest
+import torch
+import torch.nn.functional as F
+
+import mobilevit
+from mobilevit.convert import convert_state_dict
+
+FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cvnets"
+LAYOUTS = sorted(p.stem for p in FIXTURES.glob("*.json"))
+CVNETS_STEM = "encoder.conv_1.block.conv.weight"
+
+
+def load_layout(name: str) -> dict:
+    return json.loads((FIXTURES / f"{name}.json").read_text())
+
+
+def random_state(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
+    """A state dict of the layout's keys and shapes, every tensor random (BN counters too)."""
+    gen = torch.Generator().manual_seed(seed)
+    state = {}
+    for key, shape in layout["state_dict"]:
+        if key.endswith("num_batches_tracked"):
+            state[key] = torch.randint(1, 10**6, (), generator=gen)
+        elif key.endswith("running_var"):
+            state[key] = 0.5 + torch.rand(shape, generator=gen)
+        else:
+            state[key] = torch.randn(shape, generator=gen) * 0.1
+    return state
+
+
+def convert_quietly(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        return convert_state_dict(state, source)
+
+
+@pytest.fixture(scope="module")
+def models() -> dict[str, torch.nn.Module]:
+    out = {}
+    for name in LAYOUTS:
+        layout = load_layout(name)
+        out[name] = mobilevit.create_model(layout["model"], num_classes=layout["num_classes"]).eval()
+    return out
+
+
+def test_fixtures_cover_both_versions_of_both_tasks():
+    assert LAYOUTS == [
+        "deeplabv3_mobilevit_xxs_cvnets_v0.1",
+        "deeplabv3_mobilevitv2_050_cvnets_main",
+        "ssdlite_mobilevit_xxs_cvnets_v0.1",
+        "ssdlite_mobilevitv2_050_cvnets_main",
+    ]
+
+
+@pytest.mark.parametrize("name", LAYOUTS)
+@pytest.mark.parametrize("source", ["auto", "cvnets"])
+def test_layout_loads_strictly_and_maps_every_tensor_once(models, name, source):
+    layout = load_layout(name)
+    model = models[name]
+    state = random_state(layout)
+    ours = convert_quietly(state, source)
+
+    missing, unexpected = model.load_state_dict(ours, strict=False)
+    assert (missing, unexpected) == ([], [])
+    model.load_state_dict(ours, strict=True)  # shapes too
+    assert sum(p.numel() for p in model.parameters()) <= layout["parameters"]
+
+    # A bijection by value: each converted tensor is exactly one source tensor (the stem flipped back
+    # to the source's BGR order), and each source tensor but the auxiliary head's is used once.
+    by_shape: dict[tuple[int, ...], list[str]] = {}
+    for key, value in state.items():
+        by_shape.setdefault(tuple(value.shape), []).append(key)
+    used = []
+    for key, value in ours.items():
+        if key.endswith("stem.conv.weight"):
+            value = value.flip(1)
+        sources = [k for k in by_shape[tuple(value.shape)] if torch.equal(state[k], value)]
+        assert len(sources) == 1, f"{key} equals {sources}"
+        used += sources
+    assert ours[_stem(ours)].flip(1).equal(state[CVNETS_STEM])
+    left = sorted(set(state) - set(used))
+    assert len(used) == len(set(used))
+    assert left == sorted(k for k in state if k.startswith("seg_head.aux_head."))  # v2 DeepLabv3's only
+
+
+def _stem(ours: dict[str, torch.Tensor]) -> str:
+    return next(k for k in ours if k.endswith("stem.conv.weight"))
+
+
+def test_v1_deeplabv3_classifier_lands_in_the_classifier():
+    state = random_state(load_layout("deeplabv3_mobilevit_xxs_cvnets_v0.1"))
+    ours = convert_state_dict(state, "auto")
+    for kind in ("weight", "bias"):
+        assert ours[f"head.classifier.{kind}"] is state[f"seg_head.classifier.classifier.block.conv.{kind}"]
+    assert (
+        ours["head.aspp.convs.4.conv_1x1.bn.running_var"]
+        is state["seg_head.aspp.aspp_layer.convs.4.aspp_pool.conv_1x1.block.norm.running_var"]
+    )
+
+
+def test_v2_deeplabv3_aux_head_is_dropped_with_a_warning():
+    state = random_state(load_layout("deeplabv3_mobilevitv2_050_cvnets_main"))
+    with pytest.warns(UserWarning, match=r"dropped 8 tensors of ml-cvnets' auxiliary segmentation head"):
+        ours = convert_state_dict(state, "cvnets")
+    assert not any("aux" in k for k in ours)
+    assert ours["head.classifier.weight"] is state["seg_head.classifier.block.conv.weight"]
+
+
+def _cvnets_conv_layer(state: dict[str, torch.Tensor], prefix: str, x: torch.Tensor, act: bool) -> torch.Tensor:
+    """ml-cvnets' ConvLayer in eval mode from its own tensors: conv [+ norm] [+ ReLU] (padding k // 2)."""
+    weight = state[f"{prefix}.block.conv.weight"]
+    groups = x.shape[1] // weight.shape[1]
+    x = F.conv2d(x, weight, state.get(f"{prefix}.block.conv.bias"), padding=weight.shape[-1] // 2, groups=groups)
+    if f"{prefix}.block.norm.weight" in state:
+        norm = {k: state[f"{prefix}.block.norm.{k}"] for k in ("running_mean", "running_var", "weight", "bias")}
+        x = F.batch_norm(x, **norm, training=False, eps=1e-5)
+    return F.relu(x) if act else x
+
+
+def _cvnets_ssd_head(state: dict[str, torch.Tensor], i: int, x: torch.Tensor, num_classes: int):
+    """ml-cvnets' SSDHead.forward (cvnets/modules/ssd.py, ssd_heads.py) from the checkpoint's tensors."""
+    prefix = f"ssd_heads.{i}"
+    if f"{prefix}.proj_layer.block.conv.weight" in state:
+        x = _cvnets_conv_layer(state, f"{prefix}.proj_layer", x, act=True)
+    if f"{prefix}.loc_cls_layer.dw_conv.block.conv.weight" in state:
+        x = _cvnets_conv_layer(state, f"{prefix}.loc_cls_layer.dw_conv", x, act=False)
+        x = _cvnets_conv_layer(state, f"{prefix}.loc_cls_layer.pw_conv", x, act=False)
+    else:
+        x = _cvnets_conv_layer(state, f"{prefix}.loc_cls_layer", x, act=False)
+    x = x.permute(0, 2, 3, 1).contiguous().view(x.shape[0], -1, 4 + num_classes)
+    return torch.split(x, [4, num_classes], dim=-1)
+
+
+def _head_in_channels(state: dict[str, torch.Tensor], i: int) -> int:
+    """Input width of ml-cvnets' ssd_heads.{i}: its projection's, else its depthwise or 1x1 conv's."""
+    prefix = f"ssd_heads.{i}"
+    if f"{prefix}.proj_layer.block.conv.weight" in state:
+        return state[f"{prefix}.proj_layer.block.conv.weight"].shape[1]
+    if f"{prefix}.loc_cls_layer.dw_conv.block.conv.weight" in state:
+        return state[f"{prefix}.loc_cls_layer.dw_conv.block.conv.weight"].shape[0]
+    return state[f"{prefix}.loc_cls_layer.block.conv.weight"].shape[1]
+
+
+@pytest.mark.parametrize("name", ["ssdlite_mobilevit_xxs_cvnets_v0.1", "ssdlite_mobilevitv2_050_cvnets_main"])
+def test_ssd_predictors_split_boxes_and_classes_like_cvnets(models, name):
+    """Each converted predictor gives ml-cvnets' (boxes, logits) split: 4 box offsets, then the classes."""
+    layout = load_layout(name)
+    state = random_state(layout, seed=1)
+    model = models[name]
+    model.load_state_dict(convert_quietly(state, "auto"))
+    gen = torch.Generator().manual_seed(2)
+    with torch.no_grad():
+        for i, predictor in enumerate(model.head.predictors):
+            channels = _head_in_channels(state, i)
+            side = 1 if i == len(model.head.predictors) - 1 else 3
+            x = torch.randn(2, channels, side, side, generator=gen)
+            boxes, logits = predictor(x)
+            ref_boxes, ref_logits = _cvnets_ssd_head(state, i, x, layout["num_classes"])
+            assert (boxes - ref_boxes).abs().max().item() < 1e-5
+            assert (logits - ref_logits).abs().max().item() < 1e-5
