@@ -8,7 +8,7 @@
   ``https://mirror/prefix/host/path`` instead (for air-gapped networks and for tests).
 
 A file is used only once it is complete and readable: downloads land in a temporary file that is
-checked (hash, then parsed) before it is renamed into the cache.
+checked (hash, then parsed: a file cut short does not parse) before it is renamed into the cache.
 """
 
 from __future__ import annotations
@@ -70,7 +70,9 @@ def url_cache_dir() -> Path:
 
 def hf_offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it; plain URLs honour it too."""
-    return os.environ.get("HF_HUB_OFFLINE", "").upper() in ("1", "ON", "YES", "TRUE")
+    from huggingface_hub import constants
+
+    return bool(constants.HF_HUB_OFFLINE)
 
 
 def mirrored(url: str) -> str:
@@ -114,7 +116,8 @@ def _fetch_url(remote: UrlFile, progress: bool) -> Path:
             f"on a machine with internet and put it in {target.parent}."
         )
     target.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{target.name}.", suffix=".partial", dir=target.parent)
+    # The temporary name keeps the extension: the file is parsed by its format before it is renamed.
+    fd, tmp = tempfile.mkstemp(prefix=f".{target.stem}.", suffix=f".partial{target.suffix}", dir=target.parent)
     os.close(fd)
     url = mirrored(remote.url)
     try:
