@@ -50,7 +50,8 @@ def test_list(capsys):
 @pytest.mark.parametrize(
     ("args", "message"),
     [
-        (["info", "mobilevit_m"], "unknown model 'mobilevit_m'; valid names: deeplabv3_mobilevit_s"),
+        (["info", "mobilevit_m"], "unknown model 'mobilevit_m'. Did you mean mobilevit_s or mobilevit_xs"),
+        (["info", "mobilevit_q"], "Valid names: deeplabv3_mobilevit_s, "),
         (["info", "mobilevit_s", "--img-size", "16", "16"], "at least 32"),
     ],
 )

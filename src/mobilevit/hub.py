@@ -163,6 +163,12 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
     for filename in remote.filenames:
         try:
             path = Path(hf_hub_download(remote.repo_id, filename, revision=remote.revision, tqdm_class=tqdm_class))
+        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first
+            raise DownloadError(
+                f"{remote.repo_id}/{filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
+                "cannot be downloaded (offline, or no connection to the Hub). On a machine with internet run "
+                f"`hf download {remote.repo_id} {filename}` and copy the cache folder, or set HF_HUB_CACHE."
+            ) from err
         except EntryNotFoundError:
             continue
         except RepositoryNotFoundError as err:
@@ -171,12 +177,6 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
             ) from err
         except RevisionNotFoundError as err:
             raise DownloadError(f"{remote.repo_id} has no revision {remote.revision!r}.") from err
-        except LocalEntryNotFoundError as err:
-            raise DownloadError(
-                f"{remote.repo_id}/{filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                "cannot be downloaded (offline, or no connection to the Hub). On a machine with internet run "
-                f"`hf download {remote.repo_id} {filename}` and copy the cache folder, or set HF_HUB_CACHE."
-            ) from err
         except (HfHubHTTPError, OSError) as err:
             raise DownloadError(f"downloading {remote.repo_id}/{filename} failed: {err}") from err
         if weights:

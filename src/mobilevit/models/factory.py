@@ -282,6 +282,17 @@ def _hf_model(config: dict[str, Any]) -> tuple[str, dict[str, Any]]:
     return f"deeplabv3_{name}", {k: v for k, v in options.items() if v != ()}
 
 
+# What timm's config.json records in model_args besides our config fields, and the value we build.
+_TIMM_ARGS = {"num_classes": None, "in_chans": 3, "global_pool": "avg"}
+
+
+def _without_timm_args(model_args: dict[str, Any], path: Path) -> dict[str, Any]:
+    for key, ours in _TIMM_ARGS.items():
+        if ours is not None and model_args.get(key, ours) != ours:
+            raise CheckpointError(f"{path / CONFIG_FILE}: {key}={model_args[key]!r} is not supported (only {ours!r})")
+    return {k: v for k, v in model_args.items() if k not in _TIMM_ARGS}
+
+
 def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
     """Rebuild a model from a directory written by ``save_pretrained`` or by timm / Hugging Face (v1
     and v2 classifiers and their DeepLabv3 segmenters), or from such a Hub repo
@@ -298,6 +309,8 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
         name = config["architecture"]
         num_classes = config.get("num_classes", 1000)
         model_args = config.get("model_args", {})
+        if "num_features" in config:  # written by timm
+            model_args = _without_timm_args(model_args, path)
         if config.get("features_only"):
             model_args = {**model_args, "features_only": True, "out_indices": tuple(config["out_indices"])}
     elif config.get("model_type") in ("mobilevit", "mobilevitv2"):

@@ -64,6 +64,7 @@ V3_V2_CONFIGS: dict[str, MobileViTV2Config] = {
     f"mobilevitv3_{round(100 * m):03d}": MobileViTV2Config(width_multiplier=m) for m in (0.5, 0.75, 1.0)
 }
 
+
 class MobileViTV3Block(MobileViTBlock):
     """The v3 block on v1: v1's block with three changes. The 1x1 fusion mixes each position on its
     own (a simpler task than v1's 3x3) and, with the depthwise conv, makes the block cheap enough to
