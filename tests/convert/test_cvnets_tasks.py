@@ -8,38 +8,17 @@ same shape is caught by value, not only by name.
 
 from __future__ import annotations
 
-import json
 import warnings
-from pathlib import Path
 
 import pytest
 import torch
 import torch.nn.functional as F
 
 import mobilevit
+from cvnets_fixtures import LAYOUTS, load_layout, random_state
 from mobilevit.convert import convert_state_dict
 
-FIXTURES = Path(__file__).resolve().parent.parent / "fixtures" / "cvnets"
-LAYOUTS = sorted(p.stem for p in FIXTURES.glob("*.json"))
 CVNETS_STEM = "encoder.conv_1.block.conv.weight"
-
-
-def load_layout(name: str) -> dict:
-    return json.loads((FIXTURES / f"{name}.json").read_text())
-
-
-def random_state(layout: dict, seed: int = 0) -> dict[str, torch.Tensor]:
-    """A state dict of the layout's keys and shapes, every tensor random (BN counters too)."""
-    gen = torch.Generator().manual_seed(seed)
-    state = {}
-    for key, shape in layout["state_dict"]:
-        if key.endswith("num_batches_tracked"):
-            state[key] = torch.randint(1, 10**6, (), generator=gen)
-        elif key.endswith("running_var"):
-            state[key] = 0.5 + torch.rand(shape, generator=gen)
-        else:
-            state[key] = torch.randn(shape, generator=gen) * 0.1
-    return state
 
 
 def convert_quietly(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:

@@ -10,7 +10,9 @@ model is compared with the model its file was made from.
 from __future__ import annotations
 
 import io
+import json
 import re
+import warnings
 from pathlib import Path
 
 import pytest
@@ -21,6 +23,7 @@ from safetensors.torch import save as safetensors_bytes
 from test_parity import to_cvnets
 
 import mobilevit
+from cvnets_fixtures import load_layout, random_state
 from mobilevit.cli import main as cli_main
 from mobilevit.hub import URL_MIRROR_ENV, DownloadError, HubFile, UrlFile
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
@@ -268,3 +271,79 @@ def test_classifier_weights_initialise_a_fine_tuned_model(hosts, timm_xxs, tmp_p
         assert_matches(tuned.eval().forward_features(x), timm_xxs.forward_features(x))
     segmenter = mobilevit.create_model("deeplabv3_mobilevit_xxs", pretrained="mobilevit_xxs.cvnets_in1k")
     assert torch.equal(segmenter.backbone.stem.conv.weight, tuned.stem.conv.weight)
+
+
+@pytest.mark.parametrize(
+    ("tag", "layout", "flipped"),
+    [
+        ("deeplabv3_mobilevit_xxs.cvnets_voc", "deeplabv3_mobilevit_xxs_cvnets_v0.1", True),
+        ("deeplabv3_mobilevitv2_050.cvnets_voc", "deeplabv3_mobilevitv2_050_cvnets_main", False),
+        ("ssdlite_mobilevit_xxs.cvnets_coco", "ssdlite_mobilevit_xxs_cvnets_v0.1", True),
+        ("ssdlite_mobilevitv2_050.cvnets_coco", "ssdlite_mobilevitv2_050_cvnets_main", False),
+    ],
+)
+def test_ml_cvnets_segmenters_and_detectors(hosts, tag, layout, flipped):
+    """Apple's own .pt layouts (v0.1 BGR, v0.2+ RGB) load by tag with every tensor where its state dict puts it."""
+    state = random_state(load_layout(layout), seed=11)
+    hosts.add_url_file(url_of(tag, "cvnets"), pt_bytes(state))
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")  # the v2 segmenter's auxiliary head is dropped, with a warning
+        ours = mobilevit.create_model(tag, pretrained=True, host="cvnets")
+        expected = mobilevit.create_model(tag.split(".")[0], num_classes=ours.num_classes)
+        expected.load_state_dict(mobilevit.convert_state_dict(state, "cvnets", bgr=flipped))
+    stem = "backbone.body.stem.conv.weight" if tag.startswith("ssd") else "backbone.stem.conv.weight"
+    source_stem = state["encoder.conv_1.block.conv.weight"]
+    assert torch.equal(ours.state_dict()[stem], source_stem.flip(1) if flipped else source_stem)
+    for key, value in expected.state_dict().items():
+        assert torch.equal(ours.state_dict()[key], value), key
+    assert ours.pretrained_cfg["input_size"][-1] == (512 if tag.startswith("deeplab") else 320)
+
+
+def test_cli_predicts_and_exports_published_weights(hosts, timm_xxs, tmp_path, capsys):
+    from PIL import Image
+    from skimage import data
+
+    serve_timm(hosts, timm_xxs, "timm/mobilevit_xxs.cvnets_in1k", tmp_path)
+    photo = tmp_path / "coffee.png"
+    Image.fromarray(data.coffee()).save(photo)
+    assert cli_main(["predict", str(photo), "--model", "mobilevit_xxs", "--json"]) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    model = mobilevit.create_model("mobilevit_xxs", pretrained=True).eval()
+    from mobilevit.predict import preprocess, read_image
+
+    with torch.no_grad():
+        expected = model(preprocess(read_image(photo), model.pretrained_cfg)[None]).argmax().item()
+    assert result["predictions"][0]["index"] == expected
+    out = tmp_path / "xxs.pt"
+    assert cli_main(["export", "--model", "mobilevit_xxs.cvnets_in1k", "--format", "torchscript", "-o", str(out)]) == 0
+    exported = torch.jit.load(out)
+    x = structured_images(2, 256, 256, seed=12)
+    assert_matches(exported(x), outputs(model, x))
+
+
+def test_cli_evaluates_published_weights_on_an_imagenet_layout(hosts, timm_xxs, tmp_path, capsys):
+    """``mobilevit eval --model NAME.TAG --data ROOT``: ``ROOT/val`` holds 1000 synset folders, class
+    index = sorted synset order. The reported top-1 equals the model's own on those files."""
+    from PIL import Image
+    from torchvision.datasets import ImageFolder
+
+    from mobilevit.data.transforms import eval_transform
+
+    serve_timm(hosts, timm_xxs, "timm/mobilevit_xxs.cvnets_in1k", tmp_path)
+    gen = torch.Generator().manual_seed(0)
+    for i in range(1000):
+        folder = tmp_path / "imagenet" / "val" / f"n{i * 7919 % 10**8:08d}"  # synset-like ids, not in index order
+        folder.mkdir(parents=True)
+        pixels = torch.randint(0, 255, (40, 40, 3), generator=gen, dtype=torch.uint8)
+        Image.fromarray(pixels.numpy()).save(folder / "0.png")
+    args = ["eval", "--model", "mobilevit_xxs.cvnets_in1k", "--data", str(tmp_path / "imagenet"), "--img-size", "64"]
+    assert cli_main([*args, "--output", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    model = mobilevit.create_model("mobilevit_xxs", pretrained=True).eval()
+    cfg = model.pretrained_cfg
+    dataset = ImageFolder(tmp_path / "imagenet" / "val", eval_transform(64, cfg["crop_pct"], cfg["interpolation"]))
+    images, labels = zip(*dataset, strict=True)
+    with torch.no_grad():
+        top1 = (model(torch.stack(images)).argmax(1) == torch.tensor(labels)).float().mean().item()
+    assert report["images"] == 1000 and report["top1"] == pytest.approx(top1, abs=1e-6)
+    assert top1 > 0  # a random model still gets some right: the comparison is not vacuous

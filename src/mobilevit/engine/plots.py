@@ -40,17 +40,22 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, scores: Sequence[str]
     return _save(fig, path)
 
 
+MAX_FIGURE_INCHES = 16.0
+MAX_LABELLED_CLASSES = 40  # beyond this the class names would overlap: the axes show indices
+
+
 def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -> Path:
     """Row-normalised confusion matrix (rows: true class, columns: prediction), counts annotated."""
     n = len(confusion)
-    size = max(5.0, 0.6 * n)
+    size = min(max(5.0, 0.6 * n), MAX_FIGURE_INCHES)  # ImageNet's 1000 classes: a picture, not a 600-inch one
     fig, ax = plt.subplots(figsize=(size, size))
     rows = [max(1, sum(r)) for r in confusion]
     normalised = [[c / total for c in r] for r, total in zip(confusion, rows, strict=True)]
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)
     names = classes or [str(i) for i in range(n)]
-    ax.set_xticks(range(n), names, rotation=45, ha="right")
-    ax.set_yticks(range(n), names)
+    if n <= MAX_LABELLED_CLASSES:
+        ax.set_xticks(range(n), names, rotation=45, ha="right")
+        ax.set_yticks(range(n), names)
     ax.set(xlabel="predicted", ylabel="true", title="Confusion matrix")
     if n <= 30:
         for i in range(n):
