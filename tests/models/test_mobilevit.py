@@ -179,3 +179,16 @@ def test_bad_input_raises_value_error(shape, message, features_only):
     model = mobilevit.create_model("mobilevit_xxs", features_only=features_only)
     with pytest.raises(ValueError, match=message):
         model(torch.rand(shape))
+
+
+def test_stage_layout_is_config_data(tmp_path):
+    """How many MV2 blocks layer1 and layer2 hold is a config field (v1: 1, 3; v2: 1, 2), so every
+    family shares one stage builder and a layout change survives save/load."""
+    assert [len(s) for s in mobilevit.create_model("mobilevit_xxs").stages[:2]] == [1, 3]
+    assert [len(s) for s in mobilevit.create_model("mobilevitv2_050").stages[:2]] == [1, 2]
+    model = mobilevit.create_model("mobilevit_xxs", mv2_blocks=(2, 2), num_classes=3)
+    assert [len(s) for s in model.stages[:2]] == [2, 2]
+    model.save_pretrained(tmp_path)
+    again = mobilevit.from_pretrained(tmp_path)
+    x = torch.rand(2, 3, 64, 64)
+    assert torch.equal(model.eval()(x), again.eval()(x))

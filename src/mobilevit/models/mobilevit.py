@@ -6,7 +6,6 @@ Every size is one row of ``MODEL_CONFIGS``; nothing else in the package repeats 
 from __future__ import annotations
 
 import os
-from collections.abc import Callable
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -30,6 +29,7 @@ class MobileViTConfig:
     expansion: float  # MV2 expansion factor
     transformer_dropout: float
     transformer_depths: tuple[int, int, int] = (2, 4, 3)
+    mv2_blocks: tuple[int, int] = (1, 3)  # MV2 blocks in layer1, layer2
     stem_channels: int = 16
     ffn_multiplier: int = 2  # ffn dim = 2 d
     num_heads: int = 4
@@ -134,37 +134,29 @@ def dilation_plan(output_stride: int) -> list[tuple[int, int, int]]:
 
 
 def build_stages(
-    cfg: MobileViTConfig, output_stride: int = 32, block: Callable[..., nn.Module] = MobileViTBlock
+    cfg: Any,
+    output_stride: int = 32,
+    dilate_local_conv: bool = True,
+    block: type[nn.Module] = MobileViTBlock,
 ) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2 blocks, then (MV2 stride 2, ``block``) x 3, dilated
-    as :func:`dilation_plan` says (ml-cvnets and Hugging Face dilate nothing else: not the blocks).
-    ``block`` takes the MobileViT block's arguments (v3 passes its own)."""
+    """layer1..layer5 as ``stages[0..4]`` for every family: ``cfg.mv2_blocks`` MV2 blocks in layer1
+    (stride 1) and layer2 (stride 2), then (MV2 stride 2, ``block``) x 3, dilated as
+    :func:`dilation_plan` says. ``block`` (v1's, v2's or a v3 one) reads its own arguments from
+    ``cfg`` (``block.config_options``); a v2-style block's local conv takes the stage dilation unless
+    ``dilate_local_conv=False`` (Hugging Face's port), a v1-style block never does."""
     c = (cfg.stem_channels, *cfg.channels)
     stages = nn.ModuleList()
-    stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
-    stages.append(
-        nn.Sequential(
-            InvertedResidual(c[1], c[2], 2, cfg.expansion),
-            InvertedResidual(c[2], c[2], 1, cfg.expansion),
-            InvertedResidual(c[2], c[2], 1, cfg.expansion),
-        )
-    )
+    for i, (count, stride) in enumerate(zip(cfg.mv2_blocks, (1, 2), strict=True)):
+        blocks = [InvertedResidual(c[i], c[i + 1], stride, cfg.expansion)]
+        blocks += [InvertedResidual(c[i + 1], c[i + 1], 1, cfg.expansion) for _ in range(count - 1)]
+        stages.append(nn.Sequential(*blocks))
     layers = zip(cfg.transformer_dims, cfg.transformer_depths, dilation_plan(output_stride), strict=True)
-    for i, (dim, depth, (stride, mv2_dilation, _)) in enumerate(layers, start=2):
+    for i, (dim, depth, (stride, mv2_dilation, dilation)) in enumerate(layers, start=2):
+        options = block.config_options(cfg, dilation if dilate_local_conv else 1)
         stages.append(
             nn.Sequential(
                 InvertedResidual(c[i], c[i + 1], stride, cfg.expansion, dilation=mv2_dilation),
-                block(
-                    c[i + 1],
-                    dim,
-                    depth,
-                    cfg.ffn_multiplier * dim,
-                    num_heads=cfg.num_heads,
-                    patch_size=cfg.patch_size,
-                    drop=cfg.transformer_dropout,
-                    attn_drop=cfg.attn_dropout,
-                    ffn_drop=cfg.ffn_dropout,
-                ),
+                block(c[i + 1], dim, depth, cfg.ffn_multiplier * dim, **options),
             )
         )
     return stages
@@ -231,7 +223,7 @@ class _MobileViTBase(SavePretrainedMixin, nn.Module):
     """
 
     configs: ClassVar[dict[str, Any]] = MODEL_CONFIGS
-    stage_builder: ClassVar[Callable[..., nn.ModuleList]] = staticmethod(build_stages)
+    block: ClassVar[type[nn.Module]] = MobileViTBlock  # of layer3..layer5
     default_pretrained_cfg: ClassVar[dict[str, Any]] = DEFAULT_PRETRAINED_CFG
 
     def __init__(self, name: str, cfg: Any, output_stride: int = 32, **stage_options: Any) -> None:
@@ -239,7 +231,7 @@ class _MobileViTBase(SavePretrainedMixin, nn.Module):
         self.model_name = name
         self.config = cfg
         self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
-        self.stages = self.stage_builder(cfg, output_stride, **stage_options)
+        self.stages = build_stages(cfg, output_stride, block=self.block, **stage_options)
         self.pretrained_cfg = dict(self.default_pretrained_cfg, input_size=(cfg.in_chans, 256, 256))
 
     def model_args(self) -> dict[str, Any]:

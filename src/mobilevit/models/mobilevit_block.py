@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import torch
 import torch.nn.functional as F
 from torch import nn
@@ -150,6 +152,17 @@ class MobileViTBlock(nn.Module):
     Feature maps whose sides are not multiples of the patch size are bilinearly resized up to the
     next multiple before unfolding and back after folding, as the official implementation does.
     """
+
+    @staticmethod
+    def config_options(cfg: Any, dilation: int) -> dict[str, Any]:
+        """The block's arguments from a size's config; v1 blocks are never dilated (ml-cvnets, HF)."""
+        return {
+            "num_heads": cfg.num_heads,
+            "patch_size": cfg.patch_size,
+            "drop": cfg.transformer_dropout,
+            "attn_drop": cfg.attn_dropout,
+            "ffn_drop": cfg.ffn_dropout,
+        }
 
     def __init__(
         self,

@@ -7,7 +7,6 @@ size is one width multiplier of a single base network (one row of ``V2_CONFIGS``
 
 from __future__ import annotations
 
-from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Any
 
@@ -15,12 +14,11 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilevit.models.layers import ConvNormAct, InvertedResidual, make_divisible
+from mobilevit.models.layers import ConvNormAct, make_divisible
 from mobilevit.models.mobilevit import (
     DEFAULT_PRETRAINED_CFG,
     MobileViT,
     MobileViTFeatures,
-    dilation_plan,
 )
 from mobilevit.models.mobilevit_block import resize_to_patches
 
@@ -33,6 +31,7 @@ class MobileViTV2Config:
     base_channels: tuple[int, int, int, int, int] = (64, 128, 256, 384, 512)  # layer1..layer5 at width 1
     base_stem_channels: int = 32
     transformer_depths: tuple[int, int, int] = (2, 4, 3)  # linear transformer layers in layer3..layer5
+    mv2_blocks: tuple[int, int] = (1, 2)  # MV2 blocks in layer1, layer2 (v1 has 3 in layer2)
     attn_ratio: float = 0.5  # d = C / 2 (rounded to a multiple of 8)
     expansion: float = 2.0  # MV2 expansion factor
     ffn_multiplier: int = 2  # ffn dim = 2 d
@@ -171,6 +170,18 @@ class MobileViTV2Block(nn.Module):
     ``F.unfold`` and refills it with zeros in ``F.fold``, so it agrees only on even-sided maps.
     """
 
+    @staticmethod
+    def config_options(cfg: Any, dilation: int) -> dict[str, Any]:
+        """The block's arguments from a size's config, with the stage's dilation for its local conv."""
+        return {
+            "patch_size": cfg.patch_size,
+            "drop": cfg.transformer_dropout,
+            "attn_drop": cfg.attn_dropout,
+            "dilation": dilation,
+            "unfold_remainder": cfg.unfold_remainder,
+            "ffn_drop": cfg.ffn_dropout,
+        }
+
     def __init__(
         self,
         channels: int,
@@ -219,56 +230,12 @@ class MobileViTV2Block(nn.Module):
         return self.conv_proj(F.pad(y, (0, width - even_w, 0, height - even_h)))  # [B, C, H, W]
 
 
-def build_v2_stages(
-    cfg: MobileViTV2Config,
-    output_stride: int = 32,
-    dilate_local_conv: bool = True,
-    block: Callable[..., nn.Module] = MobileViTV2Block,
-) -> nn.ModuleList:
-    """layer1..layer5 as ``stages[0..4]``: MV2, MV2 x 2, then (MV2 stride 2, ``block``) x 3, where
-    ``block`` takes :class:`MobileViTV2Block`'s arguments (its default; v3 passes its own).
-
-    At ``output_stride`` 16 or 8 the stages are dilated as :func:`dilation_plan` says, and so is the
-    block's local 3x3 conv, as ml-cvnets does (``dilate_local_conv=False`` leaves that one
-    undilated, as Hugging Face's port does).
-    """
-    c = (cfg.stem_channels, *cfg.channels)
-    stages = nn.ModuleList()
-    stages.append(nn.Sequential(InvertedResidual(c[0], c[1], 1, cfg.expansion)))
-    stages.append(
-        nn.Sequential(
-            InvertedResidual(c[1], c[2], 2, cfg.expansion),
-            InvertedResidual(c[2], c[2], 1, cfg.expansion),
-        )
-    )
-    layers = zip(cfg.transformer_dims, cfg.transformer_depths, dilation_plan(output_stride), strict=True)
-    for i, (dim, depth, (stride, mv2_dilation, dilation)) in enumerate(layers, start=2):
-        stages.append(
-            nn.Sequential(
-                InvertedResidual(c[i], c[i + 1], stride, cfg.expansion, dilation=mv2_dilation),
-                block(
-                    c[i + 1],
-                    dim,
-                    depth,
-                    cfg.ffn_multiplier * dim,
-                    patch_size=cfg.patch_size,
-                    drop=cfg.transformer_dropout,
-                    attn_drop=cfg.attn_dropout,
-                    dilation=dilation if dilate_local_conv else 1,
-                    unfold_remainder=cfg.unfold_remainder,
-                    ffn_drop=cfg.ffn_dropout,
-                ),
-            )
-        )
-    return stages
-
-
 class MobileViTV2(MobileViT):
     """MobileViTv2 image classifier with timm's API: ``forward_features``, ``forward_head``,
     ``reset_classifier``, ``pretrained_cfg``. The head pools layer5 directly (no final 1x1 conv)."""
 
     configs = V2_CONFIGS
-    stage_builder = staticmethod(build_v2_stages)
+    block = MobileViTV2Block
     default_pretrained_cfg = V2_PRETRAINED_CFG
     has_final_conv = False
 
@@ -279,7 +246,7 @@ class MobileViTV2Features(MobileViTFeatures):
     Its keys are the classifier's without ``head``."""
 
     configs = V2_CONFIGS
-    stage_builder = staticmethod(build_v2_stages)
+    block = MobileViTV2Block
     default_pretrained_cfg = V2_PRETRAINED_CFG
 
     def __init__(

@@ -14,20 +14,17 @@ layer3..layer5 is replaced.
 
 from __future__ import annotations
 
-from functools import partial
-
 import torch
 from torch import nn
 
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures, build_stages
+from mobilevit.models.mobilevit import MobileViT, MobileViTConfig, MobileViTFeatures
 from mobilevit.models.mobilevit_block import MobileViTBlock, resize_to_patches
 from mobilevit.models.mobilevitv2 import (
     MobileViTV2,
     MobileViTV2Block,
     MobileViTV2Config,
     MobileViTV2Features,
-    build_v2_stages,
     fold_v2,
     unfold_v2,
 )
@@ -129,33 +126,29 @@ class MobileViTV3V2Block(MobileViTV2Block):
 
 # The v3 models are their predecessors built with the v3 blocks: the MV2 stages, dilation, head,
 # checkpoint keys and API stay exactly v1's or v2's.
-_v3_stages = partial(build_stages, block=MobileViTV3Block)
-_v3_v2_stages = partial(build_v2_stages, block=MobileViTV3V2Block)
-
-
 class MobileViTV3(MobileViT):
     """MobileViTv3-XXS/XS/S classifier: :class:`MobileViT` with :class:`MobileViTV3Block`."""
 
     configs = V3_CONFIGS
-    stage_builder = staticmethod(_v3_stages)
+    block = MobileViTV3Block
 
 
 class MobileViTV3Features(MobileViTFeatures):
     """MobileViTv3-XXS/XS/S backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
 
     configs = V3_CONFIGS
-    stage_builder = staticmethod(_v3_stages)
+    block = MobileViTV3Block
 
 
 class MobileViTV3V2(MobileViTV2):
     """MobileViTv3-0.5/0.75/1.0 classifier: :class:`MobileViTV2` with :class:`MobileViTV3V2Block`."""
 
     configs = V3_V2_CONFIGS
-    stage_builder = staticmethod(_v3_v2_stages)
+    block = MobileViTV3V2Block
 
 
 class MobileViTV3V2Features(MobileViTV2Features):
     """MobileViTv3-0.5/0.75/1.0 backbone (``features_only=True``), ``output_stride`` 8, 16 or 32."""
 
     configs = V3_V2_CONFIGS
-    stage_builder = staticmethod(_v3_v2_stages)
+    block = MobileViTV3V2Block
