@@ -16,6 +16,8 @@ class CheckpointMismatchError(CheckpointError):
         unexpected: list[str],
         mismatched: list[tuple[str, tuple[int, ...], tuple[int, ...]]],
         context: str = "",
+        family: str = "MobileViT",
+        sizes: tuple[str, ...] = (),
     ) -> None:
         self.missing = missing
         self.unexpected = unexpected
@@ -28,9 +30,10 @@ class CheckpointMismatchError(CheckpointError):
         if mismatched:
             shapes = [f"{k} checkpoint {tuple(a)} vs model {tuple(b)}" for k, a, b in mismatched]
             lines.append(f"  shape mismatches ({len(mismatched)}): {_preview(shapes)}")
+        size_hint = f" (one of {', '.join(sizes)})" if sizes else ""
         lines.append(
-            "  Check that the model name matches the checkpoint's size (xxs, xs, s) and that the file "
-            "is a MobileViT v1 checkpoint from timm, Hugging Face, ml-cvnets or this package."
+            f"  Check that the model name matches the checkpoint's size{size_hint} and that the file "
+            f"is a {family} checkpoint from timm, Hugging Face, ml-cvnets or this package."
         )
         super().__init__("\n".join(lines))
 

@@ -243,3 +243,17 @@ def test_atomic_write_gives_files_the_umask_permissions(tmp_path):
     finally:
         os.umask(old)
     assert (tmp_path / "f.txt").stat().st_mode & 0o777 == 0o644
+
+
+@pytest.mark.parametrize(
+    ("name", "family", "size"),
+    [
+        ("mobilevitv2_075", "MobileViTv2", "mobilevitv2_050"),
+        ("deeplabv3_mobilevit_xs", "MobileViT v1", "deeplabv3_mobilevit_xxs"),
+    ],
+)
+def test_mismatch_names_the_models_family_and_sizes(tmp_path, name, family, size):
+    path = tmp_path / "other.safetensors"
+    save_file(mobilevit.create_model(size).state_dict(), path)
+    with pytest.raises(CheckpointMismatchError, match=f"one of {size}, .* is a {family} checkpoint"):
+        mobilevit.create_model(name, pretrained=path)

@@ -208,6 +208,16 @@ def _fit_classifier(
     return {k: v for k, v in state.items() if not k.startswith(head + ".")}, (head + ".",)
 
 
+def _family_of(model: nn.Module) -> tuple[str, tuple[str, ...]]:
+    """The family label and registered sizes of ``model``, for error messages."""
+    name = getattr(model, "model_name", None)
+    if name not in REGISTRY:
+        return "MobileViT", ()
+    entry = REGISTRY[name]
+    prefix = entry.name.removesuffix(entry.backbone)
+    return entry.family.label, tuple(prefix + size for size in entry.family.configs)
+
+
 def load_state_dict_checked(
     model: nn.Module, state: dict[str, torch.Tensor], keep_own: tuple[str, ...] = (), context: str = ""
 ) -> None:
@@ -222,7 +232,7 @@ def load_state_dict_checked(
         if k in target and v.shape != target[k].shape
     ]
     if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched, context)
+        raise CheckpointMismatchError(missing, unexpected, mismatched, context, *_family_of(model))
     model.load_state_dict({**target, **state})
 
 
