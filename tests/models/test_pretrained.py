@@ -28,6 +28,7 @@ from mobilevit.cli import main as cli_main
 from mobilevit.hub import URL_MIRROR_ENV, DownloadError, HubFile, UrlFile
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
 from mobilevit.models.registry import REGISTRY, get_weights
+from mobilevit.predict import voc_class_names
 from mobilevit.testing import assert_matches, hf_config, hf_v2_config, randomize_, structured_images
 
 README = Path(__file__).parents[2] / "README.md"
@@ -347,3 +348,32 @@ def test_cli_evaluates_published_weights_on_an_imagenet_layout(hosts, timm_xxs, 
         top1 = (model(torch.stack(images)).argmax(1) == torch.tensor(labels)).float().mean().item()
     assert report["images"] == 1000 and report["top1"] == pytest.approx(top1, abs=1e-6)
     assert top1 > 0  # a random model still gets some right: the comparison is not vacuous
+
+
+def test_cli_segments_with_published_weights_and_voc_names(hosts, tmp_path, capsys):
+    from PIL import Image
+    from skimage import data
+
+    config = hf_config("mobilevit_xxs")
+    config.num_labels, config.output_stride = 21, 16
+    serve_hf(
+        hosts,
+        randomize_(transformers.MobileViTForSemanticSegmentation(config), seed=5),
+        "apple/deeplabv3-mobilevit-xx-small",
+        tmp_path,
+    )
+    photo = tmp_path / "astronaut.png"
+    Image.fromarray(data.astronaut()).save(photo)
+    args = [
+        "predict",
+        str(photo),
+        "--model",
+        "deeplabv3_mobilevit_xxs",
+        "--output-dir",
+        str(tmp_path / "out"),
+        "--json",
+    ]
+    assert cli_main(args) == 0
+    result = json.loads(capsys.readouterr().out)["results"][0]
+    assert Path(result["mask_png"]).is_file() and Path(result["overlay_png"]).is_file()
+    assert result["classes"] and {c["label"] for c in result["classes"]} <= set(voc_class_names())

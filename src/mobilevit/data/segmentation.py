@@ -19,10 +19,10 @@ from torchvision.transforms import v2
 from torchvision.transforms.v2 import functional as F
 
 from mobilevit.errors import UnreadableImageError
+from mobilevit.models.segmentation import IGNORE_INDEX
 
 log = logging.getLogger(__name__)
 
-IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
 VOC_YEAR = "2012"
 
 

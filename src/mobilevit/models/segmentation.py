@@ -19,7 +19,6 @@ import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilevit.data.segmentation import IGNORE_INDEX
 from mobilevit.models.backbones import BACKBONES, BackboneConfig, backbone_features
 from mobilevit.models.layers import ConvNormAct
 from mobilevit.models.mobilevit import (
@@ -34,6 +33,7 @@ from mobilevit.models.mobilevitv2 import MobileViTV2Config
 # Registered names -> backbone size. VOC has 20 classes and the background.
 SEGMENTATION_MODELS = {f"deeplabv3_{name}": name for name in BACKBONES}
 DEFAULT_SEGMENTATION_CLASSES = 21
+IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
 # ASPP width of the official recipes: 256 on v1 (the paper), 512 on v2 (ml-cvnets' VOC config).
 ASPP_CHANNELS = {MobileViTConfig: 256, MobileViTV2Config: 512}
 
