@@ -160,15 +160,13 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
     )
 
     tqdm_class = None if progress else _silent_tqdm()
+    not_cached = None
     for filename in remote.filenames:
         try:
             path = Path(hf_hub_download(remote.repo_id, filename, revision=remote.revision, tqdm_class=tqdm_class))
-        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first
-            raise DownloadError(
-                f"{remote.repo_id}/{filename} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and "
-                "cannot be downloaded (offline, or no connection to the Hub). On a machine with internet run "
-                f"`hf download {remote.repo_id} {filename}` and copy the cache folder, or set HF_HUB_CACHE."
-            ) from err
+        except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first. A later file may be cached
+            not_cached = not_cached or err
+            continue
         except EntryNotFoundError:
             continue
         except RepositoryNotFoundError as err:
@@ -182,6 +180,13 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
         if weights:
             _check_readable(path, f"{remote.repo_id}/{filename}")
         return path
+    if not_cached is not None:
+        files = " or ".join(remote.filenames)
+        raise DownloadError(
+            f"{remote.repo_id}: {files} is not in the Hugging Face cache ({constants.HF_HUB_CACHE}) and cannot be "
+            "downloaded (offline, or no connection to the Hub). On a machine with internet run "
+            f"`hf download {remote.repo_id} {remote.filenames[0]}` and copy the cache folder, or set HF_HUB_CACHE."
+        ) from not_cached
     raise DownloadError(f"{remote.repo_id} has none of {', '.join(remote.filenames)}.")
 
 

@@ -187,7 +187,8 @@ def test_offline_with_nothing_cached_names_file_and_folder(hub_offline):
     with pytest.raises(DownloadError) as err:
         mobilevit.create_model("mobilevit_xs", pretrained=True)
     message = str(err.value)
-    assert "timm/mobilevit_xs.cvnets_in1k/model.safetensors" in message and "hf download" in message
+    assert "timm/mobilevit_xs.cvnets_in1k: model.safetensors or pytorch_model.bin is not in" in message
+    assert "hf download timm/mobilevit_xs.cvnets_in1k model.safetensors" in message
     assert "mobilevit_xs.pt" in message and str(Path(torch.hub.get_dir()) / "checkpoints") in message
 
 
@@ -377,3 +378,23 @@ def test_cli_segments_with_published_weights_and_voc_names(hosts, tmp_path, caps
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert Path(result["mask_png"]).is_file() and Path(result["overlay_png"]).is_file()
     assert result["classes"] and {c["label"] for c in result["classes"]} <= set(voc_class_names())
+
+
+def test_repo_with_only_a_pickle_file_is_found_online_and_offline(hosts, monkeypatch):
+    """Apple's older Hub repos hold pytorch_model.bin only: it is taken when model.safetensors is absent,
+    and found in the cache offline."""
+    from huggingface_hub import constants
+
+    ref = randomize_(transformers.MobileViTForImageClassification(hf_config("mobilevit_xxs")), seed=6).eval()
+    hosts.add_hub_file("apple/mobilevit-xx-small", "config.json", ref.config.to_json_string().encode())
+    hosts.add_hub_file("apple/mobilevit-xx-small", "pytorch_model.bin", pt_bytes(ref.state_dict()))
+    online = mobilevit.create_model("mobilevit_xxs", pretrained=True, host="hf")
+    monkeypatch.setattr(constants, "HF_HUB_OFFLINE", True)
+    hosts.stop()
+    offline = mobilevit.create_model("mobilevit_xxs", pretrained=True, host="hf")
+    x = structured_images(2, 256, 256, seed=13)
+    with torch.no_grad():
+        assert_matches(outputs(offline, x), ref(pixel_values=x.flip(1)).logits)
+    assert torch.equal(outputs(online, x), outputs(offline, x))
+    assert online.pretrained_cfg["source"] == "hf-hub:apple/mobilevit-xx-small"
+    assert hosts.gets("pytorch_model.bin")
