@@ -49,7 +49,7 @@ def load_model(path: str | os.PathLike | None, model_name: str | None = None) ->
 
 def class_names(model: nn.Module, names: Sequence[str] = ()) -> list[str]:
     """``names`` (or the checkpoint's ``label_names``) when they fit the model, the classes of the
-    dataset its class count implies (ImageNet's 1000, VOC's 21 for segmentation, COCO's 81 for
+    dataset its class count implies (ImageNet's 1000, VOC's 21 or ADE20K's 150 for segmentation, COCO's 81 for
     detection), else ``class_<i>`` (``background`` first for segmentation and detection): a
     prediction always has a readable label."""
     num_classes = model.num_classes
@@ -78,6 +78,13 @@ def voc_class_names() -> list[str]:
     return list(VOC_CLASSES)
 
 
+def ade20k_class_names() -> list[str]:
+    """ADE20K's 150 classes in the order of the published ml-cvnets segmenters' outputs."""
+    from mobilevit.data.segmentation import ADE20K_CLASSES
+
+    return list(ADE20K_CLASSES)
+
+
 def coco_class_names() -> list[str]:
     """The background and COCO's 80 categories as contiguous labels 1..80 (category id order, as
     ml-cvnets' SSD numbers them), from torchvision's weight metadata."""
@@ -90,6 +97,7 @@ def coco_class_names() -> list[str]:
 _KNOWN_CLASSES: dict[tuple[str, int], Callable[[], list[str]]] = {
     ("classification", 1000): imagenet_class_names,
     ("segmentation", 21): voc_class_names,
+    ("segmentation", 150): ade20k_class_names,
     ("detection", 81): coco_class_names,
 }
 
