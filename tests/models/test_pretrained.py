@@ -301,6 +301,8 @@ def test_ml_cvnets_segmenters_and_detectors(hosts, tag, layout, flipped):
     for key, value in expected.state_dict().items():
         assert torch.equal(ours.state_dict()[key], value), key
     assert ours.pretrained_cfg["input_size"][-1] == (512 if tag.startswith("deeplab") else 320)
+    if tag.startswith("deeplabv3_mobilevitv2"):
+        assert ours.align_corners  # ml-cvnets v0.2+ resizes the logits so
 
 
 def test_cli_predicts_and_exports_published_weights(hosts, timm_xxs, tmp_path, capsys):

@@ -197,3 +197,17 @@ def test_v2_matches_hugging_face(name, size):
         assert_matches(ours.forward_logits(x), expected, TOL * max(1.0, expected.abs().max().item()))
         # The dilation is real: ml-cvnets' layout gives other logits from the same weights.
         assert (official.forward_logits(x) - expected).abs().max() > 1e-2
+
+
+def test_final_resize_follows_the_weights_origin(tmp_path):
+    """ml-cvnets v0.2+ resizes the logits with align_corners=True: a model built so (as its published
+    v2 segmenters are) does the same, and keeps it through save/load."""
+    model = mobilevit.create_model("deeplabv3_mobilevitv2_050", align_corners=True).eval()
+    x = structured_images(2, 96, 128, seed=5)
+    with torch.no_grad():
+        logits = model.forward_logits(x)
+        assert_matches(model(x), F.interpolate(logits, size=(96, 128), mode="bilinear", align_corners=True))
+        plain = F.interpolate(logits, size=(96, 128), mode="bilinear", align_corners=False)
+        assert (model(x) - plain).abs().max() > 1e-3
+    model.save_pretrained(tmp_path)
+    assert mobilevit.from_pretrained(tmp_path).align_corners is True

@@ -22,7 +22,14 @@ from mobilevit.models.pretrained import PUBLISHED_WEIGHTS, Copy, PublishedWeight
 from mobilevit.models.registry import REGISTRY, TASKS, get_entry, get_weights, list_models, split_name
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, DeepLabV3
 
-_SEGMENTATION_ARGS = ("output_stride", "aspp_channels", "aspp_rates", "aspp_dropout", "dilate_local_conv")
+_SEGMENTATION_ARGS = (
+    "output_stride",
+    "aspp_channels",
+    "aspp_rates",
+    "aspp_dropout",
+    "dilate_local_conv",
+    "align_corners",
+)
 _FEATURE_ARGS = ("output_stride", "dilate_local_conv")
 
 

@@ -174,8 +174,10 @@ def _v2_classifiers() -> list[PublishedWeights]:
 _SEGMENTATION = {"num_classes": 21, "input_size": 512, "crop_pct": 1.0, "interpolation": "bilinear"}
 _ADE20K = {**_SEGMENTATION, "num_classes": 150}
 _ADE20K_HEAD = {"output_stride": 8, "aspp_rates": (12, 24, 36)}  # ml-cvnets' ADE20K DeepLabv3 config
-# Hugging Face's v2 DeepLabv3 port does not dilate the blocks' local conv (ml-cvnets does).
+# Hugging Face's v2 DeepLabv3 port does not dilate the blocks' local conv (ml-cvnets does), and
+# ml-cvnets from v0.2 on resizes the logits with align_corners=True (v0.1 and Hugging Face do not).
 _HF_V2_SEGMENTATION = {"dilate_local_conv": False}
+_CVNETS_V2_SEGMENTATION = {"align_corners": True}
 
 
 def _segmenters() -> list[PublishedWeights]:
@@ -231,7 +233,7 @@ def _segmenters() -> list[PublishedWeights]:
             if backbone in voc_hf
             else ()
         )
-        copies = (Copy("cvnets", UrlFile(url), "cvnets", bgr=False), *hf)
+        copies = (Copy("cvnets", UrlFile(url), "cvnets", bgr=False, model_args=_CVNETS_V2_SEGMENTATION), *hf)
         rows.append(
             PublishedWeights(
                 f"deeplabv3_{backbone}",
@@ -256,7 +258,7 @@ def _segmenters() -> list[PublishedWeights]:
             PublishedWeights(
                 f"deeplabv3_{backbone}",
                 "cvnets_ade20k",
-                (Copy("cvnets", UrlFile(url), "cvnets", bgr=False),),
+                (Copy("cvnets", UrlFile(url), "cvnets", bgr=False, model_args=_CVNETS_V2_SEGMENTATION),),
                 f"ADE20K val mIoU {miou} (ml-cvnets)",
                 **_ADE20K,
                 model_args=_ADE20K_HEAD,

@@ -114,6 +114,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
         aspp_rates: tuple[int, ...] = (6, 12, 18),
         aspp_dropout: float = 0.1,
         dilate_local_conv: bool = True,
+        align_corners: bool = False,
     ) -> None:
         super().__init__()
         self.model_name = name
@@ -126,7 +127,11 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
             "aspp_rates": tuple(aspp_rates),
             "aspp_dropout": aspp_dropout,
             "dilate_local_conv": dilate_local_conv,
+            "align_corners": align_corners,
         }
+        # The final resize as the weights' origin did it: ml-cvnets from v0.2 on (its MobileViTv2
+        # segmenters) aligns corners; v0.1 and Hugging Face do not.
+        self.align_corners = align_corners
         self.backbone = backbone_features(SEGMENTATION_MODELS[name], cfg, (4,), output_stride, dilate_local_conv)
         self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
         _init_weights(self.head)
@@ -149,7 +154,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         check_input(x, self.config.in_chans)
         logits = self.forward_logits(x)
-        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=False)  # [B, K, H, W]
+        return F.interpolate(logits, size=x.shape[-2:], mode="bilinear", align_corners=self.align_corners)
 
     def reset_classifier(self, num_classes: int) -> None:
         """A freshly initialised 1x1 classifier for ``num_classes`` (fine-tuning on other labels)."""
@@ -161,7 +166,7 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
     def model_args(self) -> dict[str, Any]:
         """Options that differ from the registered model's defaults: enough to rebuild it."""
         defaults = {"output_stride": 16, "aspp_channels": ASPP_CHANNELS[type(self.config)]}
-        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1, "dilate_local_conv": True}
+        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1, "dilate_local_conv": True, "align_corners": False}
         base = asdict(BACKBONES[SEGMENTATION_MODELS[self.model_name]])
         args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
         args |= {k: list(v) if isinstance(v, tuple) else v for k, v in self._head_args.items() if defaults[k] != v}
