@@ -1,0 +1,133 @@
+"""Our converted models equal Apple ml-cvnets' own DeepLabv3 and SSDLite (MobileViT v1, cvnets-v0.1).
+
+The fixtures in tests/fixtures/cvnets/reference are outputs of the official models (built with
+ml-cvnets' classes by scripts/cvnets_reference.py, random weights ``reference_state(layout, seed)``
+of that script, eval mode). Here the same random state is regenerated from the layout, converted with
+``convert_state_dict(state, "cvnets")`` and loaded strictly into our model.
+
+The official v1 model was fed BGR images ``x.flip(1)``: ml-cvnets' v1 weights were trained on BGR,
+and the converter flips the stem for the cvnets source by default, so ours(x) == official(x.flip(1)).
+"""
+
+from __future__ import annotations
+
+import functools
+import importlib.util
+import json
+import warnings
+
+import torch
+from torchvision.models.detection.image_list import ImageList
+from torchvision.ops import box_convert
+
+import mobilevit
+from cvnets_fixtures import FIXTURES, load_layout
+from mobilevit.convert import convert_state_dict
+from mobilevit.testing import structured_images
+
+REFERENCE = FIXTURES / "reference"
+SCRIPT = FIXTURES.parents[2] / "scripts" / "cvnets_reference.py"
+ATOL = 1e-4
+MODELS = ["deeplabv3_mobilevit_xxs_cvnets_v0.1", "ssdlite_mobilevit_xxs_cvnets_v0.1"]
+
+
+def reference_script():
+    spec = importlib.util.spec_from_file_location("cvnets_reference", SCRIPT)
+    module = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(module)
+    return module
+
+
+def load_reference(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
+    meta = json.loads((REFERENCE / f"{name}.json").read_text())
+    tensors = torch.load(REFERENCE / f"{name}.pt", weights_only=True)
+    return meta, tensors
+
+
+def subsample(x: torch.Tensor, dims: tuple[int, ...], start: int, step: int) -> torch.Tensor:
+    index = [slice(None)] * x.dim()
+    for d in dims:
+        index[d] = slice(start, None, step)
+    return x[tuple(index)]
+
+
+def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
+    assert a.shape == b.shape, (a.shape, b.shape)
+    return (a - b).abs().max().item()
+
+
+@functools.cache
+def converted(name: str) -> tuple[dict, dict[str, torch.Tensor], torch.nn.Module]:
+    """The reference outputs and our model with the same random weights, converted from ml-cvnets' keys."""
+    meta, tensors = load_reference(name)
+    layout = load_layout(meta["layout"])
+    state = reference_script().reference_state(layout, seed=meta["state_seed"])
+    with warnings.catch_warnings():
+        warnings.simplefilter("ignore")
+        ours = convert_state_dict(state, "cvnets")  # default bgr for cvnets: the stem is flipped to RGB
+    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"])
+    model.load_state_dict(ours, strict=True)
+    return meta, tensors, model.eval()
+
+
+def test_reference_fixtures_are_small():
+    files = sorted(REFERENCE.iterdir())
+    assert [p.name for p in files] == sorted(f"{m}{ext}" for m in MODELS for ext in (".json", ".pt"))
+    assert all(p.stat().st_size < 600_000 for p in files)
+
+
+@torch.no_grad()
+def test_deeplabv3_equals_cvnets():
+    meta, ref, model = converted(MODELS[0])
+    start, step = meta["subsample"]
+    for size, spec in meta["inputs"].items():
+        assert spec["official_input"] == "x.flip(1)"
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        logits = model.forward_logits(x)
+        assert max_err(logits, ref[f"{size}.logits"]) < ATOL
+        # v0.1's head upsamples by the output stride (align_corners=False); our forward resizes to the
+        # input size, also without aligned corners: the same grid when the sides are multiples of 16.
+        assert model.align_corners is False
+        resized = model(x)
+        assert max_err(subsample(resized, (2, 3), start, step), ref[f"{size}.resized_sub"]) < ATOL
+        assert max_err(resized.sum(dim=(2, 3)), ref[f"{size}.resized_sum"]) < ATOL * resized[0, 0].numel()
+
+
+@torch.no_grad()
+def test_ssdlite_equals_cvnets():
+    meta, ref, model = converted(MODELS[1])
+    start, step = meta["subsample"]
+    for size, spec in meta["inputs"].items():
+        h, w = spec["height"], spec["width"]
+        assert spec["official_input"] == "x.flip(1)"
+        x = structured_images(2, h, w, seed=spec["seed"])
+        features = list(model.backbone(x).values())
+        head = model.head(features)
+        boxes, logits = head["bbox_regression"], head["cls_logits"]
+        assert max_err(boxes, ref[f"{size}.locations"]) < ATOL
+        assert max_err(subsample(logits, (1,), start, step), ref[f"{size}.confidences_sub"]) < ATOL
+        assert max_err(logits.sum(-1), ref[f"{size}.confidences_anchor_sum"]) < ATOL * logits.shape[-1]
+        assert max_err(logits.sum(1), ref[f"{size}.confidences_class_sum"]) < ATOL * logits.shape[1]
+
+        # torchvision's DefaultBoxGenerator gives (x1, y1, x2, y2) in pixels; ml-cvnets' anchors are
+        # (cx, cy, w, h) over the image side, clipped to [0, 1], in the same (map, y, x, anchor) order.
+        anchors = model.anchor_generator(ImageList(x, [(h, w)] * 2), features)
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        for per_image in anchors:
+            ctr = box_convert(per_image, "xyxy", "cxcywh") / scale
+            assert max_err(ctr, ref[f"{size}.anchors"]) < 1e-5
+
+
+@torch.no_grad()
+def test_references_tell_the_channel_order_apart():
+    """Fed RGB (no flip), the official v1 models give outputs more than ATOL away from ours: the
+    fixtures do check the BGR flip of the converter, not only the head's biases."""
+    meta, ref, model = converted(MODELS[0])
+    for size, spec in meta["inputs"].items():
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        assert max_err(model.forward_logits(x.flip(1)), ref[f"{size}.logits"]) > 5 * ATOL
+    meta, ref, model = converted(MODELS[1])
+    for size, spec in meta["inputs"].items():
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        boxes = model.head(list(model.backbone(x.flip(1)).values()))["bbox_regression"]
+        assert max_err(boxes, ref[f"{size}.locations"]) > 5 * ATOL
