@@ -13,7 +13,7 @@ Not here, and why: PSPNet, Mask R-CNN and video weights (no such heads in this p
 from __future__ import annotations
 
 from collections.abc import Mapping
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 from typing import Any
 
 from mobilevit.hub import HubFile, Remote, UrlFile
@@ -75,6 +75,11 @@ def _v2_width(name: str) -> str:
     return f"{int(name[-3:]) / 100:g}"
 
 
+def _cvnets(url: str, bgr: bool, model_args: Mapping[str, Any] | None = None) -> Copy:
+    """ml-cvnets' own file: v0.1's (MobileViT v1) were trained on BGR images, v0.2's and later on RGB."""
+    return Copy("cvnets", UrlFile(url), "cvnets", bgr, model_args or {})
+
+
 def _timm(model: str, tag: str, legacy_file: str, bgr: bool = False) -> tuple[Copy, Copy]:
     return (
         Copy("timm", HubFile(f"timm/{model}.{tag}"), "timm", bgr),
@@ -95,7 +100,7 @@ def _v1_classifiers() -> list[PublishedWeights]:
             (
                 *_timm(model, "cvnets_in1k", f"{model}-{digest}.pth"),
                 Copy("hf", HubFile(repo), "hf", bgr=True),
-                Copy("cvnets", UrlFile(f"{_CVNETS}/classification/{model}.pt"), "cvnets", bgr=True),
+                _cvnets(f"{_CVNETS}/classification/{model}.pt", bgr=True),
             ),
             f"ImageNet-1k top-1 {top1} (ml-cvnets; timm {timm_top1})",
         )
@@ -135,8 +140,7 @@ _V2_IN22K = (  # (size, 256 digest, 256 top-1s, 384 digest, 384 top-1s)
 
 
 def _v2_cvnets(folder: str, model: str) -> Copy:
-    url = f"{_CVNETS_V2}/classification/mobilevitv2/{folder}/mobilevitv2-{_v2_width(model)}.pt"
-    return Copy("cvnets", UrlFile(url), "cvnets", bgr=False)
+    return _cvnets(f"{_CVNETS_V2}/classification/mobilevitv2/{folder}/mobilevitv2-{_v2_width(model)}.pt", bgr=False)
 
 
 def _v2_classifiers() -> list[PublishedWeights]:
@@ -172,12 +176,29 @@ def _v2_classifiers() -> list[PublishedWeights]:
 
 
 _SEGMENTATION = {"num_classes": 21, "input_size": 512, "crop_pct": 1.0, "interpolation": "bilinear"}
-_ADE20K = {**_SEGMENTATION, "num_classes": 150}
-_ADE20K_HEAD = {"output_stride": 8, "aspp_rates": (12, 24, 36)}  # ml-cvnets' ADE20K DeepLabv3 config
-# Hugging Face's v2 DeepLabv3 port does not dilate the blocks' local conv (ml-cvnets does), and
-# ml-cvnets from v0.2 on resizes the logits with align_corners=True (v0.1 and Hugging Face do not).
-_HF_V2_SEGMENTATION = {"dilate_local_conv": False}
+_ADE20K = {**_SEGMENTATION, "num_classes": 150, "model_args": {"output_stride": 8, "aspp_rates": (12, 24, 36)}}
+_DETECTION = {"num_classes": 81, "input_size": 320, "crop_pct": 1.0, "interpolation": "bilinear"}
+# ml-cvnets from v0.2 on resizes segmentation logits with align_corners=True (v0.1 and Hugging Face
+# do not), and Hugging Face's v2 DeepLabv3 port does not dilate the blocks' local conv (ml-cvnets does).
 _CVNETS_V2_SEGMENTATION = {"align_corners": True}
+_HF_V2_SEGMENTATION = {"dilate_local_conv": False}
+
+
+def _v2_rows(
+    task: str, tag: str, metrics: Mapping[str, str], path: str, label: str, **fields: Any
+) -> list[PublishedWeights]:
+    """One row per v2 width that ml-cvnets publishes ``path`` (with ``{width}``) for."""
+    args = _CVNETS_V2_SEGMENTATION if task == "deeplabv3" else None
+    return [
+        PublishedWeights(
+            f"{task}_{backbone}",
+            tag,
+            (_cvnets(f"{_CVNETS_V2}/{path.format(width=_v2_width(backbone))}", bgr=False, model_args=args),),
+            f"{label} {metric} (ml-cvnets)",
+            **fields,
+        )
+        for backbone, metric in metrics.items()
+    ]
 
 
 def _segmenters() -> list[PublishedWeights]:
@@ -192,58 +213,49 @@ def _segmenters() -> list[PublishedWeights]:
             "cvnets_voc",
             (
                 Copy("hf", HubFile(repo), "hf", bgr=True),
-                Copy("cvnets", UrlFile(f"{_CVNETS}/segmentation/deeplabv3_{backbone}.pt"), "cvnets", bgr=True),
+                _cvnets(f"{_CVNETS}/segmentation/deeplabv3_{backbone}.pt", bgr=True),
             ),
             f"PASCAL VOC 2012 val mIoU {miou} (ml-cvnets)",
             **_SEGMENTATION,
         )
         for backbone, repo, miou in v1
     ]
+    retrain = _cvnets(f"{_CVNETS_V2}/segmentation/pascalvoc/deeplabv3-mobilevitv1.pt", False, _CVNETS_V2_SEGMENTATION)
     rows.append(
         PublishedWeights(
             "deeplabv3_mobilevit_s",
             "cvnets_v2_voc",
-            (
-                Copy(
-                    "cvnets",
-                    UrlFile(f"{_CVNETS_V2}/segmentation/pascalvoc/deeplabv3-mobilevitv1.pt"),
-                    "cvnets",
-                    bgr=False,
-                ),
-            ),
+            (retrain,),
             "PASCAL VOC 2012 val mIoU 79.44 (ml-cvnets v2 retrain)",
             **_SEGMENTATION,
             model_args={"output_stride": 8, "aspp_channels": 512, "aspp_rates": (12, 24, 36)},
         )
     )
-    voc_hf = {
-        "mobilevitv2_100": "apple/mobilevitv2-1.0-voc-deeplabv3",
-        "mobilevitv2_150": "apple/mobilevitv2-1.5-voc-deeplabv3",
-    }
-    voc_miou = {
+    voc = {
         "mobilevitv2_050": "75.07",
         "mobilevitv2_100": "78.94",
         "mobilevitv2_125": "79.68",
         "mobilevitv2_150": "80.30",
     }
-    for backbone, miou in voc_miou.items():
-        url = f"{_CVNETS_V2}/segmentation/pascalvoc/mobilevitv2/deeplabv3-mobilevitv2-{_v2_width(backbone)}.pt"
-        hf = (
-            (Copy("hf", HubFile(voc_hf[backbone]), "hf", bgr=False, model_args=_HF_V2_SEGMENTATION),)
-            if backbone in voc_hf
-            else ()
-        )
-        copies = (Copy("cvnets", UrlFile(url), "cvnets", bgr=False, model_args=_CVNETS_V2_SEGMENTATION), *hf)
-        rows.append(
-            PublishedWeights(
-                f"deeplabv3_{backbone}",
-                "cvnets_voc",
-                copies,
-                f"PASCAL VOC 2012 val mIoU {miou} (ml-cvnets)",
-                **_SEGMENTATION,
+    voc_rows = _v2_rows(
+        "deeplabv3",
+        "cvnets_voc",
+        voc,
+        "segmentation/pascalvoc/mobilevitv2/deeplabv3-mobilevitv2-{width}.pt",
+        "PASCAL VOC 2012 val mIoU",
+        **_SEGMENTATION,
+    )
+    hf = {
+        "deeplabv3_mobilevitv2_100": "apple/mobilevitv2-1.0-voc-deeplabv3",
+        "deeplabv3_mobilevitv2_150": "apple/mobilevitv2-1.5-voc-deeplabv3",
+    }
+    for row in voc_rows:  # Hugging Face also hosts two of them, ported without the local conv's dilation
+        if row.model in hf:
+            row = replace(
+                row, copies=(*row.copies, Copy("hf", HubFile(hf[row.model]), "hf", False, _HF_V2_SEGMENTATION))
             )
-        )
-    ade_miou = {
+        rows.append(row)
+    ade20k = {
         "mobilevitv2_050": "31.93",
         "mobilevitv2_075": "34.70",
         "mobilevitv2_100": "37.06",
@@ -252,22 +264,8 @@ def _segmenters() -> list[PublishedWeights]:
         "mobilevitv2_175": "39.53",
         "mobilevitv2_200": "40.94",
     }
-    for backbone, miou in ade_miou.items():
-        url = f"{_CVNETS_V2}/segmentation/ade20k/mobilevitv2/deeplabv3-mobilevitv2-{_v2_width(backbone)}.pt"
-        rows.append(
-            PublishedWeights(
-                f"deeplabv3_{backbone}",
-                "cvnets_ade20k",
-                (Copy("cvnets", UrlFile(url), "cvnets", bgr=False, model_args=_CVNETS_V2_SEGMENTATION),),
-                f"ADE20K val mIoU {miou} (ml-cvnets)",
-                **_ADE20K,
-                model_args=_ADE20K_HEAD,
-            )
-        )
-    return rows
-
-
-_DETECTION = {"num_classes": 81, "input_size": 320, "crop_pct": 1.0, "interpolation": "bilinear"}
+    path = "segmentation/ade20k/mobilevitv2/deeplabv3-mobilevitv2-{width}.pt"
+    return rows + _v2_rows("deeplabv3", "cvnets_ade20k", ade20k, path, "ADE20K val mIoU", **_ADE20K)
 
 
 def _detectors() -> list[PublishedWeights]:
@@ -276,7 +274,7 @@ def _detectors() -> list[PublishedWeights]:
         PublishedWeights(
             f"ssdlite_{backbone}",
             "cvnets_coco",
-            (Copy("cvnets", UrlFile(f"{_CVNETS}/detection/ssd_{backbone}_320.pt"), "cvnets", bgr=True),),
+            (_cvnets(f"{_CVNETS}/detection/ssd_{backbone}_320.pt", bgr=True),),
             f"COCO val2017 mAP {ap} (ml-cvnets)",
             **_DETECTION,
         )
@@ -291,18 +289,8 @@ def _detectors() -> list[PublishedWeights]:
         "mobilevitv2_175": "29.52",
         "mobilevitv2_200": "30.21",
     }
-    for backbone, ap in v2.items():
-        url = f"{_CVNETS_V2}/detection/mobilevitv2/coco-ssd-mobilevitv2-{_v2_width(backbone)}.pt"
-        rows.append(
-            PublishedWeights(
-                f"ssdlite_{backbone}",
-                "cvnets_coco",
-                (Copy("cvnets", UrlFile(url), "cvnets", bgr=False),),
-                f"COCO val2017 mAP {ap} (ml-cvnets)",
-                **_DETECTION,
-            )
-        )
-    return rows
+    path = "detection/mobilevitv2/coco-ssd-mobilevitv2-{width}.pt"
+    return rows + _v2_rows("ssdlite", "cvnets_coco", v2, path, "COCO val2017 mAP", **_DETECTION)
 
 
 PUBLISHED_WEIGHTS: dict[str, PublishedWeights] = {
