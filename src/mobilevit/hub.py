@@ -148,8 +148,9 @@ def _fetch_url(remote: UrlFile, progress: bool) -> Path:
     return target
 
 
-def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
-    """The first of ``remote.filenames`` in the repo, through huggingface_hub's cache."""
+def _fetch_hub(remote: HubFile, weights: bool = True) -> Path:
+    """The first of ``remote.filenames`` in the repo, through huggingface_hub's cache (and its own
+    progress bar, which ``HF_HUB_DISABLE_PROGRESS_BARS`` turns off)."""
     from huggingface_hub import constants, hf_hub_download
     from huggingface_hub.errors import (
         EntryNotFoundError,
@@ -159,11 +160,10 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
         RevisionNotFoundError,
     )
 
-    tqdm_class = None if progress else _silent_tqdm()
     not_cached = None
     for filename in remote.filenames:
         try:
-            path = Path(hf_hub_download(remote.repo_id, filename, revision=remote.revision, tqdm_class=tqdm_class))
+            path = Path(hf_hub_download(remote.repo_id, filename, revision=remote.revision))
         except LocalEntryNotFoundError as err:  # a subclass of EntryNotFoundError: first. A later file may be cached
             not_cached = not_cached or err
             continue
@@ -190,20 +190,11 @@ def _fetch_hub(remote: HubFile, progress: bool, weights: bool = True) -> Path:
     raise DownloadError(f"{remote.repo_id} has none of {', '.join(remote.filenames)}.")
 
 
-def _silent_tqdm() -> type:
-    from tqdm.auto import tqdm
-
-    class Silent(tqdm):
-        def __init__(self, *args, **kwargs) -> None:
-            super().__init__(*args, **{**kwargs, "disable": True})
-
-    return Silent
-
-
 def fetch(remote: Remote, progress: bool = True) -> Path:
-    """The local path of ``remote``'s weights, downloaded and checked if they are not cached."""
+    """The local path of ``remote``'s weights, downloaded and checked if they are not cached
+    (``progress``: the plain-URL download's bar; the Hub's follows huggingface_hub's setting)."""
     if isinstance(remote, HubFile):
-        return _fetch_hub(remote, progress)
+        return _fetch_hub(remote)
     return _fetch_url(remote, progress)
 
 
@@ -219,10 +210,10 @@ def fetch_first(remotes: tuple[Remote, ...], progress: bool = True) -> tuple[Rem
     raise DownloadError("no copy of the weights could be fetched:\n" + "\n".join(failures))
 
 
-def fetch_repo(repo_id: str, progress: bool = True) -> Path:
+def fetch_repo(repo_id: str) -> Path:
     """A local folder (huggingface_hub's snapshot) with the repo's ``config.json`` and weights."""
-    weights = _fetch_hub(HubFile(repo_id), progress)
-    config = _fetch_hub(HubFile(repo_id, (CONFIG_FILE,)), progress, weights=False)
+    weights = _fetch_hub(HubFile(repo_id))
+    config = _fetch_hub(HubFile(repo_id, (CONFIG_FILE,)), weights=False)
     if config.parent != weights.parent:
         raise DownloadError(f"{repo_id}'s config and weights came from different revisions; download again.")
     return config.parent
