@@ -6,7 +6,8 @@ as fallbacks). Each copy says its file layout and whether its stem was trained o
 then flipped, so that every loaded model takes RGB). Ids, URLs and metrics are exactly as their
 sources publish them (``../shared/reference/published-weights.md`` lists where each was found).
 
-Not here, and why: PSPNet, Mask R-CNN and video weights (no such heads in this package); MobileViTv3's
+Not here, and why: PSPNet, Mask R-CNN and video weights (no such heads in this package); RangeAugment's
+distilled classifier and ADE20K segmenter (input size and head settings unconfirmed); MobileViTv3's
 (its authors publish GitHub release assets whose file names could not be confirmed).
 """
 
@@ -93,7 +94,7 @@ def _v1_classifiers() -> list[PublishedWeights]:
         ("mobilevit_xs", "8fbd6366", "apple/mobilevit-x-small", "74.7", "74.618"),
         ("mobilevit_s", "38a5a959", "apple/mobilevit-small", "78.3", "78.298"),
     )
-    return [
+    published = [
         PublishedWeights(
             model,
             "cvnets_in1k",
@@ -106,6 +107,10 @@ def _v1_classifiers() -> list[PublishedWeights]:
         )
         for model, digest, repo, top1, timm_top1 in rows
     ]
+    # RangeAugment (Mehta et al., 2022): retrained with ml-cvnets v0.2+, so on RGB images.
+    range_augment = _cvnets(f"{_CVNETS_V2}/examples/range_augment/classification/mobilevit_small.pt", bgr=False)
+    metric = "ImageNet-1k top-1 78.2 (ml-cvnets, EMA; corenet's log 78.194)"
+    return [*published, PublishedWeights("mobilevit_s", "cvnets_rangeaugment_in1k", (range_augment,), metric)]
 
 
 # v2 ImageNet weights: (size, tag, timm legacy digest, ml-cvnets top-1, timm top-1). ml-cvnets
