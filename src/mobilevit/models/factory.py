@@ -1,4 +1,5 @@
-"""Model registry and weight loading: ``create_model``, ``list_models``, ``from_pretrained``."""
+"""Building registered models and loading weights into them: ``create_model``, ``load_pretrained``,
+``from_pretrained`` (what the names mean lives in ``registry.py`` and ``pretrained.py``)."""
 
 from __future__ import annotations
 
@@ -122,7 +123,7 @@ def create_model(
     if tag is not None:
         model.pretrained_cfg.update(weights.pretrained_cfg())
     if pretrained not in (None, False):
-        load_pretrained(model, pretrained, source=source)
+        load_pretrained(model, pretrained, source=source, host=host, progress=progress)
     return model
 
 
