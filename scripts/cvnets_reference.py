@@ -28,12 +28,29 @@ ml-cvnets' MobileViT v1 weights take BGR images, so the official model is fed ``
 ``x`` is the RGB image of ``mobilevit.testing.structured_images``: our converter flips the stem for
 the cvnets source by default, so ours(x) must equal official(x.flip(1)).
 
-MobileViTv2 (ml-cvnets main: deeplabv3_mobilevitv2_050, ssdlite_mobilevitv2_050) is not covered
-yet: building those needs main's ConvLayer2d, MobileViTBlockv2/LinearAttnFFN/LinearSelfAttention,
-its DeepLabV3 (aux head, align_corners=True resize) and ssd_heads.py, not fetched so far.
+MobileViTv2 (``--cvnets-main DIR``: ml-cvnets main, 0c0f79822f0a, the newest stored commit of every file
+used; a subset like the v0.1 one, with main's ConvLayer2d, LinearSelfAttention, LinearAttnFFN,
+MobileViTBlockv2, InvertedResidual, ASPP, BaseSegHead/DeeplabV3, SegEncoderDecoder, SSD, SSDHead and
+SSDAnchorGenerator verbatim; registry, weight init, logger, matcher stubbed):
 
-Usage: ``python scripts/cvnets_reference.py --cvnets-v01 DIR [--out DIR]``
-(default out: tests/fixtures/cvnets/reference).
+- DeepLabv3: config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml with width multiplier 0.5
+  (the YAML's is 1.0; the published 0.5 segmenter was trained with this config at 0.5): output stride
+  16, ASPP 512 channels at rates 6/12/18, swish in the encoder, ReLU in the head, 21 classes, the
+  auxiliary head (use_aux_head; only run in training, and dropped by our converter);
+- SSD: config/detection/ssd_coco/mobilevit_v2.yaml with width multiplier 0.5 (the YAML's is 2.0), 81
+  classes (COCO + background, set by ml-cvnets' dataset), ReLU in the SSD layers.
+
+ml-cvnets main trains on RGB (PIL) images, so the official v2 models are fed ``x`` itself, and the
+test converts with ``bgr=False``. BaseSegHead's final resize is ``UpSample(scale_factor=16,
+mode="bilinear", align_corners=True)``; given ``orig_size`` (as ml-cvnets' segmentation evaluation
+passes the image size) it resizes to that size instead. The reference stores
+``model(x, orig_size=(H, W))``, and checks that the plain ``model(x)`` equals it where H and W are
+multiples of 16. The third segmentation input (136x168) has odd feature maps at strides 8 and 16,
+so MobileViTBlockv2 resizes its input (align_corners=True) to even sides, and the logits are 10x12,
+not (136/16)x(168/16).
+
+Usage: ``python scripts/cvnets_reference.py [--cvnets-v01 DIR] [--cvnets-main DIR] [--out DIR]``
+(at least one checkout; default out: tests/fixtures/cvnets/reference).
 """
 
 from __future__ import annotations
@@ -54,6 +71,7 @@ from mobilevit.testing import structured_images  # noqa: E402
 STATE_SEED = 2024  # reference_state(layout, seed=STATE_SEED)
 SEG_INPUTS = {"256x256": (256, 256, 11), "192x224": (192, 224, 12)}  # name: (H, W, image seed)
 DET_INPUTS = {"320x320": (320, 320, 13)}
+SEG_INPUTS_MAIN = {**SEG_INPUTS, "136x168": (136, 168, 14)}  # the last: odd maps at strides 8 and 16
 SUBSAMPLE = (3, 8)  # resized logits / class logits: every 8th pixel (anchor) from the 3rd
 
 COMMON_V01 = {
@@ -103,6 +121,78 @@ DET_V01 = {
 }
 
 
+# ml-cvnets main: the argparse defaults that its code reads with getattr(opts, name) (no default there)
+DEFAULTS_MAIN = {
+    "model.normalization.groups": 1,
+    "model.activation.neg_slope": 0.1,
+    "model.classification.n_classes": 1000,
+    "model.classification.freeze_batch_norm": False,
+    "model.classification.enable_layer_wise_lr_decay": False,
+    "model.classification.layer_wise_lr_decay_rate": 1.0,
+    "model.classification.activation.inplace": False,
+    "model.classification.mitv2.attn_dropout": 0.0,
+    "model.classification.mitv2.ffn_dropout": 0.0,
+    "model.classification.mitv2.dropout": 0.0,
+}
+COMMON_MAIN = {
+    **DEFAULTS_MAIN,
+    "model.classification.name": "mobilevit_v2",
+    "model.classification.mitv2.width_multiplier": 0.5,
+    "model.classification.mitv2.attn_norm_layer": "layer_norm_2d",
+    "model.classification.activation.name": "swish",
+    "model.normalization.name": "sync_batch_norm",
+    "model.normalization.momentum": 0.1,
+    "model.activation.inplace": False,
+    "model.layer.global_pool": "mean",
+    "model.layer.linear_init": "normal",
+}
+SEG_MAIN = {
+    **COMMON_MAIN,
+    "model.activation.name": "swish",
+    "model.layer.conv_init": "kaiming_uniform",
+    "model.segmentation.name": "encoder_decoder",
+    "model.segmentation.n_classes": 21,
+    "model.segmentation.lr_multiplier": 1,
+    "model.segmentation.seg_head": "deeplabv3",
+    "model.segmentation.output_stride": 16,
+    "model.segmentation.use_aux_head": True,
+    "model.segmentation.aux_dropout": 0.1,
+    "model.segmentation.classifier_dropout": 0.1,
+    "model.segmentation.activation.name": "relu",
+    "model.segmentation.activation.inplace": False,
+    "model.segmentation.activation.neg_slope": 0.1,
+    "model.segmentation.use_level5_exp": False,
+    "model.segmentation.norm_layer": "batch_norm",
+    "model.segmentation.freeze_batch_norm": False,
+    "model.segmentation.deeplabv3.aspp_dropout": 0.1,
+    "model.segmentation.deeplabv3.aspp_sep_conv": False,
+    "model.segmentation.deeplabv3.aspp_out_channels": 512,
+    "model.segmentation.deeplabv3.aspp_rates": [6, 12, 18],
+}
+DET_MAIN = {
+    **COMMON_MAIN,
+    "model.activation.name": "relu",
+    "model.layer.conv_init": "kaiming_normal",
+    "model.detection.name": "ssd",
+    "model.detection.n_classes": 81,  # set by ml-cvnets' COCO dataset (80 + background)
+    "model.detection.output_stride": None,
+    "model.detection.freeze_batch_norm": False,
+    "model.detection.ssd.proj_channels": [512, 256, 256, 128, 128, 64],
+    "model.detection.ssd.nms_iou_threshold": 0.5,
+    "anchor_generator.name": "ssd",
+    "anchor_generator.ssd.output_strides": [16, 32, 64, 128, 256, -1],
+    "anchor_generator.ssd.aspect_ratios": [[2, 3], [2, 3], [2, 3], [2, 3], [2, 3], [2]],
+    "anchor_generator.ssd.min_scale_ratio": 0.1,
+    "anchor_generator.ssd.max_scale_ratio": 1.05,
+    "anchor_generator.ssd.no_clipping": False,
+    "anchor_generator.ssd.step": [1],
+    "matcher.name": "ssd",
+    "matcher.ssd.center_variance": 0.1,
+    "matcher.ssd.size_variance": 0.2,
+    "matcher.ssd.iou_threshold": 0.5,
+}
+
+
 def reference_state(layout: dict, seed: int = STATE_SEED) -> dict[str, torch.Tensor]:
     """A random state dict of the layout's keys and shapes, like ``cvnets_fixtures.random_state`` but
     scaled so the signal survives the depth: conv/linear weights N(0, 1/fan_in), norm weights
@@ -129,9 +219,9 @@ def reference_state(layout: dict, seed: int = STATE_SEED) -> dict[str, torch.Ten
 
 
 def import_cvnets(checkout: Path) -> None:
-    """Make ``checkout`` the ``cvnets`` (and ``utils``) package of this process."""
+    """Make ``checkout`` the ``cvnets`` (and ``utils``, ``common``, ``options``) package of this process."""
     for name in list(sys.modules):
-        if name.split(".")[0] in ("cvnets", "utils"):
+        if name.split(".")[0] in ("cvnets", "utils", "common", "options"):
             del sys.modules[name]
     sys.path.insert(0, str(checkout.resolve()))
 
@@ -218,6 +308,85 @@ def ssd_v01(out: Path) -> None:
     save(out, "ssdlite_mobilevit_xxs_cvnets_v0.1", tensors, meta)
 
 
+@torch.no_grad()
+def deeplabv3_main(out: Path) -> None:
+    import copy
+
+    from cvnets.models import get_model
+
+    model = get_model(namespace(SEG_MAIN), category="segmentation").eval()
+    assert model.seg_head.aux_head is not None  # built (and in the state dict), run only in training
+    meta = fill_random(model, "deeplabv3_mobilevitv2_050_cvnets_main")
+    captured = {}
+    model.seg_head.classifier.register_forward_hook(lambda m, i, o: captured.update(logits=o))
+    tensors = {}
+    for name, (h, w, seed) in SEG_INPUTS_MAIN.items():
+        x = structured_images(2, h, w, seed=seed)
+        # a copy: orig_size replaces the UpSample's scale_factor by a size for good
+        resized = copy.deepcopy(model)(x, orig_size=(h, w))  # RGB, as ml-cvnets main's weights take
+        logits = captured["logits"].clone()
+        plain = copy.deepcopy(model)(x)  # UpSample(scale_factor=16, align_corners=True)
+        assert torch.equal(captured["logits"], logits)
+        if h % 16 == 0 and w % 16 == 0:
+            assert plain.shape == resized.shape and (plain - resized).abs().max() < 1e-5
+        tensors[f"{name}.logits"] = logits
+        tensors[f"{name}.resized_sub"] = subsample(resized, (2, 3))
+        tensors[f"{name}.resized_sum"] = resized.sum(dim=(2, 3))
+        meta.setdefault("inputs", {})[name] = {
+            "height": h,
+            "width": w,
+            "seed": seed,
+            "official_input": "x",
+            "official_call": "model(x, orig_size=(height, width))",
+            "logits_shape": list(logits.shape),
+            "plain_call_shape": list(plain.shape),  # model(x): 16 x the logits' sides
+        }
+    meta.update(
+        model="deeplabv3_mobilevitv2_050",
+        cvnets="ml-cvnets main (0c0f79822f0a)",
+        config="config/segmentation/pascal_voc/deeplabv3_mobilevitv2.yaml, mitv2.width_multiplier 0.5",
+        options={k: v for k, v in SEG_MAIN.items()},
+        resize=(
+            "BaseSegHead.upsample_seg_out = UpSample(scale_factor=16, mode='bilinear', align_corners=True); "
+            "with orig_size its size is set to orig_size (ml-cvnets' evaluation passes the image size, after "
+            "resizing the input down to multiples of 16 with align_corners=True)"
+        ),
+        aux_head="seg_head.aux_head: ConvLayer2d(192, 128, 3) + BN + ReLU, Dropout2d, ConvLayer2d(128, 21, 1); "
+        "applied to out_l4 only when training",
+        subsample=list(SUBSAMPLE),
+    )
+    save(out, "deeplabv3_mobilevitv2_050_cvnets_main", tensors, meta)
+
+
+@torch.no_grad()
+def ssd_main(out: Path) -> None:
+    from cvnets.models import get_model
+
+    model = get_model(namespace(DET_MAIN), category="detection").eval()
+    meta = fill_random(model, "ssdlite_mobilevitv2_050_cvnets_main")
+    tensors = {}
+    for name, (h, w, seed) in DET_INPUTS.items():
+        x = structured_images(2, h, w, seed=seed)
+        # forward() decodes boxes with the matcher and runs NMS: the raw outputs come from these two
+        end_points = model.get_backbone_features(x)  # RGB, as ml-cvnets main's weights take
+        confidences, locations, anchors = model.ssd_forward(end_points=end_points)
+        tensors[f"{name}.locations"] = locations
+        tensors[f"{name}.confidences_sub"] = subsample(confidences, (1,))
+        tensors[f"{name}.confidences_anchor_sum"] = confidences.sum(-1)
+        tensors[f"{name}.confidences_class_sum"] = confidences.sum(1)
+        tensors[f"{name}.anchors"] = anchors[0]  # [N, 4] (cx, cy, w, h) / image side, clipped to [0, 1]
+        meta.setdefault("inputs", {})[name] = {"height": h, "width": w, "seed": seed, "official_input": "x"}
+    meta.update(
+        model="ssdlite_mobilevitv2_050",
+        cvnets="ml-cvnets main (0c0f79822f0a)",
+        config="config/detection/ssd_coco/mobilevit_v2.yaml, mitv2.width_multiplier 0.5",
+        options={k: v for k, v in DET_MAIN.items()},
+        anchors_per_location=model.anchor_box_generator.num_anchors_per_os(),
+        subsample=list(SUBSAMPLE),
+    )
+    save(out, "ssdlite_mobilevitv2_050_cvnets_main", tensors, meta)
+
+
 def save(out: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
     out.mkdir(parents=True, exist_ok=True)
     torch.save({k: v.detach().float().contiguous() for k, v in tensors.items()}, out / f"{name}.pt")
@@ -228,13 +397,21 @@ def save(out: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> 
 
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--cvnets-v01", type=Path, required=True, help="ml-cvnets checkout at tag cvnets-v0.1")
+    parser.add_argument("--cvnets-v01", type=Path, help="ml-cvnets checkout at tag cvnets-v0.1")
+    parser.add_argument("--cvnets-main", type=Path, help="ml-cvnets checkout at main (0c0f79822f0a)")
     parser.add_argument("--out", type=Path, default=ROOT / "tests" / "fixtures" / "cvnets" / "reference")
     args = parser.parse_args(argv)
+    if args.cvnets_v01 is None and args.cvnets_main is None:
+        parser.error("give --cvnets-v01 and/or --cvnets-main")
     torch.set_num_threads(max(1, torch.get_num_threads()))
-    import_cvnets(args.cvnets_v01)
-    deeplabv3_v01(args.out)
-    ssd_v01(args.out)
+    if args.cvnets_v01 is not None:
+        import_cvnets(args.cvnets_v01)
+        deeplabv3_v01(args.out)
+        ssd_v01(args.out)
+    if args.cvnets_main is not None:
+        import_cvnets(args.cvnets_main)
+        deeplabv3_main(args.out)
+        ssd_main(args.out)
 
 
 if __name__ == "__main__":

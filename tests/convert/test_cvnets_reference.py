@@ -1,4 +1,5 @@
-"""Our converted models equal Apple ml-cvnets' own DeepLabv3 and SSDLite (MobileViT v1, cvnets-v0.1).
+"""Our converted models equal Apple ml-cvnets' own DeepLabv3 and SSDLite: MobileViT v1 (cvnets-v0.1)
+and MobileViTv2-0.5 (ml-cvnets main).
 
 The fixtures in tests/fixtures/cvnets/reference are outputs of the official models (built with
 ml-cvnets' classes by scripts/cvnets_reference.py, random weights ``reference_state(layout, seed)``
@@ -7,6 +8,12 @@ of that script, eval mode). Here the same random state is regenerated from the l
 
 The official v1 model was fed BGR images ``x.flip(1)``: ml-cvnets' v1 weights were trained on BGR,
 and the converter flips the stem for the cvnets source by default, so ours(x) == official(x.flip(1)).
+
+ml-cvnets main trains on RGB (PIL images), so the official v2 models were fed ``x`` and the state is
+converted with ``bgr=False``: ours(x) == official(x). The v2 segmenter's auxiliary head is dropped by
+the converter with a warning; its final resize has aligned corners (``UpSample(..., align_corners=True)``,
+called with ``orig_size`` = the input size, as ml-cvnets' evaluation does), which our DeepLabv3 takes as
+the ``align_corners=True`` option.
 """
 
 from __future__ import annotations
@@ -16,6 +23,7 @@ import importlib.util
 import json
 import warnings
 
+import pytest
 import torch
 from torchvision.models.detection.image_list import ImageList
 from torchvision.ops import box_convert
@@ -29,6 +37,7 @@ REFERENCE = FIXTURES / "reference"
 SCRIPT = FIXTURES.parents[2] / "scripts" / "cvnets_reference.py"
 ATOL = 1e-4
 MODELS = ["deeplabv3_mobilevit_xxs_cvnets_v0.1", "ssdlite_mobilevit_xxs_cvnets_v0.1"]
+MODELS_MAIN = ["deeplabv3_mobilevitv2_050_cvnets_main", "ssdlite_mobilevitv2_050_cvnets_main"]
 
 
 def reference_script():
@@ -56,23 +65,31 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
     return (a - b).abs().max().item()
 
 
-@functools.cache
-def converted(name: str) -> tuple[dict, dict[str, torch.Tensor], torch.nn.Module]:
-    """The reference outputs and our model with the same random weights, converted from ml-cvnets' keys."""
+def reference_state(name: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
+    """The reference outputs and the random ml-cvnets state dict the official model had."""
     meta, tensors = load_reference(name)
     layout = load_layout(meta["layout"])
-    state = reference_script().reference_state(layout, seed=meta["state_seed"])
+    return meta, tensors, reference_script().reference_state(layout, seed=meta["state_seed"])
+
+
+@functools.cache
+def converted(name: str, **model_kwargs) -> tuple[dict, dict[str, torch.Tensor], torch.nn.Module]:
+    """The reference outputs and our model with the same random weights, converted from ml-cvnets' keys
+    (v0.1: the default BGR flip of the stem; main: ``bgr=False``, its weights take RGB)."""
+    meta, tensors, state = reference_state(name)
+    bgr = None if name.endswith("_v0.1") else False
     with warnings.catch_warnings():
-        warnings.simplefilter("ignore")
-        ours = convert_state_dict(state, "cvnets")  # default bgr for cvnets: the stem is flipped to RGB
-    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"])
+        warnings.simplefilter("ignore")  # the aux head's warning: test_converter_drops_the_aux_head
+        ours = convert_state_dict(state, "cvnets", bgr=bgr)
+    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"], **model_kwargs)
     model.load_state_dict(ours, strict=True)
     return meta, tensors, model.eval()
 
 
 def test_reference_fixtures_are_small():
     files = sorted(REFERENCE.iterdir())
-    assert [p.name for p in files] == sorted(f"{m}{ext}" for m in MODELS for ext in (".json", ".pt"))
+    names = sorted(f"{m}{ext}" for m in MODELS + MODELS_MAIN for ext in (".json", ".pt"))
+    assert [p.name for p in files] == names
     assert all(p.stat().st_size < 600_000 for p in files)
 
 
@@ -127,6 +144,80 @@ def test_references_tell_the_channel_order_apart():
         x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
         assert max_err(model.forward_logits(x.flip(1)), ref[f"{size}.logits"]) > 5 * ATOL
     meta, ref, model = converted(MODELS[1])
+    for size, spec in meta["inputs"].items():
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        boxes = model.head(list(model.backbone(x.flip(1)).values()))["bbox_regression"]
+        assert max_err(boxes, ref[f"{size}.locations"]) > 5 * ATOL
+
+
+def test_converter_drops_the_aux_head():
+    """ml-cvnets main's v2 segmenter has an auxiliary head (use_aux_head): the converter drops its 8
+    tensors with a warning, and everything else loads strictly."""
+    meta, _, state = reference_state(MODELS_MAIN[0])
+    aux = [k for k in state if k.startswith("seg_head.aux_head.")]
+    assert len(aux) == 8
+    with pytest.warns(UserWarning, match="auxiliary segmentation head"):
+        ours = convert_state_dict(state, "cvnets", bgr=False)
+    assert not any("aux" in k for k in ours)
+    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"], align_corners=True)
+    model.load_state_dict(ours, strict=True)
+
+
+@torch.no_grad()
+def test_deeplabv3_v2_equals_cvnets_main():
+    meta, ref, model = converted(MODELS_MAIN[0], align_corners=True)
+    start, step = meta["subsample"]
+    assert model.align_corners is True
+    for size, spec in meta["inputs"].items():
+        assert spec["official_input"] == "x"
+        assert spec["official_call"] == "model(x, orig_size=(height, width))"
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        logits = model.forward_logits(x)
+        assert list(logits.shape) == spec["logits_shape"]
+        assert max_err(logits, ref[f"{size}.logits"]) < ATOL
+        # ml-cvnets resizes the logits to orig_size with aligned corners; so does our forward.
+        resized = model(x)
+        assert resized.shape[-2:] == (spec["height"], spec["width"])
+        assert max_err(subsample(resized, (2, 3), start, step), ref[f"{size}.resized_sub"]) < ATOL
+        assert max_err(resized.sum(dim=(2, 3)), ref[f"{size}.resized_sum"]) < ATOL * resized[0, 0].numel()
+
+
+@torch.no_grad()
+def test_ssdlite_v2_equals_cvnets_main():
+    meta, ref, model = converted(MODELS_MAIN[1])
+    start, step = meta["subsample"]
+    for size, spec in meta["inputs"].items():
+        h, w = spec["height"], spec["width"]
+        assert spec["official_input"] == "x"
+        x = structured_images(2, h, w, seed=spec["seed"])
+        features = list(model.backbone(x).values())
+        head = model.head(features)
+        boxes, logits = head["bbox_regression"], head["cls_logits"]
+        assert max_err(boxes, ref[f"{size}.locations"]) < ATOL
+        assert max_err(subsample(logits, (1,), start, step), ref[f"{size}.confidences_sub"]) < ATOL
+        assert max_err(logits.sum(-1), ref[f"{size}.confidences_anchor_sum"]) < ATOL * logits.shape[-1]
+        assert max_err(logits.sum(1), ref[f"{size}.confidences_class_sum"]) < ATOL * logits.shape[1]
+
+        anchors = model.anchor_generator(ImageList(x, [(h, w)] * 2), features)
+        scale = torch.tensor([w, h, w, h], dtype=torch.float32)
+        for per_image in anchors:
+            ctr = box_convert(per_image, "xyxy", "cxcywh") / scale
+            assert max_err(ctr, ref[f"{size}.anchors"]) < 1e-5
+
+
+@torch.no_grad()
+def test_v2_references_tell_the_options_apart():
+    """The v2 fixtures check the channel order (fed BGR, ours is more than ATOL away) and the aligned
+    corners of the final resize (with align_corners=False, more than ATOL away)."""
+    meta, ref, model = converted(MODELS_MAIN[0], align_corners=True)
+    _, _, unaligned = converted(MODELS_MAIN[0], align_corners=False)
+    start, step = meta["subsample"]
+    for size, spec in meta["inputs"].items():
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        assert max_err(model.forward_logits(x.flip(1)), ref[f"{size}.logits"]) > 5 * ATOL
+        resized = subsample(unaligned(x), (2, 3), start, step)
+        assert max_err(resized, ref[f"{size}.resized_sub"]) > 5 * ATOL
+    meta, ref, model = converted(MODELS_MAIN[1])
     for size, spec in meta["inputs"].items():
         x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
         boxes = model.head(list(model.backbone(x.flip(1)).values()))["bbox_regression"]
