@@ -3,7 +3,7 @@
 - Hugging Face Hub repos go through ``huggingface_hub.hf_hub_download``: its cache, ``HF_HOME``,
   ``HF_HUB_OFFLINE``, ``HF_ENDPOINT`` and tokens work as they do for timm and transformers.
 - Plain URLs go through ``torch.hub.download_url_to_file`` with a SHA-256 check into torch's hub
-  cache (``$TORCH_HOME/hub/checkpoints``, where timm and torchvision keep theirs). Setting
+  cache, as ``$TORCH_HOME/hub/checkpoints/<host>/<path>`` (timm and torchvision use that cache too). Setting
   ``MOBILEVIT_URL_MIRROR=https://mirror/prefix`` fetches ``https://host/path`` from
   ``https://mirror/prefix/host/path`` instead (for air-gapped networks and for tests).
 
@@ -102,7 +102,10 @@ def _check_readable(path: Path, address: str) -> None:
 
 
 def _url_target(remote: UrlFile) -> Path:
-    return url_cache_dir() / Path(urllib.parse.urlsplit(remote.url).path).name
+    """``<cache>/<host>/<path>``: ml-cvnets reuses file names across folders (``mobilevitv2-1.5.pt``
+    is an ImageNet-1k, a 384 and an ImageNet-22k checkpoint), so the name alone would collide."""
+    parts = urllib.parse.urlsplit(remote.url)
+    return url_cache_dir().joinpath(parts.netloc, *parts.path.strip("/").split("/"))
 
 
 def _fetch_url(remote: UrlFile, progress: bool) -> Path:

@@ -40,6 +40,10 @@ def pt_bytes(state: dict[str, torch.Tensor]) -> bytes:
     return buffer.getvalue()
 
 
+def cached_files() -> list[Path]:
+    return [p for p in (Path(torch.hub.get_dir()) / "checkpoints").rglob("*") if p.is_file()]
+
+
 def url_of(name: str, host: str) -> str:
     return next(c.remote.url for c in PUBLISHED_WEIGHTS[name].copies if c.host == host)
 
@@ -234,7 +238,7 @@ def test_wrong_hash_is_refused_and_nothing_is_cached(hosts, timm_xxs):
     hosts.add_url_file(url, safetensors_bytes(timm_xxs.state_dict()))
     with pytest.raises(DownloadError, match="does not have the published SHA-256: expected ad385b40"):
         mobilevit.create_model("mobilevit_xxs", pretrained=True, host="timm-url")
-    assert not list((Path(torch.hub.get_dir()) / "checkpoints").glob("*"))
+    assert not cached_files()
 
 
 def test_truncated_and_missing_files_give_their_errors(hosts, timm_xxs):
@@ -244,7 +248,7 @@ def test_truncated_and_missing_files_give_their_errors(hosts, timm_xxs):
     hosts.truncate(key, at=path.stat().st_size // 2, mode="short")
     with pytest.raises(DownloadError, match="not readable weights"):
         mobilevit.create_model("mobilevit_xxs", pretrained=True, host="cvnets")
-    assert not list((Path(torch.hub.get_dir()) / "checkpoints").glob("*"))
+    assert not cached_files()
     with pytest.raises(DownloadError, match="HTTP 404"):
         mobilevit.create_model("mobilevit_xs", pretrained=True, host="cvnets")
     with pytest.raises(DownloadError, match="no repo 'timm/mobilevit_xs.cvnets_in1k'"):
