@@ -14,6 +14,14 @@ converted with ``bgr=False``: ours(x) == official(x). The v2 segmenter's auxilia
 the converter with a warning; its final resize has aligned corners (``UpSample(..., align_corners=True)``,
 called with ``orig_size`` = the input size, as ml-cvnets' evaluation does), which our DeepLabv3 takes as
 the ``align_corners=True`` option.
+
+Output stride 8 (ml-cvnets main): the ADE20K DeepLabv3 on MobileViTv2-0.5 (150 classes, ASPP rates
+12/24/36) and ml-cvnets v2's retrain of DeepLabv3 on MobileViT v1 (XXS here; ASPP 512 at 12/24/36),
+both with the aux head and aligned corners. Their layouts are in the reference JSONs (``state_dict``),
+not in tests/fixtures/cvnets, and the model's options in ``model_kwargs``. ml-cvnets main's LayerNorm
+normalizes MobileViT v1's [B*P, N, C] patches over N where N == C (a channel-first branch); ours does
+not, so at such a size (128x160 for XXS at output stride 8) we equal ml-cvnets with nn.LayerNorm's
+forward in its LayerNorms instead (``logits_plain_layer_norm``).
 """
 
 from __future__ import annotations
@@ -38,6 +46,7 @@ SCRIPT = FIXTURES.parents[2] / "scripts" / "cvnets_reference.py"
 ATOL = 1e-4
 MODELS = ["deeplabv3_mobilevit_xxs_cvnets_v0.1", "ssdlite_mobilevit_xxs_cvnets_v0.1"]
 MODELS_MAIN = ["deeplabv3_mobilevitv2_050_cvnets_main", "ssdlite_mobilevitv2_050_cvnets_main"]
+MODELS_OS8 = ["deeplabv3_mobilevitv2_050_ade20k_cvnets_main", "deeplabv3_mobilevit_xxs_cvnets_main"]
 
 
 def reference_script():
@@ -68,8 +77,9 @@ def max_err(a: torch.Tensor, b: torch.Tensor) -> float:
 def reference_state(name: str) -> tuple[dict, dict[str, torch.Tensor], dict[str, torch.Tensor]]:
     """The reference outputs and the random ml-cvnets state dict the official model had."""
     meta, tensors = load_reference(name)
-    layout = load_layout(meta["layout"])
-    return meta, tensors, reference_script().reference_state(layout, seed=meta["state_seed"])
+    layout = meta if meta["layout"] is None else load_layout(meta["layout"])  # None: embedded in the JSON
+    gain = meta.get("state_bn_gain", 1.0)
+    return meta, tensors, reference_script().reference_state(layout, seed=meta["state_seed"], bn_gain=gain)
 
 
 @functools.cache
@@ -88,7 +98,7 @@ def converted(name: str, **model_kwargs) -> tuple[dict, dict[str, torch.Tensor],
 
 def test_reference_fixtures_are_small():
     files = sorted(REFERENCE.iterdir())
-    names = sorted(f"{m}{ext}" for m in MODELS + MODELS_MAIN for ext in (".json", ".pt"))
+    names = sorted(f"{m}{ext}" for m in MODELS + MODELS_MAIN + MODELS_OS8 for ext in (".json", ".pt"))
     assert [p.name for p in files] == names
     assert all(p.stat().st_size < 600_000 for p in files)
 
@@ -150,16 +160,19 @@ def test_references_tell_the_channel_order_apart():
         assert max_err(boxes, ref[f"{size}.locations"]) > 5 * ATOL
 
 
-def test_converter_drops_the_aux_head():
-    """ml-cvnets main's v2 segmenter has an auxiliary head (use_aux_head): the converter drops its 8
+@pytest.mark.parametrize("name", [MODELS_MAIN[0], *MODELS_OS8])
+def test_converter_drops_the_aux_head(name):
+    """ml-cvnets main's segmenters have an auxiliary head (use_aux_head): the converter drops its 8
     tensors with a warning, and everything else loads strictly."""
-    meta, _, state = reference_state(MODELS_MAIN[0])
+    meta, _, state = reference_state(name)
     aux = [k for k in state if k.startswith("seg_head.aux_head.")]
     assert len(aux) == 8
+    assert state["seg_head.aux_head.2.block.conv.weight"].shape[0] == meta["num_classes"]
     with pytest.warns(UserWarning, match="auxiliary segmentation head"):
         ours = convert_state_dict(state, "cvnets", bgr=False)
     assert not any("aux" in k for k in ours)
-    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"], align_corners=True)
+    kwargs = meta.get("model_kwargs", {"align_corners": True})
+    model = mobilevit.create_model(meta["model"], num_classes=meta["num_classes"], **kwargs)
     model.load_state_dict(ours, strict=True)
 
 
@@ -222,3 +235,121 @@ def test_v2_references_tell_the_options_apart():
         x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
         boxes = model.head(list(model.backbone(x.flip(1)).values()))["bbox_regression"]
         assert max_err(boxes, ref[f"{size}.locations"]) > 5 * ATOL
+
+
+def converted_os8(name: str, **overrides):
+    meta, _ = load_reference(name)
+    kwargs = {**meta["model_kwargs"], **overrides}
+    kwargs["aspp_rates"] = tuple(kwargs["aspp_rates"])
+    return converted(name, **kwargs)
+
+
+def test_os8_options_are_the_published_ones():
+    """The fixtures' model options are those of the published ml-cvnets main checkpoints (their tags
+    deeplabv3_mobilevitv2_050.cvnets_ade20k and deeplabv3_mobilevit_s.cvnets_v2_voc)."""
+    ade20k, _ = load_reference(MODELS_OS8[0])
+    assert ade20k["model_kwargs"] == {"output_stride": 8, "aspp_rates": [12, 24, 36], "align_corners": True}
+    assert ade20k["num_classes"] == 150
+    v1, _ = load_reference(MODELS_OS8[1])
+    assert v1["model_kwargs"] == {
+        "output_stride": 8,
+        "aspp_channels": 512,
+        "aspp_rates": [12, 24, 36],
+        "align_corners": True,
+    }
+    for meta in (ade20k, v1):
+        options = meta["options"]
+        assert options["model.segmentation.output_stride"] == 8
+        assert options["model.segmentation.deeplabv3.aspp_out_channels"] == 512
+        assert options["model.segmentation.deeplabv3.aspp_rates"] == [12, 24, 36]
+        assert options["model.segmentation.use_aux_head"] is True
+    _, _, model = converted_os8(MODELS_OS8[0])
+    assert model.head.aspp.project[0].out_channels == 512  # the v2 default
+
+
+def _check_os8(meta, ref, model, size, spec) -> None:
+    start, step = meta["subsample"]
+    x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+    logits = model.forward_logits(x)
+    assert list(logits.shape) == spec["logits_shape"]
+    resized = model(x)
+    assert resized.shape[-2:] == (spec["height"], spec["width"])
+    if meta.get("class_subsample"):
+        assert max_err(subsample(logits, (1,), start, step), ref[f"{size}.logits_sub"]) < ATOL
+        assert max_err(logits.sum(1), ref[f"{size}.logits_class_sum"]) < ATOL * logits.shape[1]
+        assert max_err(subsample(resized, (1, 2, 3), start, step), ref[f"{size}.resized_sub"]) < ATOL
+    else:
+        assert max_err(logits, ref[f"{size}.logits"]) < ATOL
+        assert max_err(subsample(resized, (2, 3), start, step), ref[f"{size}.resized_sub"]) < ATOL
+    assert max_err(resized.sum(dim=(2, 3)), ref[f"{size}.resized_sum"]) < ATOL * resized[0, 0].numel()
+
+
+@torch.no_grad()
+def test_deeplabv3_v2_ade20k_equals_cvnets_main():
+    meta, ref, model = converted_os8(MODELS_OS8[0])
+    assert model.align_corners is True
+    assert list(meta["inputs"]) == ["192x224", "136x168"]
+    # 136x168: 17x21 maps at stride 8, which MobileViTBlockv2 resizes to 18x22 (and keeps)
+    assert meta["inputs"]["136x168"]["logits_shape"] == [2, 150, 18, 22]
+    for size, spec in meta["inputs"].items():
+        assert spec["official_input"] == "x"
+        assert spec["official_call"] == "model(x, orig_size=(height, width))"
+        _check_os8(meta, ref, model, size, spec)
+
+
+@torch.no_grad()
+def test_deeplabv3_v1_equals_cvnets_main():
+    """ml-cvnets v2's DeepLabv3 on MobileViT v1 (main's code), where no LayerNorm takes its
+    channel-first branch; 136x168 has 17x21 maps at stride 8 (MobileViTBlock resizes them to 18x22
+    and back)."""
+    meta, ref, model = converted_os8(MODELS_OS8[1])
+    quirk = meta["layer_norm_quirk"]["inputs"]
+    sizes = [s for s in meta["inputs"] if s not in quirk]
+    assert sizes == ["192x224", "136x168"]
+    assert meta["inputs"]["136x168"]["logits_shape"] == [2, 21, 17, 21]
+    for size in sizes:
+        spec = meta["inputs"][size]
+        assert spec["official_input"] == "x"
+        _check_os8(meta, ref, model, size, spec)
+
+
+@torch.no_grad()
+def test_deeplabv3_v1_cvnets_main_layer_norm_quirk():
+    """At 128x160 (N = 80 patches in layer4, whose transformer dim is 80) ml-cvnets main's LayerNorm
+    normalizes over the patches: ours is more than ATOL away from it, and equals ml-cvnets with
+    nn.LayerNorm's forward in every LayerNorm (the plain LayerNorm of v0.1, which ours implements)."""
+    meta, ref, model = converted_os8(MODELS_OS8[1])
+    quirk = meta["layer_norm_quirk"]
+    assert quirk["inputs"] == ["128x160"]
+    assert quirk["channel_first_layer_norms"][-1] == "encoder.layer_4.1.global_rep.4"
+    assert all(n.startswith("encoder.layer_4.1.global_rep.") for n in quirk["channel_first_layer_norms"])
+    for size in quirk["inputs"]:
+        spec = meta["inputs"][size]
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+        logits = model.forward_logits(x)
+        assert max_err(logits, ref[f"{size}.logits_plain_layer_norm"]) < ATOL
+        assert max_err(logits, ref[f"{size}.logits"]) > 5 * ATOL
+
+
+@torch.no_grad()
+@pytest.mark.parametrize("name", MODELS_OS8)
+def test_os8_references_tell_the_options_apart(name):
+    """The output-stride-8 fixtures check the channel order (fed BGR, ours is more than ATOL away),
+    the aligned corners of the final resize and the ASPP rates."""
+    meta, ref, model = converted_os8(name)
+    _, _, unaligned = converted_os8(name, align_corners=False)
+    _, _, rates = converted_os8(name, aspp_rates=(6, 12, 18))
+    start, step = meta["subsample"]
+    dims = (1, 2, 3) if meta.get("class_subsample") else (2, 3)
+    key = "logits_sub" if meta.get("class_subsample") else "logits"
+    for size in ("192x224", "136x168"):
+        spec = meta["inputs"][size]
+        x = structured_images(2, spec["height"], spec["width"], seed=spec["seed"])
+
+        def logits(m, image):
+            out = m.forward_logits(image)
+            return subsample(out, (1,), start, step) if meta.get("class_subsample") else out
+
+        assert max_err(logits(model, x.flip(1)), ref[f"{size}.{key}"]) > 5 * ATOL
+        assert max_err(logits(rates, x), ref[f"{size}.{key}"]) > 5 * ATOL
+        assert max_err(subsample(unaligned(x), dims, start, step), ref[f"{size}.resized_sub"]) > 5 * ATOL
