@@ -26,6 +26,31 @@ def test_pixels_per_batch_are_roughly_constant():
         assert abs(size * size * batch - base) / base < 0.02 + size * size / base
 
 
+def test_batch_size_has_a_floor():
+    # 160-320 crops around a base of 32 would be 1-5 images per batch; the floor is a quarter of 128.
+    pairs = scale_batch_pairs(32, 128, 160, 320, 5, 32)
+    assert [b for _, b in pairs] == [128, 32, 32, 32, 32, 32]
+    assert scale_batch_pairs(32, 128, 160, 320, 5, 32, min_batch_size=1)[-1] == (320, 1)
+    assert MultiScaleBatchSampler(10, base_size=32, base_batch_size=6, min_size=160, max_size=160).scales == [
+        (32, 6),
+        (160, 1),
+    ]
+
+
+@pytest.mark.parametrize("num_samples", [129, 130, 209, 250, 333])
+def test_a_small_remainder_joins_the_previous_batch(num_samples):
+    """A last batch of one image would fail in BatchNorm (1x1 features at 32x32): it is merged."""
+    for seed in range(8):
+        sampler = MultiScaleBatchSampler(
+            num_samples, base_size=32, base_batch_size=128, min_size=32, max_size=40, divisor=8, seed=seed
+        )
+        batches = list(sampler)
+        assert sorted(i for b in batches for _, _, i in b) == list(range(num_samples))
+        assert min(len(b) for b in batches) >= 40  # half the smallest batch (81 at 40x40)
+        assert all(len({(h, w) for h, w, _ in b}) == 1 for b in batches)
+        assert len(sampler) == len(batches)
+
+
 def test_batches_share_one_size_and_cover_the_data_once():
     sampler = MultiScaleBatchSampler(2000, base_batch_size=16, seed=3)
     batches = list(sampler)

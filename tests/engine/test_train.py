@@ -89,6 +89,8 @@ def test_run_writes_metrics_tensorboard_plot_and_model(image_data, tmp_path):
     out = tmp_path / "run"
     rows = (out / "metrics.csv").read_text().splitlines()
     assert rows[0].startswith("epoch,step,lr,train_loss") and len(rows) == 3
+    assert "val_top1" in rows[0] and "val_ema_top1" in rows[0]  # the trained and the EMA weights
+    assert (out / "best" / "model.safetensors").exists() and (out / "summary.json").exists()
     assert list((out / "tensorboard").glob("events.out.tfevents.*"))
     assert (out / "curves.png").read_bytes()[:4] == b"\x89PNG"
     assert (out / "config.yaml").exists()
@@ -249,3 +251,64 @@ def test_learns_real_fashion_mnist(tmp_path, monkeypatch):
     )  # fmt: skip
     metrics = train(cfg)
     assert metrics[-1]["val_top1"] > 0.6, metrics  # chance is 0.1
+
+
+def test_model_is_the_better_of_trained_and_ema_and_best_is_the_best_epoch(image_data, tmp_path, monkeypatch, caplog):
+    import json
+    import logging
+
+    from mobilevit.engine import train as train_module
+    from mobilevit.engine.tasks import Classification
+
+    trainer = train_module.Trainer(tiny_config(image_data, tmp_path / "run", epochs=2))
+    scores = iter([0.9, 0.3, 0.5, 0.6])  # epoch 1: trained, EMA; epoch 2: trained, EMA
+    evaluated = []
+
+    def scripted(self, model, loader, num_classes, device):
+        evaluated.append({k: v.clone() for k, v in model.state_dict().items()})
+        return {"top1": next(scores), "top5": 1.0, "loss": 1.0}
+
+    monkeypatch.setattr(Classification, "evaluate", scripted)
+    with caplog.at_level(logging.INFO, logger="mobilevit.engine.train"):
+        metrics = trainer.fit()
+    assert [(m["val_top1"], m["val_ema_top1"]) for m in metrics] == [(0.9, 0.3), (0.5, 0.6)]
+    out = tmp_path / "run"
+    model, best = final_weights(out), load_file(out / "best" / "model.safetensors")
+    assert all(torch.equal(v, evaluated[3][k]) for k, v in model.items())  # epoch 2's EMA
+    assert all(torch.equal(v, evaluated[0][k]) for k, v in best.items())  # epoch 1's trained weights
+    assert any(not torch.equal(v, evaluated[3][k]) for k, v in best.items())
+    summary = json.loads((out / "summary.json").read_text())
+    assert summary["model"] == {
+        "epoch": 2, "weights": "ema", "metric": "top1", "score": 0.6, "val_top1": 0.5, "val_ema_top1": 0.6
+    }  # fmt: skip
+    assert (summary["best"]["epoch"], summary["best"]["weights"], summary["best"]["score"]) == (1, "model", 0.9)
+    assert "final model/: the EMA weights, val top1 0.6000 (trained (non-EMA) 0.5000)" in caplog.text
+    assert "best/: epoch 1, trained (non-EMA) weights, val top1 0.9000" in caplog.text
+
+
+def test_without_ema_only_the_trained_weights_are_evaluated(image_data, tmp_path):
+    from mobilevit.engine.train import train
+
+    metrics = train(tiny_config(image_data, tmp_path / "run", ema=False))
+    assert "val_top1" in metrics[-1] and not any(k.startswith("val_ema_") for k in metrics[-1])
+    assert (tmp_path / "run" / "best" / "model.safetensors").exists()
+
+
+def test_warmup_is_capped_at_a_fraction_of_the_run_and_logged(image_data, tmp_path, caplog):
+    import logging
+    from dataclasses import replace
+
+    from mobilevit.engine.train import Trainer, lr_factor
+
+    options = dict(epochs=2, multi_scale=False, warmup_steps=3000, lr=0.002, warmup_lr=0.0002)
+    with caplog.at_level(logging.INFO, logger="mobilevit.engine.train"):
+        trainer = Trainer(tiny_config(image_data, tmp_path / "a", warmup_max_fraction=0.5, **options))
+    assert (trainer.total_steps, trainer.warmup_steps) == (8, 4)  # 32 images in batches of 8, 2 epochs
+    assert "warm-up shortened from 3000 to 4 steps: at most 0.5 of the run's 8 steps" in caplog.text
+    assert [round(lr_factor(s, trainer.cfg, 8), 4) for s in (0, 2, 4)] == [0.1, 0.55, 1.0]  # reaches the peak
+    caplog.clear()
+    with caplog.at_level(logging.INFO, logger="mobilevit.engine.train"):
+        # None (a recipe's `warmup_max_fraction: null`, as the paper's recipes have) turns the cap off.
+        uncapped = Trainer(replace(tiny_config(image_data, tmp_path / "b", **options), warmup_max_fraction=None))
+    assert uncapped.warmup_steps == 3000 and "warm-up shortened" not in caplog.text
+    assert Trainer(tiny_config(image_data, tmp_path / "c", **options)).warmup_steps == 0  # default 0.1 of 8 steps

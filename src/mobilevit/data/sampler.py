@@ -2,7 +2,10 @@
 
 Each step draws one crop size; the batch size scales inversely with its pixel count so that every
 batch holds about as many pixels as ``base_batch_size`` images of ``base_size``. Small crops come
-in big batches, which means fewer optimizer steps per epoch and faster epochs.
+in big batches, which means fewer optimizer steps per epoch and faster epochs. Large crops come in
+small batches, but never below a floor (a quarter of ``base_batch_size`` by default): a range far
+above the base size (160-320 crops around a base of 32) would otherwise train on single images,
+with BatchNorm statistics of one sample. The paper's 160-320 around 256 stays above the floor.
 """
 
 from __future__ import annotations
@@ -16,16 +19,29 @@ import torch.distributed as dist
 Batch = list[tuple[int, int, int]]
 
 
+def default_min_batch_size(base_batch_size: int) -> int:
+    """The floor of the variable batch size: a quarter of the base batch size, at least 1."""
+    return max(1, base_batch_size // 4)
+
+
 def scale_batch_pairs(
-    base_size: int, base_batch_size: int, min_size: int, max_size: int, num_scales: int, divisor: int
+    base_size: int,
+    base_batch_size: int,
+    min_size: int,
+    max_size: int,
+    num_scales: int,
+    divisor: int,
+    min_batch_size: int | None = None,
 ) -> list[tuple[int, int]]:
     """``(size, batch size)`` pairs, sorted: sizes are ``linspace(min_size, max_size, num_scales)``
     rounded to the nearest multiple of ``divisor``, plus ``base_size``; batch sizes are
-    ``floor(base_size**2 * base_batch_size / size**2)`` (as the official code), at least 1."""
+    ``floor(base_size**2 * base_batch_size / size**2)`` (as the official code), at least
+    ``min_batch_size`` (default :func:`default_min_batch_size`)."""
+    floor = default_min_batch_size(base_batch_size) if min_batch_size is None else max(1, min_batch_size)
     steps = torch.linspace(min_size, max_size, num_scales).tolist()
     sizes = {max(divisor, int(s / divisor + 0.5) * divisor) for s in steps} | {base_size}
     pixels = base_size * base_size * base_batch_size
-    return [(s, max(1, int(pixels / (s * s)))) for s in sorted(sizes)]
+    return [(s, max(floor, int(pixels / (s * s)))) for s in sorted(sizes)]
 
 
 class MultiScaleBatchSampler(torch.utils.data.Sampler[Batch]):
@@ -48,6 +64,7 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler[Batch]):
         max_size: int = 320,
         num_scales: int = 5,
         divisor: int = 32,
+        min_batch_size: int | None = None,
         num_replicas: int | None = None,
         rank: int | None = None,
         shuffle: bool = True,
@@ -70,7 +87,10 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler[Batch]):
         self.shuffle = shuffle
         self.seed = seed
         self.drop_last = drop_last
-        self.scales = scale_batch_pairs(base_size, base_batch_size, min_size, max_size, num_scales, divisor)
+        self.scales = scale_batch_pairs(
+            base_size, base_batch_size, min_size, max_size, num_scales, divisor, min_batch_size
+        )
+        self.min_batch_size = self.scales[-1][1] if min_batch_size is None else max(1, min_batch_size)
         self.epoch = 0
         self._skip = 0  # batches of this epoch already consumed before a resume
         self._yielded = 0
@@ -107,6 +127,12 @@ class MultiScaleBatchSampler(torch.utils.data.Sampler[Batch]):
             chunk = indices[start : start + batch_size]
             start += batch_size
             if len(chunk) < batch_size and self.drop_last:
+                break
+            if len(chunk) < min(max(2, self.min_batch_size // 2), batch_size) and batches:
+                # A small remainder at the epoch's end joins the previous batch, at its size: a batch
+                # of one image cannot train BatchNorm (1x1 features at the last stage are an error).
+                previous = batches[-1][0][0]
+                batches[-1].extend((previous, previous, i) for i in chunk)
                 break
             batches.append([(size, size, i) for i in chunk])
         return batches

@@ -1,4 +1,16 @@
-"""Training options: one dataclass whose defaults are the paper's ImageNet recipe.
+"""Training options: one dataclass whose defaults follow the paper's recipe and scale with the run.
+
+The paper's ImageNet recipe (``configs/imagenet_*.yaml``) is 300 epochs and about 375k steps at 256x256.
+The defaults keep its optimizer, schedule and augmentation, but the settings that only make sense
+at that scale are derived from the run instead (``resolve_config``):
+
+* the multi-scale range is 160/256 to 320/256 of ``img_size`` (the paper's 160-320 at 256), and its
+  rounding step 1/8 of it (32 at 256), unless ``min_size``/``max_size``/``size_divisor`` are given;
+* the warm-up lasts at most ``warmup_max_fraction`` of the run's steps (the trainer logs it when it
+  shortens ``warmup_steps``);
+* the EMA warms up (``ema_warmup``), so that a short run's average is not its initialisation;
+* with ``pretrained`` and no explicit value, ``FINE_TUNE_DEFAULTS`` replace the from-scratch
+  learning rates and warm-up.
 
 A YAML recipe (``configs/*.yaml``) overrides the defaults, and command-line flags override the
 recipe; the resolved config is saved in the run directory.
@@ -6,6 +18,7 @@ recipe; the resolved config is saved in the run directory.
 
 from __future__ import annotations
 
+import math
 import os
 from dataclasses import asdict, dataclass, fields
 from pathlib import Path
@@ -30,10 +43,10 @@ class TrainConfig:
     batch_size: int = 128  # per process, at img_size; the multi-scale sampler scales it per size
     img_size: int = 256
     multi_scale: bool = True
-    min_size: int = 160
-    max_size: int = 320
+    min_size: int | None = None  # None: img_size * 160/256 (the paper's ratio), at least the model's 32
+    max_size: int | None = None  # None: img_size * 320/256
     num_scales: int = 5
-    size_divisor: int = 32
+    size_divisor: int | None = None  # None: img_size / 8 as a power of two in [8, 32] (32 at 256)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop's area range
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before the crop
     ssd_augment: bool = False  # detection: torchvision's SSD zoom-out and IoU crops
@@ -42,12 +55,13 @@ class TrainConfig:
     min_lr: float = 0.0002
     warmup_lr: float = 0.0002
     warmup_steps: int = 3000
+    warmup_max_fraction: float | None = 0.1  # the warm-up takes at most this share of the run; None: no cap
     weight_decay: float = 0.01
     betas: tuple[float, float] = (0.9, 0.999)
     label_smoothing: float = 0.1
     ema: bool = True
     ema_momentum: float = 0.0005  # ema = (1 - m) ema + m w
-    ema_warmup: bool = False  # momentum max(m, 1 - (1 + t) / (10 + t)) at step t: short runs need it
+    ema_warmup: bool = True  # momentum max(m, 1 - (1 + t) / (10 + t)) at step t (timm's ModelEmaV3 warm-up)
     amp: str = "none"  # none | bf16 | fp16 (fp16 needs a GPU)
     grad_clip: float | None = None
     accum_steps: int = 1
@@ -68,6 +82,36 @@ class TrainConfig:
         return {k: list(v) if isinstance(v, tuple) else v for k, v in asdict(self).items()}
 
 
+# Paper's multi-scale range at its base size: 160..320 around 256, sizes rounded to multiples of 32.
+PAPER_BASE_SIZE, PAPER_MIN_SIZE, PAPER_MAX_SIZE, PAPER_SIZE_DIVISOR = 256, 160, 320, 32
+MIN_INPUT_SIZE = 32  # MobileViT's smallest input (output stride 32)
+
+# Defaults that replace the from-scratch ones when ``pretrained`` is set and the option is not given:
+# the paper's own fine-tuning recipes (ml-cvnets' DeepLabv3 and SSDLite from ImageNet weights, batch
+# 128: configs/voc_*.yaml, configs/coco_*.yaml), lr 0.0009 (under half the from-scratch 0.002, so the
+# pretrained features are adjusted rather than overwritten) after a 500-step warm-up from a tenth of
+# it (the new head starts at random), then cosine down to almost nothing. The warm-up cap applies.
+FINE_TUNE_DEFAULTS: dict[str, Any] = {"lr": 0.0009, "min_lr": 0.000001, "warmup_lr": 0.00009, "warmup_steps": 500}
+
+
+def multi_scale_range(cfg: TrainConfig) -> tuple[int, int, int]:
+    """``(min_size, max_size, size_divisor)``: the configured values, or those derived from ``img_size``."""
+    ratio = cfg.img_size / PAPER_BASE_SIZE
+    min_size = cfg.min_size if cfg.min_size is not None else max(MIN_INPUT_SIZE, round(PAPER_MIN_SIZE * ratio))
+    max_size = cfg.max_size if cfg.max_size is not None else max(min_size, round(PAPER_MAX_SIZE * ratio))
+    divisor = cfg.size_divisor
+    if divisor is None:
+        eighth = max(1, cfg.img_size // 8)
+        divisor = min(PAPER_SIZE_DIVISOR, max(8, 2 ** int(math.log2(eighth))))
+    return min_size, max_size, divisor
+
+
+def resolve_config(cfg: TrainConfig) -> TrainConfig:
+    """Fill in the options left to be derived from the run (the multi-scale range); idempotent."""
+    cfg.min_size, cfg.max_size, cfg.size_divisor = multi_scale_range(cfg)
+    return cfg
+
+
 def _coerce(name: str, value: Any) -> Any:
     if name in ("crop_scale", "scale_range", "betas") and value is not None:
         return tuple(float(v) for v in value)
@@ -85,6 +129,8 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
             raise FileNotFoundError(f"recipe not found: {path}")
         values.update(yaml.safe_load(path.read_text()) or {})
     values.update({k: v for k, v in overrides.items() if v is not None})
+    if values.get("pretrained"):
+        values = {**FINE_TUNE_DEFAULTS, **values}
     valid = {f.name for f in fields(TrainConfig)}
     unknown = sorted(set(values) - valid)
     if unknown:
@@ -99,7 +145,9 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
         raise ValueError(f"amp must be none, bf16 or fp16, got {config.amp!r}")
     if config.accum_steps < 1 or config.epochs < 1 or config.batch_size < 1:
         raise ValueError("epochs, batch_size and accum_steps must be at least 1")
-    return config
+    if config.warmup_max_fraction is not None and not 0 <= config.warmup_max_fraction <= 1:
+        raise ValueError(f"warmup_max_fraction must be in [0, 1], got {config.warmup_max_fraction}")
+    return resolve_config(config)
 
 
 def save_config(config: TrainConfig, path: Path) -> None:

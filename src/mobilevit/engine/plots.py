@@ -20,19 +20,29 @@ def _save(fig, path: Path) -> Path:
     return path
 
 
+def _label(key: str) -> str:
+    """``val_top1`` -> ``top1``, ``val_ema_top1`` -> ``top1 (EMA)``."""
+    name = key.removeprefix("val_")
+    return f"{name.removeprefix('ema_')} (EMA)" if name.startswith("ema_") else name
+
+
 def plot_curves(metrics: list[dict[str, Any]], path: Path, scores: Sequence[str] = ("val_top1", "val_top5")) -> Path:
     """Training (and validation, when measured) loss, and the validation ``scores`` (fractions:
-    top-1, mIoU, mAP...), per epoch."""
+    top-1, mIoU, mAP...), per epoch. Scores of the EMA weights (``val_ema_*``) are dashed beside
+    those of the trained weights; losses among ``scores`` go to the loss panel."""
     epochs = [m["epoch"] for m in metrics]
     fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
-    if "val_loss" in metrics[0]:
-        ax_loss.plot(epochs, [m["val_loss"] for m in metrics], "o-", label="validation")
+    losses = [k for k in ("val_loss", *scores) if k.endswith("loss") and k in metrics[0]]
+    for key in dict.fromkeys(losses):
+        style = "o--" if key.startswith("val_ema_") else "o-"
+        ax_loss.plot(epochs, [m[key] for m in metrics], style, label=_label(key).replace("loss", "validation"))
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
     for key in scores:
-        if key != "val_loss":
-            ax_acc.plot(epochs, [100 * m[key] for m in metrics], "o-", label=key.removeprefix("val_"))
+        if not key.endswith("loss") and key in metrics[0]:
+            style = "o--" if key.startswith("val_ema_") else "o-"
+            ax_acc.plot(epochs, [100 * m[key] for m in metrics], style, label=_label(key))
     ax_acc.set(xlabel="epoch", ylabel="%", title="Validation")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):

@@ -1,9 +1,17 @@
 """Training loop with the paper's recipe, resumable from any checkpoint: classification,
-segmentation and detection (what differs between them lives in :mod:`mobilevit.engine.tasks`)."""
+segmentation and detection (what differs between them lives in :mod:`mobilevit.engine.tasks`).
+
+Every epoch evaluates the trained weights and, with ``ema``, their moving average: ``metrics.csv``,
+TensorBoard and ``curves.png`` show both (``val_<metric>`` and ``val_ema_<metric>``). ``best/`` holds
+the weights that scored highest at any epoch end (either set, like ml-cvnets' best and EMA-best
+checkpoints together), and the final ``model/`` the better of the two after the last epoch; the
+log and ``summary.json`` say which.
+"""
 
 from __future__ import annotations
 
 import csv
+import json
 import logging
 import math
 import os
@@ -23,7 +31,7 @@ from tqdm import tqdm
 
 from mobilevit.checkpoint_io import atomic_write, load_pickle
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.engine.config import TrainConfig, save_config
+from mobilevit.engine.config import TrainConfig, multi_scale_range, save_config
 from mobilevit.engine.plots import plot_curves
 from mobilevit.engine.tasks import Task, get_task, to_device
 from mobilevit.errors import NonFiniteLossError
@@ -69,12 +77,21 @@ def build_data(cfg: TrainConfig, task: Task):
     return train_set, val_set, classes
 
 
-def lr_factor(step: int, cfg: TrainConfig, total_steps: int) -> float:
-    """Linear warm-up from warmup_lr to lr, then cosine down to min_lr (as a factor of lr)."""
-    if step < cfg.warmup_steps:
-        lr = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / cfg.warmup_steps
+def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
+    """``cfg.warmup_steps``, at most ``cfg.warmup_max_fraction`` of the run's ``total_steps``."""
+    if cfg.warmup_max_fraction is None:
+        return cfg.warmup_steps
+    return min(cfg.warmup_steps, int(cfg.warmup_max_fraction * total_steps))
+
+
+def lr_factor(step: int, cfg: TrainConfig, total_steps: int, warmup: int | None = None) -> float:
+    """Linear warm-up from warmup_lr to lr over ``warmup`` steps (default: :func:`warmup_steps`),
+    then cosine down to min_lr (as a factor of lr)."""
+    warmup = warmup_steps(cfg, total_steps) if warmup is None else warmup
+    if step < warmup:
+        lr = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
     else:
-        progress = min(1.0, (step - cfg.warmup_steps) / max(1, total_steps - cfg.warmup_steps))
+        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
         lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
     return lr / cfg.lr
 
@@ -98,6 +115,18 @@ def ema_update(momentum: float, warmup: bool):
                 e.copy_(c)
 
     return update
+
+
+def pretrained_label_names(pretrained: str | os.PathLike) -> list[str] | None:
+    """The class names saved with weights of this package (``model/config.json`` beside or in
+    ``pretrained``), or None when the weights do not name their classes."""
+    path = Path(pretrained)
+    config = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    try:
+        names = json.loads(config.read_text()).get("pretrained_cfg", {}).get("label_names")
+    except (OSError, ValueError, AttributeError):
+        return None
+    return list(names) if isinstance(names, list) else None
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -142,6 +171,14 @@ class Trainer:
         if cfg.transformer_dropout is not None:
             overrides["transformer_dropout"] = cfg.transformer_dropout
         model = create_model(cfg.model, num_classes=self.num_classes, pretrained=cfg.pretrained, **overrides)
+        if cfg.pretrained and hasattr(model, "reset_classifier"):
+            # Weights of as many classes as the data, but other ones: their classifier would map the
+            # data's classes to the wrong outputs. (Other counts already get a new one.)
+            labels = pretrained_label_names(cfg.pretrained)
+            if labels is not None and labels != list(self.classes):
+                model.reset_classifier(self.num_classes)
+                if self.dist.is_main:
+                    log.info("new classifier: %s was trained on other classes (%s)", cfg.pretrained, ", ".join(labels))
         model.pretrained_cfg.update(label_names=self.classes, input_size=(3, cfg.img_size, cfg.img_size))
         model.to(self.dist.device)
         if cfg.channels_last:
@@ -161,8 +198,17 @@ class Trainer:
             model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
         )
         self.total_steps = self._count_steps()
+        self.warmup_steps = warmup_steps(cfg, self.total_steps)
+        if self.warmup_steps < cfg.warmup_steps and self.dist.is_main:
+            log.info(
+                "warm-up shortened from %d to %d steps: at most %g of the run's %d steps (--warmup-max-fraction)",
+                cfg.warmup_steps,
+                self.warmup_steps,
+                cfg.warmup_max_fraction,
+                self.total_steps,
+            )
         self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self.total_steps)
+            self.optimizer, lambda s: lr_factor(s, cfg, self.total_steps, self.warmup_steps)
         )
         self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
         self.step = 0
@@ -171,19 +217,24 @@ class Trainer:
 
     def _sampler(self, num_samples: int) -> MultiScaleBatchSampler:
         cfg = self.cfg
-        sizes = (cfg.min_size, cfg.max_size, cfg.num_scales) if cfg.multi_scale else (cfg.img_size, cfg.img_size, 1)
-        return MultiScaleBatchSampler(
+        min_size, max_size, divisor = multi_scale_range(cfg)
+        if not cfg.multi_scale:
+            min_size, max_size = cfg.img_size, cfg.img_size
+        sampler = MultiScaleBatchSampler(
             num_samples,
             base_size=cfg.img_size,
             base_batch_size=cfg.batch_size,
-            min_size=sizes[0],
-            max_size=sizes[1],
-            num_scales=sizes[2],
-            divisor=cfg.size_divisor,
+            min_size=min_size,
+            max_size=max_size,
+            num_scales=cfg.num_scales if cfg.multi_scale else 1,
+            divisor=divisor,
             num_replicas=self.dist.world_size,
             rank=self.dist.rank,
             seed=cfg.seed,
         )
+        if cfg.multi_scale and self.dist.is_main:
+            log.info("multi-scale: %s (size, batch size)", ", ".join(f"{s}:{b}" for s, b in sampler.scales))
+        return sampler
 
     def _count_steps(self) -> int:
         """Optimizer steps of the whole run (the multi-scale plan differs per epoch)."""
@@ -322,8 +373,40 @@ class Trainer:
             self.ema.update_parameters(self.model)
         self.step += 1
 
-    def eval_model(self) -> nn.Module:
-        return self.ema.module if self.ema else self.model
+    def eval_models(self) -> dict[str, nn.Module]:
+        """The weights evaluated each epoch, by the prefix of their metrics: ``val_`` and ``val_ema_``."""
+        models = {"val_": self.model}
+        if self.ema:
+            models["val_ema_"] = self.ema.module
+        return models
+
+    def _score(self, row: dict[str, Any], prefix: str) -> float:
+        return row[f"{prefix}{self.task.metrics[0]}"]
+
+    def _better(self, row: dict[str, Any]) -> str:
+        """The prefix of the better weights in an epoch's ``row`` (the EMA on a tie)."""
+        return max(reversed(self.eval_models()), key=lambda prefix: self._score(row, prefix))
+
+    def _weights_name(self, prefix: str) -> str:
+        return "EMA" if prefix == "val_ema_" else "trained (non-EMA)"
+
+    def _summary(self, row: dict[str, Any]) -> dict[str, Any]:
+        """Which weights of the epoch's ``row`` are kept ("ema" or "model") and what both scored."""
+        prefix = self._better(row)
+        headline = self.task.metrics[0]
+        return {
+            "epoch": row["epoch"],
+            "weights": "ema" if prefix == "val_ema_" else "model",
+            "metric": headline,
+            "score": self._score(row, prefix),
+            **{f"{p}{headline}": self._score(row, p) for p in self.eval_models()},
+        }
+
+    def _best_row(self) -> dict[str, Any] | None:
+        """The epoch whose better weights scored highest so far (the earliest on a tie)."""
+        if not self.metrics:
+            return None
+        return max(self.metrics, key=lambda row: (self._score(row, self._better(row)), -row["epoch"]))
 
     def fit(self) -> list[dict[str, Any]]:
         cfg = self.cfg
@@ -344,10 +427,41 @@ class Trainer:
             if writer is not None:
                 writer.close()
         if self.dist.is_main:
-            self.eval_model().save_pretrained(self.out / "model")
-            if self.metrics:
-                plot_curves(self.metrics, self.out / "curves.png", [f"val_{m}" for m in self.task.metrics])
+            self._save_final()
         return self.metrics
+
+    def _save_final(self) -> None:
+        """``model/``: the better of the trained and EMA weights after the last epoch; ``summary.json``
+        names it and the best epoch (whose weights are in ``best/``)."""
+        models = self.eval_models()
+        if not self.metrics:  # nothing trained (epochs already done before a resume, say)
+            next(reversed(models.values())).save_pretrained(self.out / "model")
+            return
+        last = self.metrics[-1]
+        prefix = self._better(last)
+        models[prefix].save_pretrained(self.out / "model")
+        headline = self.task.metrics[0]
+        others = ", ".join(f"{self._weights_name(p)} {self._score(last, p):.4f}" for p in models if p != prefix)
+        log.info(
+            "final model/: the %s weights, val %s %.4f%s",
+            self._weights_name(prefix),
+            headline,
+            self._score(last, prefix),
+            f" ({others})" if others else "",
+        )
+        best = self._best_row()
+        summary = {"model": self._summary(last), "best": self._summary(best)}
+        log.info(
+            "best/: epoch %d, %s weights, val %s %.4f",
+            best["epoch"],
+            self._weights_name(self._better(best)),
+            headline,
+            self._score(best, self._better(best)),
+        )
+        text = json.dumps(summary, indent=2) + "\n"
+        atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
+        scores = [f"{p}{m}" for p in models for m in self.task.metrics]
+        plot_curves(self.metrics, self.out / "curves.png", scores)
 
     def _run_epochs(self, writer: SummaryWriter | None) -> None:
         cfg = self.cfg
@@ -355,18 +469,19 @@ class Trainer:
             self.sampler.set_epoch(self.epoch)  # keeps a resumed mid-epoch position
             train_metrics = self.train_epoch()
             self._average_buffers()
-            val = self.task.evaluate(self.eval_model(), self.val_loader, self.num_classes, self.dist.device)
+            row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
+            row.update(train_metrics)
+            for prefix, model in self.eval_models().items():
+                val = self.task.evaluate(model, self.val_loader, self.num_classes, self.dist.device)
+                row.update({f"{prefix}{name}": val[name] for name in self.task.metrics})
             self.epoch += 1
-            row = {
-                "epoch": self.epoch,
-                "step": self.step,
-                "lr": self.optimizer.param_groups[0]["lr"],
-                **train_metrics,
-                **{f"val_{name}": val[name] for name in self.task.metrics},
-            }
+            previous_best = self._best_row()
             self.metrics.append(row)
             if writer is not None:
                 self._log_epoch(row, writer)
+            if self.dist.is_main and self._best_row() is not previous_best:
+                # Before the checkpoint: a run killed in between redoes this epoch and writes it again.
+                self.eval_models()[self._better(row)].save_pretrained(self.out / "best")
             self.save(batches_done=0)
 
     def _log_epoch(self, row: dict[str, Any], writer: SummaryWriter) -> None:
@@ -382,12 +497,14 @@ class Trainer:
                 csv_writer.writeheader()
             csv_writer.writerow(row)
         headline = self.task.metrics[0]
+        ema = f", EMA {row[f'val_ema_{headline}']:.4f}" if f"val_ema_{headline}" in row else ""
         log.info(
-            "epoch %d: train loss %.4f, val %s %.4f, %.0f img/s",
+            "epoch %d: train loss %.4f, val %s %.4f%s, %.0f img/s",
             row["epoch"],
             row["train_loss"],
             headline,
             row[f"val_{headline}"],
+            ema,
             row["img_per_s"],
         )
 
