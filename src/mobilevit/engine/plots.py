@@ -36,13 +36,16 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, scores: Sequence[str]
     losses = [k for k in ("val_loss", *scores) if k.endswith("loss") and k in metrics[0]]
     for key in dict.fromkeys(losses):
         style = "o--" if key.startswith("val_ema_") else "o-"
-        ax_loss.plot(epochs, [m[key] for m in metrics], style, label=_label(key).replace("loss", "validation"))
+        label = _label(key).replace("loss", "validation")
+        ax_loss.plot(epochs, [m[key] for m in metrics], style, color="C1", label=label)
     ax_loss.set(xlabel="epoch", ylabel="loss", title="Loss")
     ax_loss.legend()
+    colours: dict[str, str] = {}  # one per metric: the EMA's line is its dashed twin
     for key in scores:
         if not key.endswith("loss") and key in metrics[0]:
             style = "o--" if key.startswith("val_ema_") else "o-"
-            ax_acc.plot(epochs, [100 * m[key] for m in metrics], style, label=_label(key))
+            colour = colours.setdefault(_label(key).removesuffix(" (EMA)"), f"C{len(colours)}")
+            ax_acc.plot(epochs, [100 * m[key] for m in metrics], style, color=colour, label=_label(key))
     ax_acc.set(xlabel="epoch", ylabel="%", title="Validation")
     ax_acc.legend()
     for ax in (ax_loss, ax_acc):

@@ -121,6 +121,8 @@ def pretrained_label_names(pretrained: str | os.PathLike) -> list[str] | None:
     """The class names saved with weights of this package (``model/config.json`` beside or in
     ``pretrained``), or None when the weights do not name their classes."""
     path = Path(pretrained)
+    if not path.exists():  # a published name or a Hub repo id
+        return None
     config = path / "config.json" if path.is_dir() else path.with_name("config.json")
     try:
         names = json.loads(config.read_text()).get("pretrained_cfg", {}).get("label_names")
