@@ -312,3 +312,26 @@ def test_warmup_is_capped_at_a_fraction_of_the_run_and_logged(image_data, tmp_pa
         uncapped = Trainer(replace(tiny_config(image_data, tmp_path / "b", **options), warmup_max_fraction=None))
     assert uncapped.warmup_steps == 3000 and "warm-up shortened" not in caplog.text
     assert Trainer(tiny_config(image_data, tmp_path / "c", **options)).warmup_steps == 0  # default 0.1 of 8 steps
+
+
+def test_fine_tuning_from_published_weights_by_name(image_data, tmp_path, hf_hub_at, monkeypatch):
+    """`train --pretrained NAME.TAG`: the published weights (here timm's copy, served offline), a new
+    two-class head and the fine-tuning defaults."""
+    import timm
+    import yaml
+    from timm.models._hub import save_for_hf
+
+    from mobilevit.cli import main
+
+    folder = tmp_path / "published"
+    save_for_hf(timm.create_model("mobilevit_xxs"), folder, safe_serialization=True)
+    for name in ("config.json", "model.safetensors"):
+        hf_hub_at.add_hub_file("timm/mobilevit_xxs.cvnets_in1k", name, (folder / name).read_bytes())
+    monkeypatch.chdir(tmp_path)  # no config.json here is taken for the weights' own
+    out = tmp_path / "run"
+    args = ["train", "--data", str(image_data), "--model", "mobilevit_xxs", "--img-size", "32", "--epochs", "1"]
+    with pytest.warns(UserWarning, match="1000 classes but the model has 2"):
+        assert main([*args, "--workers", "0", "--output", str(out), "--pretrained", "mobilevit_xxs.cvnets_in1k"]) == 0
+    config = yaml.safe_load((out / "config.yaml").read_text())
+    assert (config["lr"], config["warmup_steps"], config["min_lr"]) == (0.0009, 500, 1e-6)
+    assert mobilevit.from_pretrained(out / "model").num_classes == 2
