@@ -83,7 +83,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config)
     if metrics:
         headline = get_task(config.task).metrics[0]
-        print(f"final val {headline} {metrics[-1][f'val_{headline}']:.4f}")
+        scores = {k: metrics[-1][k] for k in (f"val_{headline}", f"val_ema_{headline}") if k in metrics[-1]}
+        kept = max(scores, key=scores.get)  # model/ holds the better of the two
+        weights = "EMA" if kept.startswith("val_ema_") else "trained"
+        print(f"final val {headline} {scores[kept]:.4f} ({weights} weights, saved in {config.output}/model)")
     return 0
 
 

@@ -67,8 +67,8 @@ def test_the_defaults_learn_a_small_real_dataset(fashion_cache, tmp_path, monkey
     out = tmp_path / "runs" / "train"
     result = summary(out)["model"]
     assert result["score"] > 0.45, result  # chance is 0.10
+    assert f"final val top1 {result['score']:.4f}" in capsys.readouterr().out  # the kept model's score
     # The saved model is the one that scored: `mobilevit eval` agrees on the validation images.
-    capsys.readouterr()
     assert main(["eval", "--checkpoint", str(out / "model"), "--data", str(data), "--workers", "0", "--json"]) == 0
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(result["score"], abs=0.01)
 
