@@ -367,11 +367,7 @@ def ssd_v01(out: Path) -> None:
         confidences, locations, anchors = model.ssd_forward(x.flip(1), is_prediction=True)
         plain_conf, plain_loc = model(x.flip(1))
         assert torch.equal(plain_conf, confidences) and torch.equal(plain_loc, locations)
-        tensors[f"{name}.locations"] = locations
-        tensors[f"{name}.confidences_sub"] = subsample(confidences, (1,))
-        tensors[f"{name}.confidences_anchor_sum"] = confidences.sum(-1)
-        tensors[f"{name}.confidences_class_sum"] = confidences.sum(1)
-        tensors[f"{name}.anchors"] = anchors[0]  # [N, 4] (cx, cy, w, h) / image side, clipped to [0, 1]
+        tensors |= ssd_tensors(name, confidences, locations, anchors)
         meta.setdefault("inputs", {})[name] = {"height": h, "width": w, "seed": seed, "official_input": "x.flip(1)"}
     meta.update(
         model="ssdlite_mobilevit_xxs",
@@ -593,11 +589,7 @@ def ssd_main(out: Path) -> None:
         # forward() decodes boxes with the matcher and runs NMS: the raw outputs come from these two
         end_points = model.get_backbone_features(x)  # RGB, as ml-cvnets main's weights take
         confidences, locations, anchors = model.ssd_forward(end_points=end_points)
-        tensors[f"{name}.locations"] = locations
-        tensors[f"{name}.confidences_sub"] = subsample(confidences, (1,))
-        tensors[f"{name}.confidences_anchor_sum"] = confidences.sum(-1)
-        tensors[f"{name}.confidences_class_sum"] = confidences.sum(1)
-        tensors[f"{name}.anchors"] = anchors[0]  # [N, 4] (cx, cy, w, h) / image side, clipped to [0, 1]
+        tensors |= ssd_tensors(name, confidences, locations, anchors)
         meta.setdefault("inputs", {})[name] = {"height": h, "width": w, "seed": seed, "official_input": "x"}
     meta.update(
         model="ssdlite_mobilevitv2_050",
@@ -608,6 +600,19 @@ def ssd_main(out: Path) -> None:
         subsample=list(SUBSAMPLE),
     )
     save(out, "ssdlite_mobilevitv2_050_cvnets_main", tensors, meta)
+
+
+def ssd_tensors(
+    name: str, confidences: torch.Tensor, locations: torch.Tensor, anchors: torch.Tensor
+) -> dict[str, torch.Tensor]:
+    """What a fixture keeps of an SSD's raw outputs: every box, a subsample and sums of the logits."""
+    return {
+        f"{name}.locations": locations,
+        f"{name}.confidences_sub": subsample(confidences, (1,)),
+        f"{name}.confidences_anchor_sum": confidences.sum(-1),
+        f"{name}.confidences_class_sum": confidences.sum(1),
+        f"{name}.anchors": anchors[0],  # [N, 4] (cx, cy, w, h) / image side, clipped to [0, 1]
+    }
 
 
 def save(out: Path, name: str, tensors: dict[str, torch.Tensor], meta: dict) -> None:
