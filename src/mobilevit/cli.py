@@ -75,7 +75,7 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
     from mobilevit.engine.config import TrainConfig, load_config
     from mobilevit.engine.tasks import get_task
-    from mobilevit.engine.train import train
+    from mobilevit.engine.train import better_weights, train
 
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
@@ -83,10 +83,10 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config)
     if metrics:
         headline = get_task(config.task).metrics[0]
-        scores = {k: metrics[-1][k] for k in (f"val_{headline}", f"val_ema_{headline}") if k in metrics[-1]}
-        kept = max(scores, key=scores.get)  # model/ holds the better of the two
-        weights = "EMA" if kept.startswith("val_ema_") else "trained"
-        print(f"final val {headline} {scores[kept]:.4f} ({weights} weights, saved in {config.output}/model)")
+        kept = better_weights(metrics[-1], headline)  # what model/ holds
+        weights = "EMA" if kept == "val_ema_" else "trained"
+        score = metrics[-1][f"{kept}{headline}"]
+        print(f"final val {headline} {score:.4f} ({weights} weights, saved in {config.output}/model)")
     return 0
 
 

@@ -29,12 +29,12 @@ from torch.optim.swa_utils import AveragedModel
 from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
-from mobilevit.checkpoint_io import atomic_write, load_pickle
+from mobilevit.checkpoint_io import CONFIG_FILE, atomic_write, load_pickle, read_json
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.engine.config import TrainConfig, multi_scale_range, save_config
 from mobilevit.engine.plots import plot_curves
 from mobilevit.engine.tasks import Task, get_task, to_device
-from mobilevit.errors import NonFiniteLossError
+from mobilevit.errors import CheckpointError, NonFiniteLossError
 from mobilevit.models.factory import create_model, load_state_dict_checked
 
 log = logging.getLogger(__name__)
@@ -123,12 +123,21 @@ def pretrained_label_names(pretrained: str | os.PathLike) -> list[str] | None:
     path = Path(pretrained)
     if not path.exists():  # a published name or a Hub repo id
         return None
-    config = path / "config.json" if path.is_dir() else path.with_name("config.json")
+    config = path / CONFIG_FILE if path.is_dir() else path.with_name(CONFIG_FILE)
+    if not config.is_file():
+        return None
     try:
-        names = json.loads(config.read_text()).get("pretrained_cfg", {}).get("label_names")
-    except (OSError, ValueError, AttributeError):
+        names = read_json(config).get("pretrained_cfg", {}).get("label_names")
+    except (CheckpointError, AttributeError):
         return None
     return list(names) if isinstance(names, list) else None
+
+
+def better_weights(row: dict[str, Any], metric: str, prefixes: tuple[str, ...] = ("val_", "val_ema_")) -> str:
+    """The prefix (``val_`` or ``val_ema_``) of the better weights in an epoch's metrics ``row``,
+    the EMA on a tie: the weights ``model/`` keeps."""
+    present = [p for p in prefixes if f"{p}{metric}" in row]
+    return max(reversed(present), key=lambda p: row[f"{p}{metric}"])
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -386,8 +395,7 @@ class Trainer:
         return row[f"{prefix}{self.task.metrics[0]}"]
 
     def _better(self, row: dict[str, Any]) -> str:
-        """The prefix of the better weights in an epoch's ``row`` (the EMA on a tie)."""
-        return max(reversed(self.eval_models()), key=lambda prefix: self._score(row, prefix))
+        return better_weights(row, self.task.metrics[0], tuple(self.eval_models()))
 
     def _weights_name(self, prefix: str) -> str:
         return "EMA" if prefix == "val_ema_" else "trained (non-EMA)"
