@@ -78,6 +78,19 @@ def test_grayscale_becomes_rgb_at_the_sampled_size():
     assert eval_transform(32)(gray[0][0]).shape == (3, 32, 32)
 
 
+def test_random_erasing_blanks_one_rectangle_only_when_asked():
+    white = [(Image.new("L", (28, 28), 255), 0)]
+    plain, _ = MultiScaleDataset(white)[(32, 32, 0)]
+    assert bool((plain == 1).all())
+    torch.manual_seed(0)
+    erased, _ = MultiScaleDataset(white, erasing=1.0)[(32, 32, 0)]
+    rows, cols = (erased[0] == 0).nonzero(as_tuple=True)
+    assert rows.numel() > 0 and bool((erased[:, erased[0] == 0] == 0).all())  # every channel, same pixels
+    box = erased[0, rows.min() : rows.max() + 1, cols.min() : cols.max() + 1]
+    assert bool((box == 0).all()) and rows.numel() == box.numel()  # one filled rectangle
+    assert bool((erased[erased != 0] == 1).all())
+
+
 def test_collate_drops_unreadable_samples_and_counts_them():
     good = (torch.zeros(3, 8, 8), 1)
     images, labels, skipped = collate_skipping([good, None, good])

@@ -113,5 +113,7 @@ def test_unknown_option_and_bad_values(tmp_path):
         load_config(amp="fp8")
     with pytest.raises(ValueError, match="warmup_max_fraction must be in"):
         load_config(warmup_max_fraction=1.5)
+    with pytest.raises(ValueError, match="random_erasing is a probability"):
+        load_config(random_erasing=2.0)
     with pytest.raises(FileNotFoundError, match="recipe not found"):
         load_config(tmp_path / "missing.yaml")

@@ -16,17 +16,22 @@ from mobilevit.errors import UnreadableImageError
 log = logging.getLogger(__name__)
 
 
-def train_transform(height: int, width: int, scale: tuple[float, float] = (0.08, 1.0)) -> v2.Compose:
-    """The paper's augmentation: RandomResizedCrop and horizontal flip only; RGB in [0, 1]."""
-    return v2.Compose(
-        [
-            v2.ToImage(),
-            v2.RandomResizedCrop((height, width), scale=scale, antialias=True),
-            v2.RandomHorizontalFlip(),
-            v2.RGB(),  # after cropping: grayscale images are cropped once, then repeated
-            v2.ToDtype(torch.float32, scale=True),
-        ]
-    )
+def train_transform(
+    height: int, width: int, scale: tuple[float, float] = (0.08, 1.0), erasing: float = 0.0
+) -> v2.Compose:
+    """The paper's augmentation: RandomResizedCrop and horizontal flip only; RGB in [0, 1]. With
+    ``erasing`` > 0, also random erasing (Zhong et al. 2020) with that probability, filled with 0:
+    an option for small datasets, off in the paper's recipe."""
+    steps = [
+        v2.ToImage(),
+        v2.RandomResizedCrop((height, width), scale=scale, antialias=True),
+        v2.RandomHorizontalFlip(),
+        v2.RGB(),  # after cropping: grayscale images are cropped once, then repeated
+        v2.ToDtype(torch.float32, scale=True),
+    ]
+    if erasing > 0:
+        steps.append(v2.RandomErasing(p=erasing, value=0))
+    return v2.Compose(steps)
 
 
 def eval_transform(size: int | tuple[int, int], crop_pct: float = 0.9, interpolation: str = "bicubic") -> v2.Compose:
@@ -70,14 +75,21 @@ class MultiScaleDataset(torch.utils.data.Dataset):
     it) unless ``strict``, which raises instead.
     """
 
-    def __init__(self, dataset: torch.utils.data.Dataset, scale: tuple[float, float] = (0.08, 1.0), strict=False):
+    def __init__(
+        self,
+        dataset: torch.utils.data.Dataset,
+        scale: tuple[float, float] = (0.08, 1.0),
+        strict: bool = False,
+        erasing: float = 0.0,
+    ):
         self.dataset = dataset
         self.scale = tuple(scale)
         self.strict = strict
+        self.erasing = erasing
 
     @lru_cache(maxsize=32)  # noqa: B019 - a handful of sizes, one cache per dataset
     def _transform(self, height: int, width: int) -> v2.Compose:
-        return train_transform(height, width, self.scale)
+        return train_transform(height, width, self.scale, self.erasing)
 
     def __len__(self) -> int:
         return len(self.dataset)

@@ -49,6 +49,7 @@ class TrainConfig:
     num_scales: int = 5
     size_divisor: int | None = None  # None: img_size / 8 as a power of two in [8, 32] (32 at 256)
     crop_scale: tuple[float, float] = (0.08, 1.0)  # classification: RandomResizedCrop's area range
+    random_erasing: float = 0.0  # classification: probability of random erasing (timm's --reprob); 0: off
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before the crop
     ssd_augment: bool = False  # detection: torchvision's SSD zoom-out and IoU crops
     transformer_dropout: float | None = None  # None: the model's published rate (0.05 xxs, 0.1 xs and s)
@@ -148,6 +149,8 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
         raise ValueError("epochs, batch_size and accum_steps must be at least 1")
     if config.warmup_max_fraction is not None and not 0 <= config.warmup_max_fraction <= 1:
         raise ValueError(f"warmup_max_fraction must be in [0, 1], got {config.warmup_max_fraction}")
+    if not 0 <= config.random_erasing <= 1:
+        raise ValueError(f"random_erasing is a probability in [0, 1], got {config.random_erasing}")
     return resolve_config(config)
 
 

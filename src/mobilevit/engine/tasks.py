@@ -102,7 +102,7 @@ class Classification(Task):
         return cls_data.image_folder(data, split)
 
     def train_dataset(self, dataset: Dataset, cfg: Any, num_classes: int) -> Dataset:
-        return MultiScaleDataset(dataset, cfg.crop_scale, cfg.strict)
+        return MultiScaleDataset(dataset, cfg.crop_scale, cfg.strict, cfg.random_erasing)
 
     def val_dataset(self, dataset: Dataset, img_size: int, num_classes: int) -> Dataset:
         return TransformedDataset(dataset, eval_transform(img_size))
