@@ -1,7 +1,7 @@
 """The machine a speed figure was measured on: CPU model, instruction set, threads and fp32 peak.
 
 Latencies mean little without these: the same model's ratios differ between an AVX-512 CPU with
-VNNI and one with AVX2 alone (fp32 peaks 3-4x apart, int8 kernels of another kind), so every
+VNNI and one with AVX2 alone (fp32 peaks far apart, int8 kernels of another kind), so every
 benchmark prints :func:`describe` with its table and writes :func:`machine_info` into its JSON.
 """
 

@@ -30,17 +30,16 @@ INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 
 # Quantized: the convolutions and linear layers, where the time goes, and the ops between them (SiLU's
 # Sigmoid and Mul, residual Adds, layout ops), so that activations stay int8 from one conv to the next:
 # with only Conv/MatMul/Gemm quantized, the Quantize/Dequantize pairs around every SiLU cost more than
-# the integer kernels saved (mobilevit_s, 256x256, 2 threads: 14.9 ms vs 14.5 ms fp32; with these, 12.0).
-# The attention products (activation x activation, one of them the softmax output) stay fp32:
-# quantizing them lowered the top-1 agreement with fp32 (trained Fashion-MNIST xxs: 99.1% -> 98.9%).
+# the integer kernels save. The attention products (activation x activation, one of them the softmax
+# output) stay fp32: quantizing them costs top-1 agreement with fp32.
 QUANTIZED_OPS = (
     "Conv", "MatMul", "Gemm", "Sigmoid", "Mul", "Add", "Concat", "Transpose", "Reshape", "GlobalAveragePool",
     "ReduceMean",
 )  # fmt: skip
 # On x86 CPUs without VNNI (AVX2 alone), ONNX Runtime's uint8 x int8 kernels (VPMADDUBSW) add each pair of
 # products in a signed 16-bit register, which saturates unless 255 * (|w1| + |w2|) <= 32767: int8 weights
-# must stay within [-64, 64], ONNX Runtime's reduce_range. Full-range weights (-127..127) gave wrong top-1
-# for half the images there while being exact on VNNI CPUs.
+# must stay within [-64, 64], ONNX Runtime's reduce_range. Full-range weights (-127..127) overflow there and
+# change the predictions, while being exact on VNNI CPUs.
 U8_MAX, INT16_MAX = 255, 32767
 PORTABLE_WEIGHT_MAX = INT16_MAX // (2 * U8_MAX)  # 64
 # Where the weight enters each integer op (QOperator format) or the float op a DequantizeLinear feeds (QDQ).
@@ -216,9 +215,9 @@ def quantize_onnx(
     its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...). ``portable``
     weights are 7-bit (reduce_range), so that the file computes the same on every CPU (see
     ``PORTABLE_WEIGHT_MAX``); ``portable=False`` keeps 8 bits, exact only on x86 CPUs with VNNI and on ARM
-    (:class:`OnnxRunner` refuses it elsewhere). The README gives what each costs. int8 activations (S8S8)
-    ran 1.9x slower than uint8. Min-max calibration: percentile and entropy calibration agreed no
-    better with fp32 on Fashion-MNIST.
+    (:class:`OnnxRunner` refuses it elsewhere). The README gives what each costs. Activations are uint8
+    because ONNX Runtime's fast x86 kernels multiply unsigned by signed bytes (int8 activations, S8S8,
+    take slower ones). Min-max calibration: percentile and entropy calibration agree no better with fp32.
     """
     require_onnx()
     from onnxruntime.quantization import CalibrationMethod, QuantFormat, QuantType, quant_pre_process, quantize_static

@@ -40,7 +40,7 @@ ASPP_CHANNELS = {MobileViTConfig: 256, MobileViTV2Config: 512}
 
 def _init_classifier(conv: nn.Conv2d) -> None:
     """Small logits at the start (std 0.01, zero bias): Kaiming-initialised over 256 channels they
-    start near +-20 and the first epochs are spent shrinking them."""
+    start large and the first epochs are spent shrinking them."""
     nn.init.normal_(conv.weight, std=0.01)
     nn.init.zeros_(conv.bias)
 
