@@ -5,7 +5,7 @@
 Each (model, backend) pair is one ``mobilevit bench`` run (``mobilevit.export.bench.bench``): ours and
 the peers in one process, interleaved, medians over rounds. Peers: timm and Hugging Face in eager
 mode (for ``eager`` and ``optimized``), timm alone on the export backends (its ONNX export is the
-issue's yardstick; Hugging Face's exports are slower still), none for ``int8``, which is compared
+yardstick to beat; Hugging Face's exports are slower still), none for ``int8``, which is compared
 with our own fp32 ONNX Runtime row instead. ``optimized`` also runs our eager model beside it: the
 script says whether ``optimize_for_inference`` beat it for every model on this CPU, as it must.
 """
@@ -16,7 +16,7 @@ import argparse
 
 import mobilevit
 from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
-from mobilevit.export.bench import BACKENDS, bench
+from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.machine import describe
 
 PEERS = {"eager": ("timm", "hf"), "optimized": ("timm", "hf"), "compile": ("timm",), "onnxruntime": ("timm",)}
@@ -26,7 +26,7 @@ PEERS |= {"executorch": ("timm",), "int8": ()}
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=mobilevit.list_models("mobilevit_*", task="classification"))
-    parser.add_argument("--backends", nargs="*", default=list(BACKENDS), choices=BACKENDS)
+    parser.add_argument("--backends", nargs="*", default=list(BENCH_BACKENDS), choices=BENCH_BACKENDS)
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
     add_timing_args(parser)
     args = parse_timing_args(parser)

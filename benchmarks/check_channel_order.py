@@ -16,8 +16,9 @@ import torch
 from skimage import data
 
 import mobilevit
+from mobilevit.data.images import preprocess
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
-from mobilevit.predict import imagenet_class_names, preprocess
+from mobilevit.tasks.classification import imagenet_class_names
 
 PHOTOS = {"cat": data.chelsea, "coffee": data.coffee, "rocket": data.rocket, "astronaut": data.astronaut}
 

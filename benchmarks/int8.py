@@ -30,11 +30,11 @@ from common import add_timing_args, measured_on, parse_timing_args, print_table,
 from mobilevit.data.calibration import calibration_images
 from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
-from mobilevit.engine.evaluate import load_for_eval
 from mobilevit.export import machine
 from mobilevit.export.bench import CALIBRATION_IMAGES, time_interleaved
 from mobilevit.export.onnx import Int8PortabilityError, OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
+from mobilevit.models.loader import load_checkpoint
 from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu, structured_images
 
 INT8 = {"int8 portable": True, "int8 full range": False}  # name -> quantize_onnx(portable=...)
@@ -50,7 +50,7 @@ def exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdi
 
 
 def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path) -> list[dict]:
-    model, _ = load_for_eval(checkpoint)
+    model, _ = load_checkpoint(checkpoint)
     size = model.pretrained_cfg["input_size"][-1]
     calibration = calibration_images(FASHION_MNIST, n_calibration, (size, size))
     files = exports(model, size, calibration, workdir)

@@ -12,7 +12,10 @@ from PIL import Image
 
 from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.predict import class_names, imagenet_class_names, predict_files, preprocess, read_image
+from mobilevit.data.images import preprocess, read_image
+from mobilevit.predict import predict
+from mobilevit.tasks import class_names
+from mobilevit.tasks.classification import imagenet_class_names
 from mobilevit.testing import randomize_, structured_images
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -177,8 +180,8 @@ def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
 
     model = from_pretrained(model_dir).eval()
     images = [photos[k] for k in ("astronaut", "chelsea", "camera", "missing")]
-    eager, eager_errors = predict_files(images, model, LABELS, k=3)
-    onnx, onnx_errors = predict_files(images, model, LABELS, k=3, backend="onnxruntime")
+    eager, eager_errors = predict(images, model, LABELS, k=3)
+    onnx, onnx_errors = predict(images, model, LABELS, k=3, backend="onnxruntime")
     assert eager_errors == onnx_errors and len(eager) == 3
     for a, b in zip(eager, onnx, strict=True):
         assert [p["index"] for p in a["predictions"]] == [p["index"] for p in b["predictions"]]
@@ -187,7 +190,7 @@ def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
 
 def test_unknown_backend_is_refused(model_dir):
     with pytest.raises(ValueError, match="onnxruntime"):
-        predict_files([], create_model("mobilevit_xxs", num_classes=2), ["a", "b"], backend="tflite")
+        predict([], create_model("mobilevit_xxs", num_classes=2), ["a", "b"], backend="tflite")
 
 
 @pytest.mark.parametrize("name", ["mobilevitv2_050", "mobilevitv3_xxs"])

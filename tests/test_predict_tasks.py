@@ -17,7 +17,9 @@ from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.data.segmentation import VOC_PALETTE, segmentation_eval_transform
 from mobilevit.models.factory import from_pretrained
-from mobilevit.predict import class_names, detect_files, overlay, segment_files
+from mobilevit.predict import predict
+from mobilevit.tasks import class_names
+from mobilevit.tasks.segmentation import overlay
 from mobilevit.testing import randomize_
 
 skimage_data = pytest.importorskip("skimage.data")
@@ -102,7 +104,7 @@ def test_segmentation_writes_mask_overlay_and_json(capsys, photos, seg_dir, tmp_
 def test_segmentation_mask_is_the_models_prediction(photos, seg_dir, tmp_path):
     """The image is resized as evaluation resizes it, and the logits are upsampled to the photo."""
     model = from_pretrained(seg_dir).eval()
-    (result,), _ = segment_files([photos["chelsea"]], model, SEG_LABELS, tmp_path)
+    (result,), _ = predict([photos["chelsea"]], model, SEG_LABELS, output_dir=tmp_path)
     photo = Image.open(photos["chelsea"])
     x = segmentation_eval_transform(SEG_SIZE, SEG_SIZE)(photo)
     with torch.no_grad():
@@ -151,7 +153,7 @@ def test_detections_are_the_models_own(photos, det_dir, tmp_path):
     detection_eval_transform resizes it, with boxes scaled back to the photo (451 x 300: x and y scale
     differently)."""
     model = from_pretrained(det_dir).eval()
-    (result,), _ = detect_files([photos["chelsea"]], model, DET_LABELS, tmp_path, score_thresh=0.45)
+    (result,), _ = predict([photos["chelsea"]], model, DET_LABELS, output_dir=tmp_path, score_thresh=0.45)
     photo = Image.open(photos["chelsea"])
     x = v2.Compose([v2.ToImage(), v2.Resize((320, 320), antialias=True), v2.ToDtype(torch.float32, scale=True)])(photo)
     with torch.no_grad():
@@ -187,7 +189,7 @@ def test_task_mismatch_is_an_error(capsys, photos, seg_dir):
 
 def test_bad_score_threshold_is_refused(photos, det_dir, tmp_path):
     with pytest.raises(ValueError, match=r"probability in \[0, 1\)"):
-        detect_files([photos["astronaut"]], from_pretrained(det_dir), DET_LABELS, tmp_path, score_thresh=1.5)
+        predict([photos["astronaut"]], from_pretrained(det_dir), DET_LABELS, output_dir=tmp_path, score_thresh=1.5)
 
 
 def test_default_class_names_of_task_models():
@@ -217,8 +219,8 @@ def test_detection_with_onnxruntime_gives_the_eager_boxes(photos, det_dir, tmp_p
     pytest.importorskip("onnxruntime")
     model = from_pretrained(det_dir).eval()
     images = [photos["astronaut"], photos["chelsea"]]
-    eager, _ = detect_files(images, model, DET_LABELS, tmp_path / "eager")
-    onnx, _ = detect_files(images, model, DET_LABELS, tmp_path / "onnx", backend="onnxruntime")
+    eager, _ = predict(images, model, DET_LABELS, output_dir=tmp_path / "eager")
+    onnx, _ = predict(images, model, DET_LABELS, output_dir=tmp_path / "onnx", backend="onnxruntime")
     for a, b in zip(eager, onnx, strict=True):
         assert [d["index"] for d in a["detections"]] == [d["index"] for d in b["detections"]]
         torch.testing.assert_close(

@@ -4,13 +4,31 @@ from __future__ import annotations
 
 import argparse
 import json
+import logging
 import sys
 from collections.abc import Sequence
+from dataclasses import MISSING, fields
+from pathlib import Path
 
+import torch
+
+from mobilevit.data.calibration import calibration_images
+from mobilevit.engine.config import TrainConfig, load_config
+from mobilevit.engine.train import better_weights, train
 from mobilevit.errors import TrainingError
-from mobilevit.models import list_models, list_pretrained
-from mobilevit.models.factory import TASKS, task_of
+from mobilevit.export import FORMATS, FP32_TOLERANCE, INT8_FORMATS, check_task, export
+from mobilevit.export.bench import BENCH_BACKENDS, bench
+from mobilevit.export.coreml import PRECISIONS
+from mobilevit.export.machine import describe as describe_machine
+from mobilevit.export.machine import machine_info
+from mobilevit.models import create_model, list_models, list_pretrained
+from mobilevit.models.loader import load_checkpoint
+from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
+from mobilevit.models.registry import split_name
 from mobilevit.models.summary import describe
+from mobilevit.predict import PREDICT_BACKENDS, load_model, predict
+from mobilevit.tasks import TASKS, get_task, task_for
+from mobilevit.tasks.detection import DEFAULT_SCORE_THRESH
 
 
 def _positive_size(value: str) -> int:
@@ -24,8 +42,6 @@ def _cmd_list(args: argparse.Namespace) -> int:
     if not args.pretrained:
         print("\n".join(list_models(args.pattern, task=args.task)))
         return 0
-    from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
-
     rows = [PUBLISHED_WEIGHTS[n] for n in list_pretrained(args.pattern, task=args.task)]
     width = max((len(w.name) for w in rows), default=0)
     for w in rows:
@@ -52,10 +68,6 @@ def _cmd_info(args: argparse.Namespace) -> int:
 
 def _add_train_options(parser: argparse.ArgumentParser) -> None:
     """One flag per TrainConfig field (``--batch-size``, ``--no-ema``...); unset flags keep the recipe."""
-    from dataclasses import MISSING, fields
-
-    from mobilevit.engine.config import TrainConfig
-
     parser.add_argument("--config", help="YAML recipe (see configs/); flags override it")
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
@@ -71,12 +83,6 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _cmd_train(args: argparse.Namespace) -> int:
-    import logging
-
-    from mobilevit.engine.config import TrainConfig, load_config
-    from mobilevit.engine.tasks import get_task
-    from mobilevit.engine.train import better_weights, train
-
     logging.basicConfig(level=logging.INFO, format="%(message)s")
     options = {k: getattr(args, k) for k in TrainConfig.__dataclass_fields__}
     config = load_config(args.config, **options)
@@ -91,104 +97,32 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_eval(args: argparse.Namespace) -> int:
-    import torch
-
-    from mobilevit.engine.evaluate import load_for_eval
-    from mobilevit.engine.tasks import get_task
-
-    model, classes = load_for_eval(args.checkpoint, args.model, args.weights)
+    model, classes = load_checkpoint(args.checkpoint, args.model, args.weights)
     source = args.checkpoint or args.model
-    task = get_task(task_of(model))
+    task = task_for(model)
     if args.task and args.task != task.name:
         raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
-    data = args.data or task.default_data
-    dataset = task.dataset(data, args.split)
+    dataset = task.dataset(args.data or task.default_data, args.split)
     classes = classes or list(getattr(dataset, "classes", []))
     if classes and len(classes) != model.num_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but the data has {len(classes)}")
     names = classes or [str(i) for i in range(model.num_classes)]
-    img_size = args.img_size or model.pretrained_cfg["input_size"][-1]
-    if task.name == "classification":
-        from mobilevit.data.transforms import TransformedDataset, eval_transform
-
-        cfg = model.pretrained_cfg
-        evaluation = TransformedDataset(dataset, eval_transform(img_size, cfg["crop_pct"], cfg["interpolation"]))
-    else:
-        evaluation = task.val_dataset(dataset, img_size, model.num_classes)
+    evaluation = task.eval_dataset(dataset, model, args.img_size or model.pretrained_cfg["input_size"][-1])
     loader = torch.utils.data.DataLoader(
         evaluation, batch_size=args.batch_size, num_workers=args.workers, collate_fn=task.collate
     )
     result = task.evaluate(model, loader, model.num_classes, torch.device("cpu"))
-    summary = {"checkpoint": str(source), "task": task.name, "images": len(evaluation)}
-    summary |= _EVAL_REPORTS[task.name](args, result, names)
-    if args.json:
-        print(json.dumps(summary, indent=2))
-    return 0
-
-
-def _report_classification(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
-    """Top-1/top-5/loss, per-class accuracy and the confusion-matrix PNG."""
-    from pathlib import Path
-
-    from mobilevit.engine.plots import plot_confusion
-
     beside = Path(args.checkpoint).resolve().parent if args.checkpoint and Path(args.checkpoint).exists() else Path()
-    output = Path(args.output) if args.output else beside
-    figure = plot_confusion(result["confusion"], names, output / "confusion_matrix.png")
-    per_class = dict(zip(names, result["per_class"], strict=True))
-    if not args.json:
-        print(
-            f"{result['count']} images: top-1 {100 * result['top1']:.2f}%  top-5 {100 * result['top5']:.2f}%  "
-            f"loss {result['loss']:.4f}"
-        )
-        for name, acc in per_class.items():
-            print(f"  {name:<24} {100 * acc:6.2f}%")
-        print(f"confusion matrix: {figure}")
-    return {
-        "top1": result["top1"],
-        "top5": result["top5"],
-        "loss": result["loss"],
-        "per_class": per_class,
-        "confusion_matrix_png": str(figure),
-    }
-
-
-def _report_segmentation(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
-    """mIoU, pixel accuracy and the IoU of each class (null for a class in neither masks nor predictions)."""
-    per_class = {n: (None if iou != iou else iou) for n, iou in zip(names, result["per_class_iou"], strict=True)}
-    if not args.json:
-        print(f"mIoU {100 * result['miou']:.2f}%  pixel accuracy {100 * result['pixel_acc']:.2f}%")
-        for name, iou in per_class.items():
-            print(f"  {name:<24} {'-' if iou is None else f'{100 * iou:6.2f}%'}")
-    scores = {k: result[k] for k in ("miou", "pixel_acc", "loss")}
-    return {**scores, "per_class_iou": per_class}
-
-
-def _report_detection(args: argparse.Namespace, result: dict, names: list[str]) -> dict:
-    """COCO mAP (IoU 0.5:0.95), mAP@0.5 and mAP@0.75, by pycocotools."""
-    if not args.json:
-        scores = (f"{label} {100 * result[key]:.2f}" for label, key in _MAP_LABELS)
-        print("  ".join(scores))
-    return result
-
-
-_MAP_LABELS = (("mAP", "map"), ("mAP@0.5", "map_50"), ("mAP@0.75", "map_75"))
-_EVAL_REPORTS = {
-    "classification": _report_classification,
-    "segmentation": _report_segmentation,
-    "detection": _report_detection,
-}
+    report, lines = task.report(result, names, Path(args.output) if args.output else beside)
+    if args.json:
+        print(json.dumps({"checkpoint": str(source), "task": task.name, "images": len(evaluation), **report}, indent=2))
+    else:
+        print("\n".join(lines))
+    return 0
 
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Export a model, then run the file with its runtime and print how far it is from PyTorch."""
-    from pathlib import Path
-
-    from mobilevit.engine.evaluate import load_for_eval
-    from mobilevit.export import FP32_TOLERANCE, INT8_FORMATS, check_task, export
-    from mobilevit.models import create_model
-    from mobilevit.models.registry import split_name
-
     if args.checkpoint is None:
         if args.model is None:
             raise ValueError("pass --model NAME, --checkpoint PATH or both")
@@ -203,7 +137,7 @@ def _cmd_export(args: argparse.Namespace) -> int:
     else:
         if not Path(args.checkpoint).exists():
             raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-        model, _ = load_for_eval(args.checkpoint, args.model)
+        model, _ = load_checkpoint(args.checkpoint, args.model)
         if args.model and model.model_name != args.model:
             raise ValueError(f"--model {args.model} but {args.checkpoint} holds a {model.model_name}")
     cfg = model.pretrained_cfg
@@ -213,8 +147,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
     if args.int8 and args.format in INT8_FORMATS:
         if args.calibration is None:
             raise ValueError("--int8 needs --calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
-        from mobilevit.data.calibration import calibration_images
-
         options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
         calibration = calibration_images(args.calibration, args.calibration_images, img_size, **options)
     report = export(
@@ -242,9 +174,6 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    from mobilevit.export import FORMATS
-    from mobilevit.export.coreml import PRECISIONS
-
     p = sub.add_parser("export", help="export to ONNX, TorchScript, ExecuTorch or CoreML and check it against PyTorch")
     p.add_argument(
         "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
@@ -265,30 +194,26 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
 def _cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes, or mask and overlay PNGs, or boxes drawn on a PNG, of each image (as the model's
     task is); unreadable images are reported and make the exit status 2."""
-    from mobilevit.predict import FORMATTERS, load_model, predict_task
-
     source = args.checkpoint or args.pretrained
     if source is None and args.model is None:
         raise ValueError("pass --model NAME (published weights), --checkpoint PATH or --pretrained NAME|PATH")
     model, names = load_model(source, args.model)
     source = source or args.model
-    task = task_of(model)
-    if args.task and args.task != task:
-        raise ValueError(f"--task {args.task}, but {source} holds a {task} model ({model.model_name})")
-    options = {"k": args.topk, "score_thresh": args.score_thresh, "backend": args.backend}
-    results, errors = predict_task(args.images, model, names, output_dir=args.output_dir, **options)
+    task = task_for(model)
+    if args.task and args.task != task.name:
+        raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
+    options = {"k": args.topk, "score_thresh": args.score_thresh}  # each task reads its own
+    results, errors = predict(args.images, model, names, output_dir=args.output_dir, backend=args.backend, **options)
     for error in errors:
         print(f"mobilevit predict: error: {error['error']}", file=sys.stderr)
     if args.json:
-        print(json.dumps({"task": task, "results": results, "errors": errors}, indent=2))
+        print(json.dumps({"task": task.name, "results": results, "errors": errors}, indent=2))
     elif results:
-        print("\n\n".join(FORMATTERS[task](result) for result in results))
+        print("\n\n".join(task.format(result) for result in results))
     return 2 if errors else 0
 
 
 def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
-    from mobilevit.predict import BACKENDS, DEFAULT_SCORE_THRESH
-
     p = sub.add_parser("predict", help="classify, segment or detect in image files with a trained or published model")
     p.add_argument("images", nargs="+", metavar="IMAGE", help="image files (any format Pillow reads)")
     source = p.add_mutually_exclusive_group()
@@ -306,17 +231,12 @@ def _add_predict_parser(sub: argparse._SubParsersAction) -> None:
         help=f"detection: keep boxes scoring above this (default: {DEFAULT_SCORE_THRESH})",
     )
     p.add_argument("--output-dir", default="predictions", help="segmentation, detection: PNG folder (%(default)s)")
-    p.add_argument("--backend", choices=BACKENDS, default="eager", help="eager PyTorch or ONNX Runtime")
+    p.add_argument("--backend", choices=PREDICT_BACKENDS, default="eager", help="eager PyTorch or ONNX Runtime")
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_predict)
 
 
 def _cmd_bench(args: argparse.Namespace) -> int:
-    import torch
-
-    from mobilevit.export.bench import bench
-    from mobilevit.export.machine import describe, machine_info
-
     if args.threads:
         torch.set_num_threads(args.threads)
     compare = tuple(p for p in args.compare.split(",") if p) if args.compare else ()
@@ -335,7 +255,7 @@ def _cmd_bench(args: argparse.Namespace) -> int:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return 0
     print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32")
-    print(f"on {describe(machine)}")
+    print(f"on {describe_machine(machine)}")
     header = f"{'impl':<10}{'backend':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'% peak':>8}"
     print(header + ("  ours/this" if len(rows) > 1 else ""))
     for r in rows:
@@ -346,11 +266,9 @@ def _cmd_bench(args: argparse.Namespace) -> int:
 
 
 def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
-    from mobilevit.export.bench import BACKENDS
-
     p = sub.add_parser("bench", help="latency of a model on a backend, optionally against timm and Hugging Face")
     p.add_argument("--model", default="mobilevit_s", help="model name (default: mobilevit_s)")
-    p.add_argument("--backend", choices=BACKENDS, default="eager")
+    p.add_argument("--backend", choices=BENCH_BACKENDS, default="eager")
     p.add_argument("--batch-size", type=_positive_size, default=1)
     p.add_argument("--img-size", nargs=2, type=_positive_size, default=[256, 256], metavar=("H", "W"))
     p.add_argument("--compare", help="peers run in the same process, interleaved: 'timm', 'hf' or 'timm,hf'")

@@ -16,6 +16,7 @@ import torch
 from torch import nn
 
 from mobilevit.convert import convert_state_dict
+from mobilevit.data.synthetic import structured_images as structured_images  # re-exported for tests
 from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
@@ -64,29 +65,6 @@ def randomize_(model: nn.Module, seed: int = 0, calibrate: Callable[[nn.Module],
 
 def _default_calibration(model: nn.Module) -> None:
     model(structured_images(4, 128, 128, seed=123))
-
-
-def structured_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
-    """RGB images in [0, 1] with gradients, stripes and coloured shapes: unlike noise, they have
-    spatial structure and channels that differ, so flipped channels or mixed-up patches show."""
-    gen = torch.Generator().manual_seed(seed)
-    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
-    images = []
-    for _ in range(batch):
-        phase = torch.rand(3, generator=gen) * 6.28
-        img = torch.stack(
-            [
-                xx,
-                0.5 + 0.5 * torch.sin(12 * yy + phase[1]),
-                0.5 + 0.5 * torch.cos(7 * (xx + yy) + phase[2]),
-            ]
-        )
-        for _ in range(4):
-            cy, cx, ry, rx = torch.rand(4, generator=gen).tolist()
-            mask = ((yy - cy) / (0.05 + 0.3 * ry)) ** 2 + ((xx - cx) / (0.05 + 0.3 * rx)) ** 2 < 1
-            img[:, mask] = torch.rand(3, 1, generator=gen)
-        images.append(img)
-    return torch.stack(images)
 
 
 def converted(name: str, state_dict: dict[str, torch.Tensor], source: str = "auto") -> nn.Module:

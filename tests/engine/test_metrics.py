@@ -8,7 +8,8 @@ import math
 import pytest
 import torch
 
-from mobilevit.engine.metrics import DetectionMetrics, SegmentationMetrics
+from mobilevit.tasks.detection import DetectionMetrics
+from mobilevit.tasks.segmentation import SegmentationMetrics
 
 torchmetrics = pytest.importorskip("torchmetrics")
 pytest.importorskip("pycocotools")

@@ -14,10 +14,10 @@ import mobilevit
 from mobilevit.cli import main
 from mobilevit.data.synthetic import SHAPES_CLASSES, make_shapes
 from mobilevit.engine.config import load_config
-from mobilevit.engine.evaluate import load_for_eval
-from mobilevit.engine.tasks import get_task
 from mobilevit.engine.train import Trainer, train
 from mobilevit.models.factory import resolve_task_model
+from mobilevit.models.loader import load_checkpoint
+from mobilevit.tasks import get_task
 
 
 @pytest.fixture(scope="module")
@@ -53,7 +53,7 @@ def test_trains_checkpoints_and_reloads(shapes, tmp_path, task, headline):
     checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
     state = torch.load(checkpoint, weights_only=True)
     assert (state["task"], state["num_classes"], state["classes"]) == (task, 3, list(SHAPES_CLASSES))
-    model, classes = load_for_eval(checkpoint)
+    model, classes = load_checkpoint(checkpoint)
     assert model.task == task and model.num_classes == 3 and classes == list(SHAPES_CLASSES)
     reloaded = mobilevit.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.model_name == model.model_name

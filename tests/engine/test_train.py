@@ -258,7 +258,7 @@ def test_model_is_the_better_of_trained_and_ema_and_best_is_the_best_epoch(image
     import logging
 
     from mobilevit.engine import train as train_module
-    from mobilevit.engine.tasks import Classification
+    from mobilevit.tasks.classification import Classification
 
     trainer = train_module.Trainer(tiny_config(image_data, tmp_path / "run", epochs=2))
     scores = iter([0.9, 0.3, 0.5, 0.6])  # epoch 1: trained, EMA; epoch 2: trained, EMA

@@ -13,8 +13,9 @@ from torch import nn
 
 from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.export import FP32_TOLERANCE, TASK_FORMATS, export
-from mobilevit.export.detection import postprocess
+from mobilevit.export import FP32_TOLERANCE, export
+from mobilevit.models.detection import postprocess
+from mobilevit.tasks import get_task
 from mobilevit.testing import randomize_, structured_images
 
 pytest.importorskip("onnx")
@@ -86,7 +87,7 @@ def test_detection_cli_export_is_checked_and_says_where_nms_runs(detection_cli):
     code, out, path = detection_cli
     assert code == 0
     assert "exported ssdlite_mobilevit_xxs at 320x320" in out
-    assert "NMS is not in the graph" in out and "mobilevit.export.detection.postprocess" in out
+    assert "NMS is not in the graph" in out and "mobilevit.models.detection.postprocess" in out
     diff = float(out.split("max abs diff vs PyTorch: ")[1].split()[0])
     assert diff <= FP32_TOLERANCE
     proto = onnx.load(path)
@@ -110,15 +111,13 @@ def test_detection_onnx_and_postprocess_give_the_eager_detections(detector, dete
 
 def test_postprocess_options_are_the_models(detector):
     """For a detector built with other options, postprocess with them gives its detections too."""
-    from mobilevit.export import deployable
-
     options = {"score_thresh": 0.4, "nms_thresh": 0.3, "detections_per_img": 7, "topk_candidates": 20}
     model = create_model("ssdlite_mobilevit_xxs", num_classes=3, **options).eval()
     model.load_state_dict(detector.state_dict())
     x = structured_images(2, 320, 320, seed=3)
     with torch.no_grad():
         expected = model(list(x))
-        found = postprocess(*deployable(model)(x), **options)
+        found = postprocess(*get_task("detection").deployable(model)(x), **options)
     for f, e in zip(found, expected, strict=True):
         assert len(f["labels"]) == 7 and torch.equal(f["labels"], e["labels"])
         torch.testing.assert_close(f["boxes"], e["boxes"])
@@ -153,7 +152,7 @@ def test_cli_refuses_int8_for_a_task_model_before_wanting_calibration(capsys, tm
 def test_other_formats_of_task_models(segmenter, detector, tmp_path, task, fmt):
     if fmt == "executorch":
         pytest.importorskip("executorch")
-    assert fmt in TASK_FORMATS[task]
+    assert fmt in get_task(task).export_formats
     model, size = (segmenter, (64, 64)) if task == "segmentation" else (detector, (320, 320))
     report = export(model, fmt, tmp_path / f"m.{fmt}", img_size=size)
     assert report.max_abs_diff <= FP32_TOLERANCE

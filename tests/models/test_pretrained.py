@@ -25,10 +25,11 @@ from test_parity import to_cvnets
 import mobilevit
 from cvnets_fixtures import load_layout, random_state
 from mobilevit.cli import main as cli_main
+from mobilevit.data.segmentation import VOC_CLASSES
 from mobilevit.hub import URL_MIRROR_ENV, DownloadError, HubFile, UrlFile
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
 from mobilevit.models.registry import REGISTRY, get_weights
-from mobilevit.predict import class_names, voc_class_names
+from mobilevit.tasks import class_names
 from mobilevit.testing import assert_matches, hf_config, hf_v2_config, randomize_, structured_images
 
 README = Path(__file__).parents[2] / "README.md"
@@ -319,7 +320,7 @@ def test_cli_predicts_and_exports_published_weights(hosts, timm_xxs, tmp_path, c
     assert cli_main(["predict", str(photo), "--model", "mobilevit_xxs", "--json"]) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     model = mobilevit.create_model("mobilevit_xxs", pretrained=True).eval()
-    from mobilevit.predict import preprocess, read_image
+    from mobilevit.data.images import preprocess, read_image
 
     with torch.no_grad():
         expected = model(preprocess(read_image(photo), model.pretrained_cfg)[None]).argmax().item()
@@ -385,7 +386,7 @@ def test_cli_segments_with_published_weights_and_voc_names(hosts, tmp_path, caps
     assert cli_main(args) == 0
     result = json.loads(capsys.readouterr().out)["results"][0]
     assert Path(result["mask_png"]).is_file() and Path(result["overlay_png"]).is_file()
-    assert result["classes"] and {c["label"] for c in result["classes"]} <= set(voc_class_names())
+    assert result["classes"] and {c["label"] for c in result["classes"]} <= set(VOC_CLASSES)
 
 
 def test_repo_with_only_a_pickle_file_is_found_online_and_offline(hosts, monkeypatch):

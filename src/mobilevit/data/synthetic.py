@@ -13,12 +13,15 @@ from __future__ import annotations
 import io
 import json
 import os
+import shutil
 import xml.etree.ElementTree as ET
 from pathlib import Path
 
 import numpy as np
+import torch
 from PIL import Image
 
+from mobilevit.data.datasets import cache_dir
 from mobilevit.data.segmentation import IGNORE_INDEX, VOC_PALETTE
 
 SHAPES_CLASSES = ("background", "rectangle", "ellipse")
@@ -247,3 +250,50 @@ def make_shapes(
     _write_lines(voc / "classes.txt", SHAPES_CLASSES)
     _write_lines(coco / "classes.txt", SHAPES_CLASSES)
     return root
+
+
+SHAPES = "shapes"  # the built-in segmentation and detection data: synthetic shapes made on first use
+SHAPES_SPLITS = (512, 128)  # training and validation images of the built-in shapes data, 128x128
+
+
+def shapes_root() -> Path:
+    """The synthetic shapes dataset in the cache, written once (a few seconds)."""
+    root = cache_dir() / f"{SHAPES}-{SHAPES_SPLITS[0]}-{SHAPES_SPLITS[1]}"
+    if root.exists():
+        return root
+    # Written aside, then renamed: a killed run or a second process (DDP ranks) never sees half of it.
+    partial = root.with_name(f".{root.name}.{os.getpid()}")
+    make_shapes(partial, *SHAPES_SPLITS)
+    try:
+        partial.rename(root)
+    except OSError:  # another process finished first
+        shutil.rmtree(partial)
+    return root
+
+
+def data_root(data: str) -> Path:
+    """The folder a segmentation or detection ``--data`` names: ``shapes`` is the built-in one."""
+    return shapes_root() if data == SHAPES else Path(data)
+
+
+def structured_images(batch: int, height: int, width: int, seed: int = 0) -> torch.Tensor:
+    """RGB images in [0, 1] with gradients, stripes and coloured shapes: unlike noise, they have
+    spatial structure and channels that differ, so flipped channels or mixed-up patches show."""
+    gen = torch.Generator().manual_seed(seed)
+    yy, xx = torch.meshgrid(torch.linspace(0, 1, height), torch.linspace(0, 1, width), indexing="ij")
+    images = []
+    for _ in range(batch):
+        phase = torch.rand(3, generator=gen) * 6.28
+        img = torch.stack(
+            [
+                xx,
+                0.5 + 0.5 * torch.sin(12 * yy + phase[1]),
+                0.5 + 0.5 * torch.cos(7 * (xx + yy) + phase[2]),
+            ]
+        )
+        for _ in range(4):
+            cy, cx, ry, rx = torch.rand(4, generator=gen).tolist()
+            mask = ((yy - cy) / (0.05 + 0.3 * ry)) ** 2 + ((xx - cx) / (0.05 + 0.3 * rx)) ** 2 < 1
+            img[:, mask] = torch.rand(3, 1, generator=gen)
+        images.append(img)
+    return torch.stack(images)

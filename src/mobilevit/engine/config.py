@@ -27,7 +27,9 @@ from typing import Any
 import yaml
 
 from mobilevit.checkpoint_io import atomic_write
+from mobilevit.models.factory import resolve_task_model
 from mobilevit.models.mobilevit import MIN_INPUT_SIZE
+from mobilevit.tasks import get_task
 
 
 @dataclass
@@ -138,9 +140,6 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
     if unknown:
         raise ValueError(f"unknown training option(s): {', '.join(unknown)}; valid: {', '.join(sorted(valid))}")
     config = TrainConfig(**{k: _coerce(k, v) for k, v in values.items()})
-    from mobilevit.engine.tasks import get_task
-    from mobilevit.models.factory import resolve_task_model
-
     config.model, config.task = resolve_task_model(config.model, config.task)
     config.data = config.data or get_task(config.task).default_data
     if config.amp not in ("none", "bf16", "fp16"):

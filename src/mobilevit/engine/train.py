@@ -1,5 +1,5 @@
 """Training loop with the paper's recipe, resumable from any checkpoint: classification,
-segmentation and detection (what differs between them lives in :mod:`mobilevit.engine.tasks`).
+segmentation and detection (what differs between them lives in :mod:`mobilevit.tasks`).
 
 Every epoch evaluates the trained weights and, with ``ema``, their moving average: ``metrics.csv``,
 TensorBoard and ``curves.png`` show both (``val_<metric>`` and ``val_ema_<metric>``). ``best/`` holds
@@ -32,10 +32,11 @@ from tqdm import tqdm
 from mobilevit.checkpoint_io import CONFIG_FILE, atomic_write, load_pickle, read_json
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.engine.config import TrainConfig, multi_scale_range, save_config
-from mobilevit.engine.plots import plot_curves
-from mobilevit.engine.tasks import Task, get_task, to_device
 from mobilevit.errors import CheckpointError, NonFiniteLossError
-from mobilevit.models.factory import create_model, load_state_dict_checked
+from mobilevit.models.factory import create_model
+from mobilevit.models.weights import load_state_dict_checked
+from mobilevit.plots import plot_curves
+from mobilevit.tasks import Task, get_task, to_device
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")

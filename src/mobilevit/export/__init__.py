@@ -19,23 +19,24 @@ from pathlib import Path
 import torch
 from torch import nn
 
-from mobilevit.models.factory import task_of
-from mobilevit.testing import structured_images
+from mobilevit.data.synthetic import structured_images
+from mobilevit.export.bench import time_interleaved
+from mobilevit.export.coreml import can_run_coreml, export_coreml, run_coreml, validate_coreml
+from mobilevit.export.executorch import export_executorch, run_executorch
+from mobilevit.export.onnx import (
+    DYNAMIC_MIN_BATCH,
+    DYNAMIC_MIN_SIDE,
+    OnnxRunner,
+    export_onnx,
+    int8_speed_note,
+    quantize_onnx,
+)
+from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
+from mobilevit.tasks import task_for
 
 FORMATS = ("onnx", "torchscript", "executorch", "coreml")
 INT8_FORMATS = ("onnx", "executorch")
 DYNAMIC_FORMATS = ("onnx", "torchscript")
-# CoreML's converter and its check here are written for a classifier's [B, num_classes] output.
-TASK_FORMATS = {
-    "classification": FORMATS,
-    "segmentation": ("onnx", "torchscript", "executorch"),
-    "detection": ("onnx", "torchscript", "executorch"),
-}
-NMS_NOTE = (
-    "NMS is not in the graph: it outputs boxes [B, A, 4] (x1, y1, x2, y2 pixels of the {s}x{s} input) and "
-    "scores [B, A, K] of every anchor; run mobilevit.export.detection.postprocess(boxes, scores) after it"
-)
-PARITY_NOTE = "the max abs diff compares boxes as fractions of the {s}-pixel side, and scores"
 FP32_TOLERANCE = 1e-4
 
 Runner = Callable[[torch.Tensor], torch.Tensor | tuple[torch.Tensor, ...]]
@@ -77,8 +78,8 @@ def export(
 
     Classifiers and segmentation models export whole (logits [B, K] or [B, K, H, W]). A detector
     exports up to the boxes and class probabilities of every anchor, at its own ``img_size``
-    (:class:`~mobilevit.export.detection.SSDRawPredictions`): NMS is not in the file but runs after
-    it, in :func:`mobilevit.export.detection.postprocess`. ``TASK_FORMATS`` lists each task's formats.
+    (:class:`~mobilevit.models.detection.SSDRawPredictions`): NMS is not in the file but runs after
+    it, in :func:`mobilevit.models.detection.postprocess`. Each task's ``export_formats`` lists its formats.
 
     ``dynamic`` (onnx, torchscript) makes batch, height and width free; the check then also runs at
     another batch size and input size. ``int8`` (onnx, executorch) quantizes with static calibration on
@@ -100,9 +101,10 @@ def export(
             raise ValueError("int8 export needs calibration images (static quantization measures activation ranges)")
         if tuple(calibration.shape[-2:]) != (height, width):
             raise ValueError(f"calibration images are {tuple(calibration.shape[-2:])}, the export is {img_size}")
-    box_side = height if task_of(model) == "detection" else None
-    notes = [NMS_NOTE.format(s=height), PARITY_NOTE.format(s=height)] if box_side else []
-    model = deployable(copy.deepcopy(model).eval())
+    task = task_for(model)
+    notes = task.export_notes(model)
+    original = copy.deepcopy(model).eval()
+    model = task.deployable(original)
     path = Path(path)
     checks = [structured_images(1, height, width, seed=1)]
     if dynamic:
@@ -113,7 +115,7 @@ def export(
             return ExportReport(path, fmt, None, notes=notes)
         if fmt == "coreml":  # its image input has 8 bits per channel
             checks = [(x * 255).round() / 255 for x in checks]
-        diff = max(max_abs_diff(_comparable(run(x), box_side), _comparable(model(x), box_side)) for x in checks)
+        diff = max(max_abs_diff(task.comparable(run(x), original), task.comparable(model(x), original)) for x in checks)
         if int8:
             agree = sum(run(x).argmax(1).item() == model(x).argmax(1).item() for x in calibration.split(1))
             return ExportReport(path, fmt, diff, top1_agreement=agree / len(calibration), notes=notes)
@@ -129,28 +131,7 @@ def export(
 def check_task(model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool) -> None:
     """ValueErrors for what a task model cannot be exported as: :func:`export` checks it first, and
     the CLI too, before it loads calibration images."""
-    task = task_of(model)
-    if fmt not in TASK_FORMATS[task]:
-        raise ValueError(f"{fmt} export does not support {task} models; use {', '.join(TASK_FORMATS[task])}")
-    if int8 and task != "classification":
-        raise ValueError(f"int8 export is for classifiers only; export the {task} model in fp32")
-    if task != "detection":
-        return
-    side = model.img_size
-    if dynamic:
-        raise ValueError(f"a detection export has a fixed {side}x{side} input (its anchors are computed for it)")
-    if tuple(img_size) != (side, side):
-        raise ValueError(f"{model.model_name} detects on {side}x{side} inputs: export it at that size, not {img_size}")
-
-
-def deployable(model: nn.Module) -> nn.Module:
-    """The module that is exported for ``model``: a detector's raw predictions (NMS runs after the
-    exported graph, see :mod:`mobilevit.export.detection`), any other model itself."""
-    if task_of(model) != "detection":
-        return model
-    from mobilevit.export.detection import SSDRawPredictions
-
-    return SSDRawPredictions(model).eval()
+    task_for(model).check_export(model, fmt, img_size, dynamic, int8)
 
 
 def max_abs_diff(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Sequence[torch.Tensor]) -> float:
@@ -159,22 +140,8 @@ def max_abs_diff(a: torch.Tensor | Sequence[torch.Tensor], b: torch.Tensor | Seq
     return max((x - y).abs().max().item() for x, y in pairs)
 
 
-def _comparable(
-    outputs: torch.Tensor | tuple[torch.Tensor, ...], box_side: int | None
-) -> torch.Tensor | tuple[torch.Tensor, ...]:
-    """The outputs as the parity check compares them. A detector's boxes are divided by the input side:
-    decoding multiplies the head's offsets by anchor sizes of up to the whole image, which magnifies fp32
-    rounding to ~1e-3 pixels for random weights; as fractions of the side, 1e-4 means what it does for logits."""
-    if box_side is None:
-        return outputs
-    boxes, scores = outputs
-    return boxes / box_side, scores
-
-
 def _speedup(fp32: Runner, int8: Runner, example: torch.Tensor, rounds: int = 3, iters: int = 3) -> float:
     """fp32's median latency over int8's, interleaved on this machine (a few calls: an indication)."""
-    from mobilevit.export.bench import time_interleaved
-
     times = time_interleaved({"fp32": fp32, "int8": int8}, example, rounds, iters)
     return statistics.median(times["fp32"]) / statistics.median(times["int8"])
 
@@ -194,15 +161,6 @@ def _export(
     """Write the file; return a function that runs it, or None where its runtime is unavailable."""
     example = structured_images(1, *img_size)
     if fmt == "onnx":
-        from mobilevit.export.onnx import (
-            DYNAMIC_MIN_BATCH,
-            DYNAMIC_MIN_SIDE,
-            OnnxRunner,
-            export_onnx,
-            int8_speed_note,
-            quantize_onnx,
-        )
-
         if dynamic:
             height, width = (max(s, DYNAMIC_MIN_SIDE) for s in img_size)
             example = structured_images(DYNAMIC_MIN_BATCH, height, width)
@@ -229,21 +187,14 @@ def _export(
         notes.append(f"opset {opset}")
         return runner
     if fmt == "torchscript":
-        from mobilevit.export.detection import SSDRawPredictions
-        from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
-
         export_torchscript(model, path, example)
-        sizes = "" if isinstance(model, SSDRawPredictions) else " and input size"  # anchors fix a detector's
+        sizes = "" if getattr(model, "fixed_input_size", False) else " and input size"
         notes.append(f"frozen trace; runs at any batch size{sizes}")
         return TorchScriptRunner(path)
     if fmt == "executorch":
-        from mobilevit.export.executorch import export_executorch, run_executorch
-
         export_executorch(model, path, example, int8=int8, calibration=calibration)
         notes.append(f"XNNPACK, {'int8' if int8 else 'fp32'}, fixed input shape {tuple(example.shape)}")
         return lambda x: run_executorch(path, x)
-    from mobilevit.export.coreml import can_run_coreml, export_coreml, run_coreml, validate_coreml
-
     cfg = getattr(model, "pretrained_cfg", {})
     export_coreml(
         model, path, example, precision=precision, mean=cfg.get("mean", (0.0,) * 3), std=cfg.get("std", (1.0,) * 3)

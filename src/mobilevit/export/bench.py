@@ -19,23 +19,25 @@ from typing import Any
 import torch
 from torch import nn
 
+from mobilevit.data.synthetic import structured_images
+from mobilevit.export.executorch import ExecuTorchRunner, export_executorch
 from mobilevit.export.machine import matmul_peak_gflops
+from mobilevit.export.onnx import OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.export.optimize import optimize_for_inference
 from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
-from mobilevit.testing import structured_images
+from mobilevit.testing import hf_config, hf_v2_config
 
-BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8")
+BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8")
 PEERS = ("timm", "hf")
 # What timm and Hugging Face implement: the v1 and v2 classifiers (neither has MobileViTv3 or our task models).
 PEER_MODELS = (*MODEL_CONFIGS, *V2_CONFIGS)
 CALIBRATION_IMAGES = 16  # for int8 timing only; accuracy is measured in benchmarks/int8.py
 # Idle time before each runner's block of calls. ONNX Runtime's and OpenMP's worker threads spin for a
-# while after a call; without the pause the previous runner's threads took cores from the first three
-# or four timed calls of the next (mobilevit_xxs on 2 cores: 11 ms against 6 ms), which put 40% of
-# the timings in noise and favoured no one.
+# while after a call; without the pause the previous runner's threads take cores from the first timed
+# calls of the next, which puts noise into the timings.
 SETTLE_S = 0.05
 
 Runner = Callable[[torch.Tensor], torch.Tensor]
@@ -48,8 +50,6 @@ class _HFLogits(nn.Module):
     def __init__(self, name: str) -> None:
         super().__init__()
         import transformers
-
-        from mobilevit.testing import hf_config, hf_v2_config
 
         if name in V2_CONFIGS:
             self.model = transformers.MobileViTV2ForImageClassification(hf_v2_config(name))
@@ -82,18 +82,14 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
     if backend == "compile":
         return torch.compile(model)
     if backend in ("onnxruntime", "int8"):
-        from mobilevit.export.onnx import OnnxRunner, export_onnx, quantize_onnx
-
         path = export_onnx(model, workdir / "model.onnx", example)
         if backend == "int8":
             calibration = structured_images(CALIBRATION_IMAGES, *example.shape[-2:], seed=5)
             path = quantize_onnx(path, workdir / "model-int8.onnx", calibration)
         return OnnxRunner(path, threads=torch.get_num_threads())
     if backend == "executorch":
-        from mobilevit.export.executorch import ExecuTorchRunner, export_executorch
-
         return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example))
-    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
 
 
 def time_interleaved(runners: dict[str, Runner], x: torch.Tensor, rounds: int, iters: int) -> dict[str, list[float]]:
@@ -133,8 +129,8 @@ def bench(
     """One row per implementation: median and p90 latency, img/s, GFLOP/s and its share of the
     machine's fp32 matmul peak (``peak_gflops``, measured when not given), and ours over each row's
     latency: the peers' (``compare``) and, for ``optimized``, our own eager model's."""
-    if backend not in BACKENDS:
-        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BACKENDS)}")
+    if backend not in BENCH_BACKENDS:
+        raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
     unknown = set(compare) - set(PEERS)
     if unknown:
         raise ValueError(f"unknown peer(s) {', '.join(sorted(unknown))}; choose from {', '.join(PEERS)}")

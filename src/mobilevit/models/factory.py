@@ -13,15 +13,16 @@ from torch import nn
 
 from mobilevit.checkpoint_io import CONFIG_FILE, read_json, read_state_dict
 from mobilevit.convert import convert_state_dict
-from mobilevit.errors import CheckpointError, CheckpointMismatchError
+from mobilevit.errors import CheckpointError
 from mobilevit.hub import fetch_first, fetch_repo, is_repo_id
 from mobilevit.models.backbones import backbone_features, resolve_backbone_config
 from mobilevit.models.detection import DEFAULT_DETECTION_CLASSES, ssdlite_mobilevit
 from mobilevit.models.mobilevit import MODEL_CONFIGS, MobileViTFeatures
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS, Copy, PublishedWeights
-from mobilevit.models.registry import REGISTRY, TASKS, get_entry, get_weights, list_models, split_name
+from mobilevit.models.registry import MODEL_TASKS, REGISTRY, get_entry, get_weights, list_models, split_name
 from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, DeepLabV3
+from mobilevit.models.weights import load_state_dict_checked
 
 _SEGMENTATION_ARGS = (
     "output_stride",
@@ -46,8 +47,8 @@ def resolve_task_model(name: str, task: str | None = None) -> tuple[str, str]:
     entry = get_entry(name)
     if task is None or task == entry.task:
         return name, entry.task
-    if task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task not in MODEL_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
     candidates = [n for n in list_models(task=task) if get_entry(n).backbone == entry.name]
     if entry.task == "classification" and candidates:
         return candidates[0], task
@@ -214,34 +215,6 @@ def _fit_classifier(
         stacklevel=3,
     )
     return {k: v for k, v in state.items() if not k.startswith(head + ".")}, (head + ".",)
-
-
-def _family_of(model: nn.Module) -> tuple[str, tuple[str, ...]]:
-    """The family label and registered sizes of ``model``, for error messages."""
-    name = getattr(model, "model_name", None)
-    if name not in REGISTRY:
-        return "MobileViT", ()
-    entry = REGISTRY[name]
-    prefix = entry.name.removesuffix(entry.backbone)
-    return entry.family.label, tuple(prefix + size for size in entry.family.configs)
-
-
-def load_state_dict_checked(
-    model: nn.Module, state: dict[str, torch.Tensor], keep_own: tuple[str, ...] = (), context: str = ""
-) -> None:
-    """``load_state_dict`` that reports missing keys, unexpected keys and shape mismatches together.
-    Keys under a ``keep_own`` prefix keep the model's own tensors."""
-    target = model.state_dict()
-    missing = [k for k in target if k not in state and not k.startswith(keep_own)]
-    unexpected = [k for k in state if k not in target]
-    mismatched = [
-        (k, tuple(v.shape), tuple(target[k].shape))
-        for k, v in state.items()
-        if k in target and v.shape != target[k].shape
-    ]
-    if missing or unexpected or mismatched:
-        raise CheckpointMismatchError(missing, unexpected, mismatched, context, *_family_of(model))
-    model.load_state_dict({**target, **state})
 
 
 def _load_converted(

@@ -1,5 +1,5 @@
-"""The registry: one entry per model name, with its family, task, backbone config, default input
-size and the published weights it can load. ``create_model``, ``list_models``, the task heads and
+"""The registry: one entry per model name, with its family, task, backbone config and the
+published weights it can load. ``create_model``, ``list_models``, the task heads and
 the CLI read models from here; a new size is a row of its family's config table, a new checkpoint
 a row of :data:`~mobilevit.models.pretrained.PUBLISHED_WEIGHTS`.
 """
@@ -14,9 +14,6 @@ from mobilevit.models.backbones import BACKBONE_FAMILIES, BackboneConfig, Family
 from mobilevit.models.detection import DETECTION_MODELS
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS, PublishedWeights
 from mobilevit.models.segmentation import SEGMENTATION_MODELS
-
-TASKS = ("classification", "segmentation", "detection")
-TASK_INPUT_SIZE = {"classification": 256, "segmentation": 512, "detection": 320}  # the papers' evaluation sizes
 
 
 @dataclass(frozen=True)
@@ -34,10 +31,6 @@ class ModelEntry:
         return self.family.configs[self.backbone]
 
     @property
-    def input_size(self) -> int:
-        return TASK_INPUT_SIZE[self.task]
-
-    @property
     def weights(self) -> tuple[PublishedWeights, ...]:
         """The published weights this model loads, the default (timm's choice where timm has one) first."""
         return tuple(w for w in PUBLISHED_WEIGHTS.values() if w.model == self.name)
@@ -48,6 +41,7 @@ REGISTRY: dict[str, ModelEntry] = {
     **{name: ModelEntry(name, "segmentation", backbone) for name, backbone in SEGMENTATION_MODELS.items()},
     **{name: ModelEntry(name, "detection", backbone) for name, backbone in DETECTION_MODELS.items()},
 }
+MODEL_TASKS = tuple(dict.fromkeys(entry.task for entry in REGISTRY.values()))  # what the models do
 
 
 def split_name(name: str) -> tuple[str, str | None]:
@@ -97,8 +91,8 @@ def get_weights(name: str) -> PublishedWeights:
 def list_models(pattern: str | None = None, task: str | None = None, pretrained: bool = False) -> list[str]:
     """Registered model names, sorted, filtered by a shell-style ``pattern`` and a task. With
     ``pretrained=True``, every ``model.tag`` with published weights instead (timm's convention)."""
-    if task is not None and task not in TASKS:
-        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(TASKS)}")
+    if task is not None and task not in MODEL_TASKS:
+        raise ValueError(f"unknown task {task!r}; choose one of {', '.join(MODEL_TASKS)}")
     names = sorted(PUBLISHED_WEIGHTS) if pretrained else sorted(REGISTRY)
     names = [n for n in names if task is None or model_task(n) == task]
     return [n for n in names if fnmatch.fnmatch(n, pattern)] if pattern else names

@@ -1,4 +1,5 @@
-"""Classification metrics: top-1, top-5, loss, per-class accuracy and the confusion matrix."""
+"""One loader for every source a model can come from: what ``eval``, ``predict`` and ``export``
+accept as ``--checkpoint`` / ``--model``."""
 
 from __future__ import annotations
 
@@ -6,37 +7,14 @@ from pathlib import Path
 from typing import Any
 
 import torch
-import torch.nn.functional as F
 from torch import nn
 
-
-@torch.no_grad()
-def evaluate(model: nn.Module, loader, num_classes: int, device: torch.device | str = "cpu") -> dict[str, Any]:
-    model.eval()
-    confusion = torch.zeros(num_classes, num_classes, dtype=torch.long)
-    loss_sum, top5_hits, count = 0.0, 0, 0
-    for images, labels, *_ in loader:
-        images, labels = images.to(device), labels.to(device)
-        logits = model(images).float()
-        loss_sum += F.cross_entropy(logits, labels, reduction="sum").item()
-        k = min(5, num_classes)
-        top5_hits += (logits.topk(k, dim=1).indices == labels[:, None]).any(dim=1).sum().item()
-        preds = logits.argmax(dim=1)
-        confusion += torch.bincount((labels * num_classes + preds).cpu(), minlength=num_classes * num_classes).reshape(
-            num_classes, num_classes
-        )
-        count += labels.numel()
-    if count == 0:
-        raise ValueError("the evaluation set is empty")
-    per_class = (confusion.diag().float() / confusion.sum(dim=1).clamp(min=1).float()).tolist()
-    return {
-        "top1": confusion.diag().sum().item() / count,
-        "top5": top5_hits / count,
-        "loss": loss_sum / count,
-        "per_class": per_class,
-        "confusion": confusion.tolist(),
-        "count": count,
-    }
+from mobilevit.checkpoint_io import load_pickle, read_state_dict
+from mobilevit.convert import convert_state_dict
+from mobilevit.hub import fetch_repo, is_repo_id
+from mobilevit.models.factory import create_model, from_pretrained, is_published
+from mobilevit.models.registry import get_weights
+from mobilevit.models.weights import load_state_dict_checked
 
 
 def _strip_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
@@ -45,27 +23,21 @@ def _strip_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
 
 
 def _num_classes(raw: dict[str, Any], state: dict[str, torch.Tensor]) -> int | None:
-    """The class count of a training checkpoint: recorded since task models, else the classifier's rows."""
+    """The class count of a training checkpoint: as recorded, else the classifier's rows."""
     if raw.get("num_classes"):
         return int(raw["num_classes"])
     weight = state.get("head.fc.weight", state.get("head.classifier.weight"))
     return None if weight is None else weight.shape[0]
 
 
-def load_for_eval(
+def load_checkpoint(
     path: str | Path | None, model_name: str | None = None, weights: str = "ema"
 ) -> tuple[nn.Module, list[str]]:
-    """A model ready to evaluate and its class names, from a training checkpoint (``step-N.pt``:
-    its EMA weights unless ``weights='model'``), a ``save_pretrained`` directory, a Hub repo id,
-    published weights by name (``mobilevit_s.cvnets_in1k``; ``path=None`` takes ``model_name``'s
-    default tag) or any weights file of a supported port (then ``model_name`` is needed).
-    Classifiers, segmentation and detection models alike."""
-    from mobilevit.checkpoint_io import load_pickle, read_state_dict
-    from mobilevit.convert import convert_state_dict
-    from mobilevit.hub import fetch_repo, is_repo_id
-    from mobilevit.models.factory import create_model, from_pretrained, is_published, load_state_dict_checked
-    from mobilevit.models.registry import get_weights
-
+    """A model and its class names, from a training checkpoint (``step-N.pt``: its EMA weights
+    unless ``weights='model'``), a ``save_pretrained`` directory, a Hub repo id, published weights by
+    name (``mobilevit_s.cvnets_in1k``; ``path=None`` takes ``model_name``'s default tag) or any
+    weights file of a supported port (then ``model_name`` is needed). Classifiers, segmentation and
+    detection models alike."""
     if path is None and model_name is None:
         raise ValueError("pass a checkpoint, or a model name to use its published weights")
     published = model_name if path is None else path
