@@ -23,6 +23,14 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import torch
+from huggingface_hub import constants, hf_hub_download
+from huggingface_hub.errors import (
+    EntryNotFoundError,
+    HfHubHTTPError,
+    LocalEntryNotFoundError,
+    RepositoryNotFoundError,
+    RevisionNotFoundError,
+)
 
 from mobilevit.checkpoint_io import CONFIG_FILE, WEIGHT_FILES, read_state_dict
 from mobilevit.errors import CheckpointError
@@ -70,8 +78,6 @@ def url_cache_dir() -> Path:
 
 def hf_offline() -> bool:
     """``HF_HUB_OFFLINE`` as huggingface_hub reads it; plain URLs honour it too."""
-    from huggingface_hub import constants
-
     return bool(constants.HF_HUB_OFFLINE)
 
 
@@ -154,15 +160,6 @@ def _fetch_url(remote: UrlFile, progress: bool) -> Path:
 def _fetch_hub(remote: HubFile, weights: bool = True) -> Path:
     """The first of ``remote.filenames`` in the repo, through huggingface_hub's cache (and its own
     progress bar, which ``HF_HUB_DISABLE_PROGRESS_BARS`` turns off)."""
-    from huggingface_hub import constants, hf_hub_download
-    from huggingface_hub.errors import (
-        EntryNotFoundError,
-        HfHubHTTPError,
-        LocalEntryNotFoundError,
-        RepositoryNotFoundError,
-        RevisionNotFoundError,
-    )
-
     not_cached = None
     for filename in remote.filenames:
         try:

@@ -13,6 +13,7 @@ from pathlib import Path
 
 import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 from mobilevit.convert import convert_state_dict
@@ -89,8 +90,6 @@ def assert_matches(ours: torch.Tensor, ref: torch.Tensor, tol: float = 1e-4) -> 
 def write_image_folder(root: Path, per_class: int = 48, val_per_class: int = 8, size: int = 40) -> Path:
     """An ImageFolder dataset (``train/`` and ``val/``) of two classes a model can tell apart in a few
     steps: bright and dark noisy squares, as PNG files. Returns ``root``."""
-    from PIL import Image
-
     gen = torch.Generator().manual_seed(0)
     for split, count in (("train", per_class), ("val", val_per_class)):
         for label, level in (("bright", 200), ("dark", 60)):

@@ -12,7 +12,9 @@ import os
 import sys
 from pathlib import Path
 
+import numpy as np
 import torch
+from PIL import Image
 from torch import nn
 
 INPUT_NAME = "image"
@@ -51,7 +53,6 @@ def export_coreml(
     """
     require_coreml()
     import coremltools as ct
-    import numpy as np
 
     path = Path(path)
     if path.suffix != ".mlpackage":
@@ -106,7 +107,6 @@ def run_coreml(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
     """Logits of the CoreML model for the batch ``x`` in [0, 1] (macOS only), one image at a time."""
     require_coreml()
     import coremltools as ct
-    from PIL import Image
 
     mlmodel = ct.models.MLModel(str(path))
     logits = []
