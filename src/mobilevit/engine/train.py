@@ -97,6 +97,11 @@ def lr_factor(step: int, cfg: TrainConfig, total_steps: int, warmup: int | None 
     return lr / cfg.lr
 
 
+def get_lr(step: int, cfg: TrainConfig, total_steps: int, warmup: int) -> float:
+    """The learning rate of optimizer step ``step`` (see :func:`lr_factor`)."""
+    return cfg.lr * lr_factor(step, cfg, total_steps, warmup)
+
+
 def ema_update(momentum: float, warmup: bool):
     """``AveragedModel``'s update: ema = (1 - m) ema + m w over parameters and BatchNorm statistics.
 
@@ -147,6 +152,9 @@ def latest_checkpoint(directory: Path) -> Path | None:
 
 
 class Trainer:
+    """The setup and the state of a run: data, model, EMA, optimizer, step and epoch counters, and
+    their checkpoints. One optimizer step is :meth:`train_step`."""
+
     def __init__(self, cfg: TrainConfig) -> None:
         self.cfg = cfg
         self.dist = setup_distributed()
@@ -158,8 +166,39 @@ class Trainer:
         random.seed(cfg.seed)
         self.out = Path(cfg.output)
         self.ckpt_dir = self.out / "checkpoints"
-
         self.task = get_task(cfg.task)
+        self._build_data()
+        self.model = self._build_model()
+        self.ema = (
+            AveragedModel(self.model, multi_avg_fn=ema_update(cfg.ema_momentum, cfg.ema_warmup), use_buffers=True)
+            if cfg.ema
+            else None
+        )
+        self.train_model: nn.Module = self.model
+        if self.dist.world_size > 1:
+            self.train_model = nn.parallel.DistributedDataParallel(self.model)
+        if cfg.compile:
+            self.train_model = torch.compile(self.train_model)
+        self.optimizer = torch.optim.AdamW(
+            self.model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
+        )
+        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
+        self.total_steps = self._count_steps()
+        self.warmup_steps = warmup_steps(cfg, self.total_steps)
+        if self.warmup_steps < cfg.warmup_steps and self.dist.is_main:
+            log.info(
+                "warm-up shortened from %d to %d steps: at most %g of the run's %d steps (--warmup-max-fraction)",
+                cfg.warmup_steps,
+                self.warmup_steps,
+                cfg.warmup_max_fraction,
+                self.total_steps,
+            )
+        self.step = 0
+        self.epoch = 0
+        self.metrics: list[dict[str, Any]] = []
+
+    def _build_data(self) -> None:
+        cfg = self.cfg
         train_set, val_set, self.classes = build_data(cfg, self.task)
         self.num_classes = len(self.classes)
         self.sampler = self._sampler(len(train_set))
@@ -179,6 +218,8 @@ class Trainer:
             collate_fn=self.task.collate,
         )
 
+    def _build_model(self) -> nn.Module:
+        cfg = self.cfg
         overrides = self.task.model_options(cfg)
         if cfg.transformer_dropout is not None:
             overrides["transformer_dropout"] = cfg.transformer_dropout
@@ -195,37 +236,7 @@ class Trainer:
         model.to(self.dist.device)
         if cfg.channels_last:
             model.to(memory_format=torch.channels_last)
-        self.model = model
-        self.ema = (
-            AveragedModel(model, multi_avg_fn=ema_update(cfg.ema_momentum, cfg.ema_warmup), use_buffers=True)
-            if cfg.ema
-            else None
-        )
-        self.train_model: nn.Module = model
-        if self.dist.world_size > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(model)
-        if cfg.compile:
-            self.train_model = torch.compile(self.train_model)
-        self.optimizer = torch.optim.AdamW(
-            model.parameters(), lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay
-        )
-        self.total_steps = self._count_steps()
-        self.warmup_steps = warmup_steps(cfg, self.total_steps)
-        if self.warmup_steps < cfg.warmup_steps and self.dist.is_main:
-            log.info(
-                "warm-up shortened from %d to %d steps: at most %g of the run's %d steps (--warmup-max-fraction)",
-                cfg.warmup_steps,
-                self.warmup_steps,
-                cfg.warmup_max_fraction,
-                self.total_steps,
-            )
-        self.scheduler = torch.optim.lr_scheduler.LambdaLR(
-            self.optimizer, lambda s: lr_factor(s, cfg, self.total_steps, self.warmup_steps)
-        )
-        self.scaler = torch.amp.GradScaler(self.dist.device.type, enabled=cfg.amp == "fp16")
-        self.step = 0
-        self.epoch = 0
-        self.metrics: list[dict[str, Any]] = []
+        return model
 
     def _sampler(self, num_samples: int) -> MultiScaleBatchSampler:
         cfg = self.cfg
@@ -263,7 +274,6 @@ class Trainer:
             "model": self.model.state_dict(),
             "ema": self.ema.state_dict() if self.ema else None,
             "optimizer": self.optimizer.state_dict(),
-            "scheduler": self.scheduler.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(batches_done=batches_done),
             "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
@@ -295,7 +305,6 @@ class Trainer:
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
         self.optimizer.load_state_dict(state["optimizer"])
-        self.scheduler.load_state_dict(state["scheduler"])
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
@@ -309,34 +318,60 @@ class Trainer:
         dtype = {"bf16": torch.bfloat16, "fp16": torch.float16}.get(self.cfg.amp)
         return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None)
 
+    def train_step(self, micro_batches: list[tuple[torch.Tensor, Any]]) -> tuple[float, int]:
+        """One optimizer step over ``accum_steps`` micro-batches; returns their summed loss and image count."""
+        cfg = self.cfg
+        lr = get_lr(self.step, cfg, self.total_steps, self.warmup_steps)
+        for group in self.optimizer.param_groups:
+            group["lr"] = lr
+        loss_sum, seen = 0.0, 0
+        for images, targets in micro_batches:
+            images, targets = images.to(self.dist.device), to_device(targets, self.dist.device)
+            if cfg.channels_last:
+                images = images.contiguous(memory_format=torch.channels_last)
+            with self._autocast():
+                loss = self.task.loss(self.train_model, images, targets, cfg.label_smoothing)
+            if not torch.isfinite(loss):
+                raise NonFiniteLossError(
+                    f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; the last good "
+                    f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
+                )
+            self.scaler.scale(loss / cfg.accum_steps).backward()  # gradients accumulate over micro-batches
+            loss_sum += loss.item() * len(images)
+            seen += len(images)
+        if cfg.grad_clip:
+            self.scaler.unscale_(self.optimizer)
+            nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
+        self.scaler.step(self.optimizer)
+        self.scaler.update()
+        self.optimizer.zero_grad(set_to_none=True)
+        if self.ema:
+            self.ema.update_parameters(self.model)
+        self.step += 1
+        return loss_sum, seen
+
     def train_epoch(self) -> dict[str, float]:
+        """Optimizer steps over the epoch's batches (from a resumed position), saving every
+        ``save_every`` steps; micro-batches that do not fill a last ``accum_steps`` group are left out."""
         cfg = self.cfg
         self.train_model.train()
+        self.optimizer.zero_grad(set_to_none=True)
         batches_done = self.sampler.resume_offset  # > 0 when resuming mid-epoch
         loss_sum, seen, skipped, start = 0.0, 0, 0, time.perf_counter()
         bar = tqdm(self.train_loader, desc=f"epoch {self.epoch + 1}/{cfg.epochs}", disable=not self.dist.is_main)
-        self.optimizer.zero_grad(set_to_none=True)
+        micro_batches: list[tuple[torch.Tensor, Any]] = []
         for images, targets, n_skipped in bar:
             skipped += n_skipped
             batches_done += 1
-            if len(images):
-                images, targets = images.to(self.dist.device), to_device(targets, self.dist.device)
-                if cfg.channels_last:
-                    images = images.contiguous(memory_format=torch.channels_last)
-                with self._autocast():
-                    loss = self.task.loss(self.train_model, images, targets, cfg.label_smoothing)
-                if not torch.isfinite(loss):
-                    raise NonFiniteLossError(
-                        f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; the last good "
-                        f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
-                    )
-                self.scaler.scale(loss / cfg.accum_steps).backward()
-                loss_sum += loss.item() * len(images)
-                seen += len(images)
-            if batches_done % cfg.accum_steps == 0:
-                self._optimizer_step()
-                if cfg.save_every and self.step % cfg.save_every == 0:
-                    self.save(batches_done)
+            if len(images):  # all of a batch's images may be unreadable
+                micro_batches.append((images, targets))
+            if batches_done % cfg.accum_steps:
+                continue
+            step_loss, step_seen = self.train_step(micro_batches)
+            micro_batches = []
+            loss_sum, seen = loss_sum + step_loss, seen + step_seen
+            if cfg.save_every and self.step % cfg.save_every == 0:
+                self.save(batches_done)
             elapsed = time.perf_counter() - start
             bar.set_postfix(
                 loss=f"{loss_sum / max(seen, 1):.4f}",
@@ -372,18 +407,6 @@ class Trainer:
         totals = torch.tensor(values, dtype=torch.float64, device=self.dist.device)
         dist.all_reduce(totals)
         return totals.tolist()
-
-    def _optimizer_step(self) -> None:
-        if self.cfg.grad_clip:
-            self.scaler.unscale_(self.optimizer)
-            nn.utils.clip_grad_norm_(self.model.parameters(), self.cfg.grad_clip)
-        self.scaler.step(self.optimizer)
-        self.scaler.update()
-        self.optimizer.zero_grad(set_to_none=True)
-        self.scheduler.step()
-        if self.ema:
-            self.ema.update_parameters(self.model)
-        self.step += 1
 
     def eval_models(self) -> dict[str, nn.Module]:
         """The weights evaluated each epoch, by the prefix of their metrics: ``val_`` and ``val_ema_``."""
