@@ -14,12 +14,12 @@ from mobilevit.models.layers import ConvNormAct
 class MultiHeadAttention(nn.Module):
     """Multi-head self-attention with one fused qkv projection (rows ordered q, k, v)."""
 
-    def __init__(self, dim: int, num_heads: int, attn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, num_heads: int, attn_dropout: float = 0.0) -> None:
         super().__init__()
         if dim % num_heads:
             raise ValueError(f"transformer dim {dim} is not divisible by {num_heads} heads")
         self.num_heads = num_heads
-        self.attn_drop = attn_drop
+        self.attn_drop = attn_dropout
         self.qkv = nn.Linear(dim, 3 * dim)
         self.proj = nn.Linear(dim, dim)
 
@@ -29,23 +29,23 @@ class MultiHeadAttention(nn.Module):
         # [S*N, 3d] -> [3, S, heads, N, d/heads]
         qkv = self.qkv(x).reshape(-1, tokens, 3, self.num_heads, dim // self.num_heads)
         q, k, v = qkv.permute(2, 0, 3, 1, 4).unbind(0)
-        drop = self.attn_drop if self.training else 0.0
-        x = F.scaled_dot_product_attention(q, k, v, dropout_p=drop)  # [S, heads, N, d/heads]
+        dropout = self.attn_drop if self.training else 0.0
+        x = F.scaled_dot_product_attention(q, k, v, dropout_p=dropout)  # [S, heads, N, d/heads]
         # projected as [S, N, d]: flattening first would be a view of an order torch.export cannot keep
         return self.proj(x.transpose(1, 2).reshape(-1, tokens, dim)).flatten(0, 1)
 
 
 class FeedForward(nn.Module):
-    """Linear d -> ffn, SiLU, dropout ``ffn_drop``, Linear ffn -> d, dropout ``drop`` (ml-cvnets'
+    """Linear d -> ffn, SiLU, dropout ``ffn_dropout``, Linear ffn -> d, dropout ``dropout`` (ml-cvnets'
     ``ffn_dropout`` and ``dropout``: the published recipes set only the second)."""
 
-    def __init__(self, dim: int, hidden: int, drop: float, ffn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, ffn_dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Linear(dim, hidden)
         self.act = nn.SiLU(inplace=True)  # on fc1's output, which nothing else reads
-        self.drop1 = nn.Dropout(ffn_drop)
+        self.drop1 = nn.Dropout(ffn_dropout)
         self.fc2 = nn.Linear(hidden, dim)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
@@ -55,14 +55,14 @@ class TransformerEncoderLayer(nn.Module):
     """Pre-norm transformer layer: x + MHA(LN(x)), then x + FFN(LN(x))."""
 
     def __init__(
-        self, dim: int, ffn_dim: int, num_heads: int, drop: float, attn_drop: float, ffn_drop: float = 0.0
+        self, dim: int, ffn_dim: int, num_heads: int, dropout: float, attn_dropout: float, ffn_dropout: float = 0.0
     ) -> None:
         super().__init__()
         self.norm1 = nn.LayerNorm(dim)
-        self.attn = MultiHeadAttention(dim, num_heads, attn_drop)
-        self.drop = nn.Dropout(drop)
+        self.attn = MultiHeadAttention(dim, num_heads, attn_dropout)
+        self.drop = nn.Dropout(dropout)
         self.norm2 = nn.LayerNorm(dim)
-        self.mlp = FeedForward(dim, ffn_dim, drop, ffn_drop)
+        self.mlp = FeedForward(dim, ffn_dim, dropout, ffn_dropout)
 
     def forward(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
         x = x + self.drop(self.attn(self.norm1(x), tokens))
@@ -83,13 +83,13 @@ class Transformer(nn.Module):
         depth: int,
         ffn_dim: int,
         num_heads: int,
-        drop: float,
-        attn_drop: float,
-        ffn_drop: float = 0.0,
+        dropout: float,
+        attn_dropout: float,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.layers = nn.ModuleList(
-            TransformerEncoderLayer(dim, ffn_dim, num_heads, drop, attn_drop, ffn_drop) for _ in range(depth)
+            TransformerEncoderLayer(dim, ffn_dim, num_heads, dropout, attn_dropout, ffn_dropout) for _ in range(depth)
         )
         self.norm = nn.LayerNorm(dim)
 
@@ -159,9 +159,9 @@ class MobileViTBlock(nn.Module):
         return {
             "num_heads": cfg.num_heads,
             "patch_size": cfg.patch_size,
-            "drop": cfg.transformer_dropout,
-            "attn_drop": cfg.attn_dropout,
-            "ffn_drop": cfg.ffn_dropout,
+            "dropout": cfg.transformer_dropout,
+            "attn_dropout": cfg.attn_dropout,
+            "ffn_dropout": cfg.ffn_dropout,
         }
 
     def __init__(
@@ -172,16 +172,16 @@ class MobileViTBlock(nn.Module):
         ffn_dim: int,
         num_heads: int = 4,
         patch_size: int = 2,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
-        ffn_drop: float = 0.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         self.patch_size = patch_size
         self.local_rep = nn.Sequential()
         self.local_rep.add_module("conv_kxk", self.local_conv(channels))
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
-        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, drop, attn_drop, ffn_drop)
+        self.global_rep = Transformer(dim, depth, ffn_dim, num_heads, dropout, attn_dropout, ffn_dropout)
         self.conv_proj = ConvNormAct(dim, channels, 1)
         self.fusion = self.fusion_conv(channels, dim)
 

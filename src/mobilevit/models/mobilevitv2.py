@@ -74,13 +74,13 @@ class LinearSelfAttention(nn.Module):
     softmax-weighted sum of the keys is a single context vector, and it gates ReLU(values).
     Cost is linear in N, and only 1x1 convs and element-wise ops are used (no batched matmul)."""
 
-    def __init__(self, dim: int, attn_drop: float = 0.0, proj_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, attn_dropout: float = 0.0, proj_dropout: float = 0.0) -> None:
         super().__init__()
         self.dim = dim
         self.qkv_proj = nn.Conv2d(dim, 1 + 2 * dim, 1)  # rows ordered: query (1), keys (d), values (d)
-        self.attn_drop = nn.Dropout(attn_drop)
+        self.attn_drop = nn.Dropout(attn_dropout)
         self.out_proj = nn.Conv2d(dim, dim, 1)
-        self.proj_drop = nn.Dropout(proj_drop)
+        self.proj_drop = nn.Dropout(proj_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         query, key, value = self.qkv_proj(x).split([1, self.dim, self.dim], dim=1)  # [B,1|d|d,P,N]
@@ -90,16 +90,16 @@ class LinearSelfAttention(nn.Module):
 
 
 class ConvFeedForward(nn.Module):
-    """1x1 conv d -> ffn, SiLU, dropout ``ffn_drop``, 1x1 conv ffn -> d, dropout ``drop``: v1's FFN
+    """1x1 conv d -> ffn, SiLU, dropout ``ffn_dropout``, 1x1 conv ffn -> d, dropout ``dropout``: v1's FFN
     on [B, d, P, N]."""
 
-    def __init__(self, dim: int, hidden: int, drop: float, ffn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, hidden: int, dropout: float, ffn_dropout: float = 0.0) -> None:
         super().__init__()
         self.fc1 = nn.Conv2d(dim, hidden, 1)
         self.act = nn.SiLU(inplace=True)  # on fc1's output, which nothing else reads
-        self.drop1 = nn.Dropout(ffn_drop)
+        self.drop1 = nn.Dropout(ffn_dropout)
         self.fc2 = nn.Conv2d(hidden, dim, 1)
-        self.drop2 = nn.Dropout(drop)
+        self.drop2 = nn.Dropout(dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         return self.drop2(self.fc2(self.drop1(self.act(self.fc1(x)))))
@@ -109,12 +109,12 @@ class LinearTransformerLayer(nn.Module):
     """Pre-norm layer on [B, d, P, N]: x + attn(GN(x)), then x + FFN(GN(x)); GroupNorm(1)
     normalises each sample over (d, P, N), the channel-first stand-in for LayerNorm."""
 
-    def __init__(self, dim: int, ffn_dim: int, drop: float, attn_drop: float, ffn_drop: float = 0.0) -> None:
+    def __init__(self, dim: int, ffn_dim: int, dropout: float, attn_dropout: float, ffn_dropout: float = 0.0) -> None:
         super().__init__()
         self.norm1 = nn.GroupNorm(1, dim)
-        self.attn = LinearSelfAttention(dim, attn_drop, drop)
+        self.attn = LinearSelfAttention(dim, attn_dropout, dropout)
         self.norm2 = nn.GroupNorm(1, dim)
-        self.mlp = ConvFeedForward(dim, ffn_dim, drop, ffn_drop)
+        self.mlp = ConvFeedForward(dim, ffn_dim, dropout, ffn_dropout)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         x = x + self.attn(self.norm1(x))
@@ -125,10 +125,10 @@ class LinearTransformer(nn.Module):
     """L linear transformer layers followed by one final GroupNorm(1): the block's global representation."""
 
     def __init__(
-        self, dim: int, depth: int, ffn_dim: int, drop: float, attn_drop: float, ffn_drop: float = 0.0
+        self, dim: int, depth: int, ffn_dim: int, dropout: float, attn_dropout: float, ffn_dropout: float = 0.0
     ) -> None:
         super().__init__()
-        layers = (LinearTransformerLayer(dim, ffn_dim, drop, attn_drop, ffn_drop) for _ in range(depth))
+        layers = (LinearTransformerLayer(dim, ffn_dim, dropout, attn_dropout, ffn_dropout) for _ in range(depth))
         self.layers = nn.Sequential(*layers)
         self.norm = nn.GroupNorm(1, dim)
 
@@ -175,11 +175,11 @@ class MobileViTV2Block(nn.Module):
         """The block's arguments from a size's config, with the stage's dilation for its local conv."""
         return {
             "patch_size": cfg.patch_size,
-            "drop": cfg.transformer_dropout,
-            "attn_drop": cfg.attn_dropout,
+            "dropout": cfg.transformer_dropout,
+            "attn_dropout": cfg.attn_dropout,
             "dilation": dilation,
             "unfold_remainder": cfg.unfold_remainder,
-            "ffn_drop": cfg.ffn_dropout,
+            "ffn_dropout": cfg.ffn_dropout,
         }
 
     def __init__(
@@ -189,11 +189,11 @@ class MobileViTV2Block(nn.Module):
         depth: int,
         ffn_dim: int,
         patch_size: int = 2,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
         dilation: int = 1,
         unfold_remainder: str = "resize",
-        ffn_drop: float = 0.0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         super().__init__()
         if unfold_remainder not in UNFOLD_REMAINDERS:
@@ -204,7 +204,7 @@ class MobileViTV2Block(nn.Module):
         local = ConvNormAct(channels, channels, 3, groups=channels, dilation=dilation)
         self.local_rep.add_module("conv_kxk", local)
         self.local_rep.add_module("conv_1x1", nn.Conv2d(channels, dim, 1, bias=False))
-        self.global_rep = LinearTransformer(dim, depth, ffn_dim, drop, attn_drop, ffn_drop)
+        self.global_rep = LinearTransformer(dim, depth, ffn_dim, dropout, attn_dropout, ffn_dropout)
         self.conv_proj = ConvNormAct(dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:

@@ -100,17 +100,19 @@ class MobileViTV3V2Block(MobileViTV2Block):
         depth: int,
         ffn_dim: int,
         patch_size: int = 2,
-        drop: float = 0.0,
-        attn_drop: float = 0.0,
+        dropout: float = 0.0,
+        attn_dropout: float = 0.0,
         dilation: int = 1,
         unfold_remainder: str = "resize",
-        ffn_drop: float = 0.0,
+        ffn_dropout: float = 0.0,
     ) -> None:
         if unfold_remainder != "resize":
             raise ValueError(
                 "MobileViTv3 resizes odd-sided maps as its official code does: unfold_remainder must be 'resize'"
             )
-        super().__init__(channels, dim, depth, ffn_dim, patch_size, drop, attn_drop, dilation, ffn_drop=ffn_drop)
+        super().__init__(
+            channels, dim, depth, ffn_dim, patch_size, dropout, attn_dropout, dilation, ffn_dropout=ffn_dropout
+        )
         self.conv_proj = ConvNormAct(2 * dim, channels, 1, act=False)
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
