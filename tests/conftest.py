@@ -1,4 +1,6 @@
-"""Shared fixtures: an offline stand-in for the Hugging Face Hub and for plain download URLs (see hub_server.py).
+"""Shared fixtures: photos and small saved segmentation and detection models for the prediction tests
+(test_predict.py, tasks/), and an offline stand-in for the Hugging Face Hub and for plain download URLs (see
+hub_server.py).
 
 huggingface_hub reads its environment variables once, at import (``huggingface_hub.constants``), and its code reads
 them back as ``constants.NAME`` at call time. So pointing an already-imported huggingface_hub somewhere else is done
@@ -10,11 +12,78 @@ from __future__ import annotations
 
 from pathlib import Path
 
+import numpy as np
 import pytest
+import torch
+from PIL import Image
+from torch import nn
 
 from hub_server import HubServer
+from mobilevit import create_model
+from mobilevit.testing import randomize_
 
 _TOKEN_ENV = ("HF_TOKEN", "HUGGING_FACE_HUB_TOKEN", "HF_OIDC_RESOURCE", "HF_OIDC_ID_TOKEN")
+
+
+@pytest.fixture(scope="session")
+def photos(tmp_path_factory: pytest.TempPathFactory) -> dict[str, str]:
+    """Real photos (scikit-image's samples) by key: RGB PNG and JPEG ones, a grayscale one, an RGBA one, a
+    128x128 astronaut (small/astronaut.png), a photo with chelsea's stem in another folder (other/chelsea.png),
+    a truncated JPEG and a missing path."""
+    skimage_data = pytest.importorskip("skimage.data")
+    root = tmp_path_factory.mktemp("photos")
+    files = {
+        "astronaut": ("astronaut.png", skimage_data.astronaut()),
+        "chelsea": ("chelsea.jpg", skimage_data.chelsea()),  # 451 x 300
+        "coffee": ("coffee.jpeg", skimage_data.coffee()),
+        "camera": ("camera.png", skimage_data.camera()),  # grayscale
+        "small_astronaut": ("small/astronaut.png", skimage_data.astronaut()[::4, ::4]),
+        "same_stem": ("other/chelsea.png", skimage_data.coffee()[::4, ::4]),
+    }
+    paths = {}
+    for key, (name, pixels) in files.items():
+        (root / name).parent.mkdir(exist_ok=True)
+        Image.fromarray(pixels).save(root / name)
+        paths[key] = str(root / name)
+    rgba = np.dstack([skimage_data.coffee(), np.full(skimage_data.coffee().shape[:2], 128, np.uint8)])
+    Image.fromarray(rgba).save(root / "coffee_rgba.png")
+    paths["rgba"] = str(root / "coffee_rgba.png")
+    (root / "truncated.jpg").write_bytes((root / "chelsea.jpg").read_bytes()[:2000])
+    paths["truncated"] = str(root / "truncated.jpg")
+    paths["missing"] = str(root / "missing.png")
+    return paths
+
+
+@pytest.fixture(scope="session")
+def seg_labels() -> list[str]:
+    return ["background", "sky", "road", "tree"]
+
+
+@pytest.fixture(scope="session")
+def seg_dir(tmp_path_factory: pytest.TempPathFactory, seg_labels: list[str]) -> Path:
+    """A randomised DeepLabv3 saved with ``seg_labels`` and a 64x64 input (small: fast tests)."""
+    model = randomize_(create_model("deeplabv3_mobilevit_xxs", num_classes=len(seg_labels)))
+    model.pretrained_cfg.update(label_names=seg_labels, input_size=(3, 64, 64))
+    return model.save_pretrained(tmp_path_factory.mktemp("seg") / "model")
+
+
+@pytest.fixture(scope="session")
+def det_labels() -> list[str]:
+    return ["background", "cat", "dog"]
+
+
+@pytest.fixture(scope="session")
+def det_dir(tmp_path_factory: pytest.TempPathFactory, det_labels: list[str]) -> Path:
+    """A fresh SSDLite saved with ``det_labels``, its class logits scaled up: its scores then spread out
+    instead of sitting near 1/K, so a score threshold keeps some boxes and runtimes agree on their order."""
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilevit_xxs", num_classes=len(det_labels))
+    with torch.no_grad():
+        for predictor in model.head.predictors:
+            conv = predictor.loc_cls if isinstance(predictor.loc_cls, nn.Conv2d) else predictor.loc_cls.pw_conv
+            conv.weight.view(-1, 4 + model.num_classes, *conv.weight.shape[1:])[:, 4:] *= 10
+    model.pretrained_cfg["label_names"] = det_labels
+    return model.save_pretrained(tmp_path_factory.mktemp("det") / "model")
 
 
 @pytest.fixture

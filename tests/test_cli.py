@@ -1,8 +1,12 @@
-"""The ``mobilevit`` command line, run as a user would run it."""
+"""The ``mobilevit`` command line (mobilevit.cli), run as a user would run it: info and list, and
+their errors. The other commands are tested with what they run: train and eval in
+engine/test_train.py, predict in test_predict.py, export in export/test_export.py, bench in
+export/test_bench.py."""
 
 from __future__ import annotations
 
 import json
+import re
 import subprocess
 import sys
 
@@ -10,8 +14,9 @@ import pytest
 import timm
 import torch
 
+from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.models.summary import count_macs
+from mobilevit.models.summary import count_macs, count_params
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -38,6 +43,15 @@ def test_info_json_non_square(capsys):
     ]
     assert [s["stride"] for s in info["stages"]] == [2, 4, 8, 16, 32]
     assert info["macs"] == count_macs(timm.create_model("mobilevit_xxs").eval(), torch.zeros(1, 3, 200, 300))
+
+
+def test_info_prints_params_and_macs_of_v3(capsys):
+    assert main(["info", "mobilevitv3_s"]) == 0
+    out = capsys.readouterr().out
+    params = re.search(r"parameters: ([\d,]+)", out)
+    macs = re.search(r"MACs: +([\d.]+) G", out)
+    assert params and int(params[1].replace(",", "")) == count_params(create_model("mobilevitv3_s"))
+    assert macs and float(macs[1]) > 0
 
 
 def test_list(capsys):

@@ -79,7 +79,9 @@ def _function_level_imports(path: Path) -> list[str]:
                     names = [inner.module or ""]
                 else:
                     continue
-                found += [f"{path.relative_to(SRC)}:{inner.lineno} {n}" for n in names if n.split(".")[0] not in OPTIONAL]
+                found += [
+                    f"{path.relative_to(SRC)}:{inner.lineno} {n}" for n in names if n.split(".")[0] not in OPTIONAL
+                ]
     return found
 
 

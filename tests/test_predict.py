@@ -1,11 +1,12 @@
-"""``mobilevit predict`` on real photos (scikit-image's samples): loading, preprocessing, class names,
-bad files, JSON output and the ONNX Runtime backend."""
+"""Prediction (mobilevit.predict) and ``mobilevit predict`` on real photos (scikit-image's samples):
+loading checkpoints, class names, top-k, bad files (every task), the task check, JSON output and the
+ONNX Runtime backend. What segmentation and detection write for an image is tested with their tasks
+(tasks/test_segmentation_task.py, tasks/test_detection_task.py), preprocessing in data/test_images.py."""
 
 from __future__ import annotations
 
 import json
 
-import numpy as np
 import pytest
 import torch
 from PIL import Image
@@ -14,37 +15,11 @@ from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.data.images import preprocess, read_image
 from mobilevit.predict import predict
-from mobilevit.tasks import class_names
 from mobilevit.tasks.classification import imagenet_class_names
 from mobilevit.testing import randomize_, structured_images
 
-skimage_data = pytest.importorskip("skimage.data")
-
 LABELS = [f"label {i}" for i in range(6)]
 SIZE = 64  # a small input keeps the tests fast
-
-
-@pytest.fixture(scope="module")
-def photos(tmp_path_factory) -> dict[str, str]:
-    """RGB PNG and JPEG photos, a grayscale one, an RGBA one, a truncated JPEG and a missing path."""
-    root = tmp_path_factory.mktemp("photos")
-    files = {
-        "astronaut": ("astronaut.png", skimage_data.astronaut()),
-        "chelsea": ("chelsea.jpg", skimage_data.chelsea()),
-        "coffee": ("coffee.jpeg", skimage_data.coffee()),
-        "camera": ("camera.png", skimage_data.camera()),
-    }
-    paths = {}
-    for key, (name, pixels) in files.items():
-        Image.fromarray(pixels).save(root / name)
-        paths[key] = str(root / name)
-    rgba = np.dstack([skimage_data.coffee(), np.full(skimage_data.coffee().shape[:2], 128, np.uint8)])
-    Image.fromarray(rgba).save(root / "coffee_rgba.png")
-    paths["rgba"] = str(root / "coffee_rgba.png")
-    (root / "truncated.jpg").write_bytes((root / "chelsea.jpg").read_bytes()[:2000])
-    paths["truncated"] = str(root / "truncated.jpg")
-    paths["missing"] = str(root / "missing.png")
-    return paths
 
 
 @pytest.fixture(scope="module")
@@ -132,47 +107,6 @@ def test_plain_weights_file_needs_the_model_name(capsys, photos, tmp_path):
     assert code == 2 and "--model" in err
 
 
-def test_class_names_fall_back_to_indices():
-    model = create_model("mobilevit_xxs", num_classes=3)
-    assert class_names(model) == ["class_0", "class_1", "class_2"]
-    assert class_names(model, ["x", "y", "z"]) == ["x", "y", "z"]
-    model.pretrained_cfg["label_names"] = ["only", "two"]  # does not fit the classifier: not used
-    assert class_names(model) == ["class_0", "class_1", "class_2"]
-
-
-def test_preprocess_matches_a_manual_computation(photos):
-    """Shorter side to size / crop_pct, centre crop, [0, 1], BGR, then mean/std in the model's channel order."""
-    cfg = {
-        "input_size": (3, 48, 64),
-        "crop_pct": 0.875,
-        "interpolation": "bilinear",
-        "channel_order": "BGR",
-        "mean": (0.4, 0.5, 0.6),
-        "std": (0.2, 0.25, 0.3),
-    }
-    image = read_image(photos["chelsea"])  # 451 x 300: landscape
-    short = int(64 / 0.875)
-    long = int(short * image.width / image.height)
-    resized = np.asarray(image.resize((long, short), Image.BILINEAR), dtype=np.float64) / 255
-    top, left = round((short - 48) / 2), round((long - 64) / 2)
-    crop = resized[top : top + 48, left : left + 64, ::-1]  # RGB -> BGR
-    expected = (crop - np.array(cfg["mean"])) / np.array(cfg["std"])
-    actual = preprocess(image, cfg).permute(1, 2, 0).double().numpy()
-    assert actual.shape == (48, 64, 3)
-    assert np.abs(actual - expected).max() <= 2 / 255 / min(cfg["std"])  # PIL and torchvision round apart
-
-
-def test_grayscale_and_transparent_images_become_rgb(photos):
-    cfg = {"input_size": (3, 32, 32)}
-    gray = preprocess(read_image(photos["camera"]), cfg)
-    assert gray.shape == (3, 32, 32) and torch.equal(gray[0], gray[1]) and torch.equal(gray[1], gray[2])
-    clear = Image.fromarray(np.zeros((40, 40, 4), np.uint8))  # fully transparent black
-    assert torch.equal(preprocess(clear, cfg), torch.ones(3, 32, 32))  # laid on white
-    alpha = 128 / 255
-    expected = alpha * preprocess(read_image(photos["coffee"]), cfg) + (1 - alpha)  # the photo on white
-    assert (preprocess(read_image(photos["rgba"]), cfg) - expected).abs().max() <= 3 / 255
-
-
 @pytest.mark.slow  # about 30 s: the dynamic ONNX export
 def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
     pytest.importorskip("onnxruntime")
@@ -211,3 +145,24 @@ def test_predict_with_a_v2_or_v3_checkpoint(capsys, tmp_path, name):
         top = reloaded(preprocess(read_image(image), reloaded.pretrained_cfg)[None]).softmax(1)[0].topk(3)
     assert [p["label"] for p in result["predictions"]] == [labels[i] for i in top.indices.tolist()]
     assert [p["prob"] for p in result["predictions"]] == pytest.approx(top.values.tolist(), abs=1e-5)
+
+
+@pytest.mark.parametrize("task", ["segmentation", "detection"])
+def test_unreadable_images_are_reported_and_the_others_processed(capsys, photos, seg_dir, det_dir, tmp_path, task):
+    model_dir = seg_dir if task == "segmentation" else det_dir
+    images = [photos["truncated"], photos["small_astronaut"], photos["missing"]]
+    code, out, err = run_cli(capsys, *images, "--checkpoint", str(model_dir), "--output-dir", str(tmp_path), "--json")
+    assert code == 2
+    assert "truncated.jpg" in err and "missing.png" in err and "No such file" in err
+    report = json.loads(out)
+    assert [e["image"] for e in report["errors"]] == [photos["truncated"], photos["missing"]]
+    assert [r["image"] for r in report["results"]] == [photos["small_astronaut"]]
+    written = sorted(p.name for p in tmp_path.iterdir())
+    expected = ["astronaut_mask.png", "astronaut_overlay.png"] if task == "segmentation" else ["astronaut_boxes.png"]
+    assert written == expected
+
+
+def test_task_mismatch_is_an_error(capsys, photos, seg_dir):
+    code, out, err = run_cli(capsys, photos["small_astronaut"], "--checkpoint", str(seg_dir), "--task", "detection")
+    assert code == 2 and not out
+    assert "--task detection, but" in err and "holds a segmentation model (deeplabv3_mobilevit_xxs)" in err

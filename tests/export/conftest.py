@@ -1,14 +1,58 @@
-"""A small randomised classifier shared by the export tests (exports copy it, never change it)."""
+"""What the export tests share: small randomised classifiers of every family, and int8-friendly ones
+(exports copy them, never change them)."""
 
 from __future__ import annotations
 
+import functools
+
 import pytest
+import torch
+from torch import nn
 
 from mobilevit import create_model
-from mobilevit.testing import randomize_
+from mobilevit.testing import randomize_, structured_images
 
 
 @pytest.fixture(scope="session")
-def model():
-    # 10 classes: wider top-1 margins than 1000 random logits, so int8 agreement means something
-    return randomize_(create_model("mobilevit_xxs", num_classes=10))
+def classifiers():
+    """``classifiers(name)``: a randomised 10-class ``name``, made on first use. 10 classes give wider
+    top-1 margins than 1000 random logits, so int8 agreement means something. mobilevit_xxs has
+    randomize_'s default seed and the other families seed 5, the weights their tests were written on."""
+
+    @functools.cache
+    def classifier(name: str) -> nn.Module:
+        return randomize_(create_model(name, num_classes=10), seed=0 if name == "mobilevit_xxs" else 5)
+
+    return classifier
+
+
+@pytest.fixture(scope="session")
+def model(classifiers):
+    """The v1 classifier most export tests use."""
+    return classifiers("mobilevit_xxs")
+
+
+def with_fitted_head(model: nn.Module, images: torch.Tensor) -> nn.Module:
+    """Give each image its own class with a clear margin (least squares on the pooled features): a
+    random head's top-1 hangs on margins smaller than any int8 error, a trained one's does not."""
+    with torch.no_grad():
+        features = model.forward_head(model.forward_features(images), pre_logits=True)
+        mean, n = features.mean(0), len(images)
+        weight = torch.linalg.lstsq(features - mean, 4 * (torch.eye(n) - 1 / n)).solution.T
+        model.reset_classifier(n)
+        model.head.fc.weight.copy_(weight)
+        model.head.fc.bias.copy_(-weight @ mean)
+    return model.eval()
+
+
+@pytest.fixture(scope="session")
+def int8_classifier():
+    """``int8_classifier(name)``: a fresh randomised ``name`` whose head gives each of 8 structured
+    128x128 images its own class (see :func:`with_fitted_head`), and those images; for the int8
+    exports (ONNX, ExecuTorch), whose top-1 agreement with fp32 is then meaningful."""
+
+    def build(name: str) -> tuple[nn.Module, torch.Tensor]:
+        images = structured_images(8, 128, 128, seed=1)
+        return with_fitted_head(randomize_(create_model(name)), images), images
+
+    return build

@@ -1,4 +1,5 @@
-"""mobilevit bench: the rows it reports and its errors (timings themselves live in benchmarks/)."""
+"""mobilevit bench (mobilevit.export.bench): the rows it reports for every family, backend and peer, and
+its errors (timings themselves live in benchmarks/)."""
 
 from __future__ import annotations
 
@@ -33,10 +34,30 @@ def test_optimized_against_timm_and_hf_rows():
     assert rows[0]["ours_over_this"] == 1.0
 
 
-def test_onnxruntime_backend_runs_for_us_and_timm():
-    pytest.importorskip("onnxruntime")
-    rows = bench("mobilevit_xxs", "onnxruntime", img_size=(64, 64), compare=("timm",), rounds=1, iters=1)
-    assert [(r["impl"], r["backend"]) for r in rows] == [("mobilevit", "onnxruntime"), ("timm", "onnxruntime")]
+@pytest.mark.parametrize(
+    ("name", "backend", "compare"),
+    [
+        ("mobilevit_xxs", "onnxruntime", ("timm",)),
+        ("mobilevitv2_050", "eager", ("timm", "hf")),
+        ("mobilevitv2_050", "optimized", ("timm", "hf")),
+        ("mobilevitv3_xxs", "eager", ()),  # timm and Hugging Face have no v3
+        ("mobilevitv3_xxs", "optimized", ()),
+        # 10-15 s each (both exports); the v1 case runs the same backend
+        pytest.param("mobilevitv2_050", "onnxruntime", ("timm",), marks=pytest.mark.slow),
+        pytest.param("mobilevitv3_xxs", "onnxruntime", (), marks=pytest.mark.slow),
+    ],
+    ids=lambda v: ("vs-" + "-".join(v) if v else "alone") if isinstance(v, tuple) else None,
+)
+def test_rows_of_every_family_backend_and_peer(name, backend, compare):
+    if backend == "onnxruntime":
+        pytest.importorskip("onnxruntime")
+    rows = bench(name, backend, img_size=(64, 64), compare=compare, rounds=1, iters=1)
+    # peers have no optimized path: they run eagerly beside it, and so does our eager model, as its baseline
+    ours = [("mobilevit", backend), *([("mobilevit", "eager")] if backend == "optimized" else [])]
+    peers = [(peer, "eager" if backend == "optimized" else backend) for peer in compare]
+    assert [(r["impl"], r["backend"]) for r in rows] == ours + peers
+    assert all(r["model"] == name and r["median_ms"] > 0 for r in rows)
+    assert rows[0]["gflop_per_s"] > 0
 
 
 def test_cli_json_and_errors(capsys):
@@ -57,3 +78,16 @@ def test_cli_json_and_errors(capsys):
     assert "unknown model" in capsys.readouterr().err
     with pytest.raises(SystemExit):
         main(["bench", "--backend", "tensorrt"])
+
+
+def test_cli_compares_v2_with_hf(capsys):
+    argv = ["bench", "--model", "mobilevitv2_050", "--compare", "timm,hf", "--img-size", "64", "64"]
+    assert main([*argv, "--rounds", "1", "--iters", "1", "--json"]) == 0
+    assert [row["impl"] for row in json.loads(capsys.readouterr().out)["rows"]] == ["mobilevit", "timm", "hf"]
+
+
+def test_cli_says_peers_have_no_v3(capsys):
+    argv = ["bench", "--model", "mobilevitv3_050", "--compare", "timm,hf", "--img-size", "64", "64"]
+    assert main([*argv, "--rounds", "1", "--iters", "1"]) == 2
+    err = capsys.readouterr().err
+    assert "cannot compare mobilevitv3_050 with timm, hf" in err and "without --compare" in err

@@ -1,23 +1,41 @@
-"""CoreML export: an ML Program whose spec is validated everywhere and which runs on macOS only."""
+"""CoreML export (mobilevit.export.coreml): an ML Program of every family whose spec is validated
+everywhere, within Core ML's rank limit, and which runs on macOS only."""
 
 from __future__ import annotations
 
 import sys
 
 import pytest
-from deploy_helpers import coreml_max_rank
 
 ct = pytest.importorskip("coremltools")
 
 from mobilevit.export import export  # noqa: E402
 
 
+def coreml_max_rank(spec) -> int:
+    """The largest tensor rank in a Core ML ML Program's main function (Core ML allows 5)."""
+    (block,) = spec.mlProgram.functions["main"].block_specializations.values()
+    ranks = [
+        out.type.tensorType.rank for op in block.operations for out in op.outputs if out.type.HasField("tensorType")
+    ]
+    assert ranks, "the program has no typed tensors"
+    return max(ranks)
+
+
 @pytest.mark.parametrize(
-    ("img_size", "precision"),
-    [((64, 96), "fp16"), pytest.param((128, 128), "fp32", marks=pytest.mark.slow)],
+    ("name", "img_size", "precision"),
+    [
+        ("mobilevit_xxs", (64, 96), "fp16"),
+        pytest.param("mobilevit_xxs", (128, 128), "fp32", marks=pytest.mark.slow),
+        ("mobilevitv2_050", (64, 96), "fp16"),
+        # v1's rank-6 fold, which v3 on v1 keeps, and v2's, which v3 on v2 keeps, are checked above
+        pytest.param("mobilevitv3_xxs", (64, 96), "fp16", marks=pytest.mark.slow),
+        pytest.param("mobilevitv3_050", (64, 96), "fp16", marks=pytest.mark.slow),
+    ],
+    ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else None,
 )
-def test_mlpackage_has_image_input_and_logits(model, tmp_path, img_size, precision):
-    report = export(model, "coreml", tmp_path / "m.mlpackage", img_size=img_size, precision=precision)
+def test_mlpackage_has_image_input_and_logits(classifiers, tmp_path, name, img_size, precision):
+    report = export(classifiers(name), "coreml", tmp_path / "m.mlpackage", img_size=img_size, precision=precision)
     spec = ct.utils.load_spec(str(report.path))
     (inp,), (out,) = spec.description.input, spec.description.output
     assert (inp.name, inp.type.imageType.height, inp.type.imageType.width) == ("image", *img_size)

@@ -1,7 +1,8 @@
-"""ExecuTorch export: fp32 parity with PyTorch, int8 agreement on top-1, the missing-extra message.
+"""ExecuTorch export (mobilevit.export.executorch): fp32 parity with PyTorch for every family, int8
+agreement on top-1, the missing-extra message.
 
 Lowering to XNNPACK takes about 25 s for an fp32 mobilevit_xxs and 2 min for int8 on a small
-shared CPU, so only the 256x256 fp32 program is built in the default run.
+shared CPU, so only a 256x256 fp32 program of a shallow XXS is built in the default run.
 """
 
 from __future__ import annotations
@@ -10,29 +11,27 @@ import sys
 
 import pytest
 import torch
-from deploy_helpers import with_fitted_head
 
 from mobilevit import create_model
+from mobilevit.export import FP32_TOLERANCE, export
 from mobilevit.export.executorch import ExecuTorchRunner, export_executorch, run_executorch
 from mobilevit.testing import randomize_, structured_images
 
-FP32_TOLERANCE = 1e-4
-
 
 @pytest.fixture(scope="module")
-def model():
+def shallow():
     """XXS with one transformer layer per block: every op of the full model, half the export time
-    (about 20 s instead of 42 s on 2 cores); full-depth models are exported by the slow int8 test
-    and by test_family_deploy.py."""
+    (about 20 s instead of 42 s on 2 cores); full-depth models of every family are exported by the
+    slow tests."""
     return randomize_(create_model("mobilevit_xxs", num_classes=10, transformer_depths=(1, 1, 1))).eval()
 
 
 @pytest.fixture(scope="module")
-def program_256(model, tmp_path_factory):
+def program_256(shallow, tmp_path_factory):
     """One fp32 program for [2, 3, 256, 256] inputs, shared by the tests that only run it."""
     pytest.importorskip("executorch.exir")
     example = structured_images(2, 256, 256, seed=1)
-    return export_executorch(model, tmp_path_factory.mktemp("executorch") / "xxs.pte", example)
+    return export_executorch(shallow, tmp_path_factory.mktemp("executorch") / "xxs.pte", example)
 
 
 def max_abs_diff(model, runner, x: torch.Tensor) -> float:
@@ -40,10 +39,10 @@ def max_abs_diff(model, runner, x: torch.Tensor) -> float:
         return (runner(x) - model(x)).abs().max().item()
 
 
-def test_fp32_matches_pytorch(model, program_256):
+def test_fp32_matches_pytorch(shallow, program_256):
     runner = ExecuTorchRunner(program_256)
     for seed in (1, 2):  # the export example and images it never saw
-        assert max_abs_diff(model, runner, structured_images(2, 256, 256, seed=seed)) <= FP32_TOLERANCE
+        assert max_abs_diff(shallow, runner, structured_images(2, 256, 256, seed=seed)) <= FP32_TOLERANCE
     assert not list(program_256.parent.glob(".*.tmp"))  # written atomically: no temporary file left
 
 
@@ -53,18 +52,27 @@ def test_run_rejects_another_shape(program_256):
 
 
 @pytest.mark.slow
-def test_fp32_matches_pytorch_when_blocks_resize(model, tmp_path):
+def test_fp32_matches_pytorch_when_blocks_resize(shallow, tmp_path):
     """At 160x224 the last MobileViT block sees a 5x7 map and resizes it to 6x8 and back."""
     example = structured_images(1, 160, 224, seed=1)
-    path = export_executorch(model, tmp_path / "xxs_160x224.pte", example)
-    assert max_abs_diff(model, ExecuTorchRunner(path), structured_images(1, 160, 224, seed=3)) <= FP32_TOLERANCE
+    path = export_executorch(shallow, tmp_path / "xxs_160x224.pte", example)
+    assert max_abs_diff(shallow, ExecuTorchRunner(path), structured_images(1, 160, 224, seed=3)) <= FP32_TOLERANCE
 
 
 @pytest.mark.slow
-def test_int8_agrees_with_fp32_on_top1(tmp_path):
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+def test_export_of_every_family_matches_pytorch(classifiers, tmp_path, name):
+    """Full-depth models through ``export()``, which checks the program: 15-25 s each on one CPU thread."""
+    pytest.importorskip("executorch")
+    report = export(classifiers(name), "executorch", tmp_path / f"{name}.pte", img_size=(64, 64))
+    assert report.path.is_file()
+    assert report.max_abs_diff <= FP32_TOLERANCE
+
+
+@pytest.mark.slow
+def test_int8_agrees_with_fp32_on_top1(int8_classifier, tmp_path):
     pytest.importorskip("executorch.exir")
-    images = structured_images(8, 128, 128, seed=1)
-    model = with_fitted_head(randomize_(create_model("mobilevit_xxs")), images)
+    model, images = int8_classifier("mobilevit_xxs")
     calibration = structured_images(4, 128, 128, seed=2)
     path = export_executorch(model, tmp_path / "xxs_int8.pte", images[:1], int8=True, calibration=calibration)
     runner = ExecuTorchRunner(path)
@@ -77,16 +85,16 @@ def test_int8_agrees_with_fp32_on_top1(tmp_path):
     assert path.stat().st_size < 2 * params  # int8 weights: about 1 byte per parameter, fp32 would be 4
 
 
-def test_int8_needs_calibration(model, tmp_path):
+def test_int8_needs_calibration(shallow, tmp_path):
     pytest.importorskip("executorch.exir")
     with pytest.raises(ValueError, match="calibration"):
-        export_executorch(model, tmp_path / "x.pte", structured_images(1, 64, 64), int8=True)
+        export_executorch(shallow, tmp_path / "x.pte", structured_images(1, 64, 64), int8=True)
 
 
-def test_missing_extra_says_what_to_install(model, tmp_path, monkeypatch):
+def test_missing_extra_says_what_to_install(shallow, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "executorch", None)  # as if not installed
     hint = r"pip install 'mobilevit\[executorch\]'"
     with pytest.raises(ImportError, match=hint):
-        export_executorch(model, tmp_path / "x.pte", structured_images(1, 64, 64))
+        export_executorch(shallow, tmp_path / "x.pte", structured_images(1, 64, 64))
     with pytest.raises(ImportError, match=hint):
         run_executorch(tmp_path / "x.pte", structured_images(1, 64, 64))

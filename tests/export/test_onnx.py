@@ -1,6 +1,12 @@
-"""ONNX export: fp32 parity, dynamic batch and input size, opsets, int8 static quantization."""
+"""ONNX export (mobilevit.export.onnx): fp32 parity for every family (v1, v2, v3 on v1, v3 on v2),
+dynamic batch and input size, opsets, graphs within Core ML's rank limit, int8 static quantization."""
 
 from __future__ import annotations
+
+import functools
+import platform
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
@@ -23,10 +29,43 @@ from mobilevit.export.onnx import (
 )
 from mobilevit.testing import structured_images
 
+MAX_RANK = 5  # Core ML's limit
+
+
+def slow(name: str):
+    """``name`` as a parameter marked slow: a v3 whose unfold/fold (v1's or v2's) a test of the
+    default run already checks."""
+    return pytest.param(name, marks=pytest.mark.slow)
+
+
+def onnx_ops_and_ranks(path: Path) -> tuple[set[str], dict[str, int]]:
+    """The op types of an ONNX graph and the rank of every node output (after shape inference)."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
+    typed = {v.name: v.type.tensor_type for v in [*graph.value_info, *graph.input, *graph.output]}
+    ranks = {}
+    for node in graph.node:
+        for name in node.output:
+            assert typed[name].HasField("shape"), f"{node.op_type} {name}: rank unknown"
+            ranks[f"{node.op_type} {name}"] = len(typed[name].shape.dim)
+    return {node.op_type for node in graph.node}, ranks
+
 
 @pytest.fixture(scope="module")
-def dynamic_export(model, tmp_path_factory):
-    return export(model, "onnx", tmp_path_factory.mktemp("onnx") / "dynamic.onnx", img_size=(256, 256), dynamic=True)
+def dynamic_exports(classifiers, tmp_path_factory):
+    """``dynamic_exports(name)``: the dynamic 256x256 export of ``classifiers(name)``, made on first
+    use (15-20 s of tracing each)."""
+    folder = tmp_path_factory.mktemp("onnx")
+
+    @functools.cache
+    def exported(name: str):
+        return export(classifiers(name), "onnx", folder / f"{name}.onnx", img_size=(256, 256), dynamic=True)
+
+    return exported
+
+
+@pytest.fixture(scope="module")
+def dynamic_export(dynamic_exports):
+    return dynamic_exports("mobilevit_xxs")
 
 
 def test_dynamic_export_is_checked_and_opset_17(dynamic_export):
@@ -39,25 +78,53 @@ def test_dynamic_export_is_checked_and_opset_17(dynamic_export):
 
 
 @pytest.fixture(scope="module")
-def runner(dynamic_export):
-    return OnnxRunner(dynamic_export.path, threads=1)
+def runners(dynamic_exports):
+    """``runners(name)``: one ONNX Runtime session on ``dynamic_exports(name)``."""
+    return functools.cache(lambda name: OnnxRunner(dynamic_exports(name).path, threads=1))
 
 
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050", slow("mobilevitv3_xxs"), slow("mobilevitv3_050")])
 @pytest.mark.parametrize("shape", [(3, 224, 320), (2, 100, 130)], ids=["batch3-224x320", "sides-not-multiples-of-32"])
-def test_dynamic_export_runs_at_unseen_batch_and_sizes(model, runner, shape):
+def test_dynamic_export_runs_at_unseen_batch_and_sizes(classifiers, dynamic_exports, runners, name, shape):
+    assert dynamic_exports(name).max_abs_diff <= FP32_TOLERANCE
     x = structured_images(*shape, seed=7)
-    logits = runner(x)
+    logits = runners(name)(x)
     assert logits.shape == (shape[0], 10)
-    torch.testing.assert_close(logits, model(x), rtol=0, atol=FP32_TOLERANCE)
+    with torch.no_grad():
+        expected = classifiers(name)(x)
+    torch.testing.assert_close(logits, expected, rtol=0, atol=FP32_TOLERANCE)
 
 
-@pytest.mark.slow
-def test_static_export_at_opset_18(model, tmp_path):
-    report = export(model, "onnx", tmp_path / "static.onnx", img_size=(160, 224), opset=18)
+@pytest.mark.parametrize(
+    ("name", "img_size", "opset"),
+    [
+        pytest.param("mobilevit_xxs", (160, 224), 18, marks=pytest.mark.slow),
+        # the v2 and v3-on-v1 static fp32 graphs are checked by their int8 exports, before quantizing
+        pytest.param("mobilevitv2_050", (256, 256), 17, marks=pytest.mark.slow),
+        pytest.param("mobilevitv3_xxs", (256, 256), 17, marks=pytest.mark.slow),
+        ("mobilevitv3_050", (256, 256), 17),
+    ],
+    ids=lambda v: f"{v[0]}x{v[1]}" if isinstance(v, tuple) else f"opset{v}" if isinstance(v, int) else None,
+)
+def test_static_export(classifiers, tmp_path, name, img_size, opset):
+    report = export(classifiers(name), "onnx", tmp_path / f"{name}.onnx", img_size=img_size, opset=opset)
     assert report.max_abs_diff <= FP32_TOLERANCE
     proto = onnx.load(report.path)
-    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, 160, 224]
-    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [18]
+    assert [d.dim_value for d in proto.graph.input[0].type.tensor_type.shape.dim] == [1, 3, *img_size]
+    assert [o.version for o in proto.opset_import if o.domain in ("", "ai.onnx")] == [opset]
+
+
+# v2's unfold/fold is rank <= 5; v1 and the v3 on it keep v1's rank-6 fold, which Core ML's converter
+# splits (see test_coreml, which holds for every family)
+@pytest.mark.parametrize("name", ["mobilevitv2_050", slow("mobilevitv3_050")])
+def test_graph_is_core_ml_friendly(dynamic_exports, name):
+    """The unfold/fold is rank <= 5, with no Col2Im / Im2Col (F.fold / F.unfold), at opset 17."""
+    ops, ranks = onnx_ops_and_ranks(dynamic_exports(name).path)
+    assert not ops & {"Col2Im", "Im2Col"}
+    assert {"Reshape", "Transpose"} <= ops
+    assert {k: r for k, r in ranks.items() if r > MAX_RANK} == {}
+    opsets = onnx.load(dynamic_exports(name).path).opset_import
+    assert [o.version for o in opsets if o.domain in ("", "ai.onnx")] == [17]
 
 
 def test_int8_agrees_with_fp32_on_top1(model, dynamic_export, tmp_path):
@@ -127,6 +194,48 @@ def test_int8_speed_note_says_when_int8_is_slower_here(monkeypatch, x86, vnni, s
         assert says in note and note.endswith("deploy the fp32 file on CPUs like this one")
     else:
         assert "slower" not in note
+
+
+INT8 = ["mobilevitv2_050", "mobilevitv3_xxs"]
+
+
+@pytest.fixture(scope="module")
+def int8_exports(int8_classifier, tmp_path_factory):
+    """int8 exports (``export(..., int8=True)``) of the INT8 models with heads fitted to their
+    calibration images, by name: (model, images, report)."""
+    folder = tmp_path_factory.mktemp("int8-export")
+    exports = {}
+    for name in INT8:
+        model, images = int8_classifier(name)
+        report = export(model, "onnx", folder / f"{name}.onnx", img_size=(128, 128), int8=True, calibration=images)
+        exports[name] = (model, images, report)
+    return exports
+
+
+@pytest.mark.parametrize("name", INT8)
+def test_int8_export_reports_top1_agreement(int8_exports, name):
+    _, _, report = int8_exports[name]
+    assert report.top1_agreement >= 7 / 8
+    assert any("int8 QDQ" in note for note in report.notes)
+    (drift,) = [note for note in report.notes if note.startswith("fp32 graph before quantization")]
+    assert float(drift.rsplit("max abs diff ", 1)[1].split()[0]) <= FP32_TOLERANCE
+
+
+def test_int8_export_agrees_on_a_cpu_without_vnni(int8_exports):
+    """The file is shipped to CPUs other than the one that made it: on an emulated AVX2 CPU without VNNI
+    it agrees with fp32 as well as here. Full-range int8 weights overflowed there: top-1 agreement 0.5."""
+    from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu
+
+    if shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64":
+        pytest.skip("needs QEMU user mode on x86_64 (apt-get install qemu-user; scripts/test.sh installs it)")
+    model, images, report = int8_exports["mobilevitv2_050"]
+    with torch.no_grad():
+        reference = model(images)
+    here = torch.cat([run_onnx(report.path, x) for x in images.split(1)])
+    emulated = run_onnx_on_emulated_cpu(report.path, images, CPU_WITHOUT_VNNI)
+    assert (emulated.argmax(1) == reference.argmax(1)).float().mean() >= 7 / 8
+    # integer kernels are exact on both; only the fp32 ops between them (LayerNorm, softmax) round differently
+    torch.testing.assert_close(emulated, here, rtol=0, atol=0.01 * (here - reference).abs().max().item())
 
 
 def test_old_opset_is_refused(model, tmp_path):

@@ -1,4 +1,5 @@
-"""optimize_for_inference: the same outputs as the original model, on every path it can take."""
+"""optimize_for_inference (mobilevit.export.optimize): the same outputs as the original model, on every
+path it can take, and every family's convolutions and feed-forwards fused with their activations."""
 
 from __future__ import annotations
 
@@ -11,12 +12,16 @@ from torch import nn
 import mobilevit
 from mobilevit import optimize_for_inference
 from mobilevit.export.optimize import FusedConv2d, FusedLinear
-from mobilevit.models.mobilevitv3 import V3_CONFIGS, V3_V2_CONFIGS
+from mobilevit.models.layers import ConvNormAct
+from mobilevit.models.mobilevit_block import FeedForward
+from mobilevit.models.mobilevitv2 import ConvFeedForward
+from mobilevit.models.mobilevitv3 import V3_CONFIGS, V3_V2_CONFIGS, MobileViTV3Block, MobileViTV3V2Block
 from mobilevit.testing import randomize_, structured_images
 
 # every family: v1, v2 and both v3s
 NAMES = ["mobilevit_xxs", "mobilevit_xs", "mobilevit_s", "mobilevitv2_050", "mobilevitv2_100"]
 NAMES += [*V3_CONFIGS, *V3_V2_CONFIGS]
+ONEDNN_NAMES = {nn.SiLU: "swish", nn.ReLU: "relu", nn.Identity: "none"}
 
 
 @pytest.fixture(scope="module")
@@ -52,13 +57,57 @@ def test_folds_batchnorm_freezes_and_leaves_the_original_untouched(models):
         assert torch.equal(value, before[key]), key
 
 
-def test_traced_fallback_path_matches(models):
+def test_v2_fuses_every_conv_and_keeps_the_group_norms(models):
+    model = models["mobilevitv2_050"]
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Conv2d, nn.Linear, nn.SiLU)) for m in fast.modules())
+    group_norms = [m for m in model.modules() if isinstance(m, nn.GroupNorm)]
+    assert len([m for m in fast.modules() if isinstance(m, nn.GroupNorm)]) == len(group_norms) == 21
+    ffns = [m for m in fast.modules() if isinstance(m, ConvFeedForward)]
+    assert ffns and all(f.fc1.activation == "swish" and isinstance(f.act, nn.Identity) for f in ffns)
+    attn = fast.stages[2][1].global_rep.layers[0].attn
+    assert isinstance(attn.qkv_proj, FusedConv2d) and isinstance(attn.out_proj, FusedConv2d)
+
+
+@pytest.mark.parametrize("name", ["mobilevitv3_xxs", "mobilevitv3_050"])  # v3 on v1 and v3 on v2
+def test_v3_fuses_every_conv_with_its_activation(models, name):
+    """Every ConvNormAct (the v3 blocks' depthwise local conv, 1x1 projection and fusion included)
+    becomes one FusedConv2d carrying the same activation: none is left unfused, none is dropped."""
+    model = models[name]
+    fast = optimize_for_inference(model)
+    assert not any(isinstance(m, (nn.BatchNorm2d, nn.Conv2d, nn.Linear, nn.SiLU)) for m in fast.modules())
+    for path, module in model.named_modules():
+        if isinstance(module, ConvNormAct):
+            fused = fast.get_submodule(path)
+            assert isinstance(fused, FusedConv2d), path
+            assert fused.activation == ONEDNN_NAMES[type(module.act)], path
+            assert fused.groups == module.conv.groups, path
+    blocks = [m for m in fast.modules() if isinstance(m, (MobileViTV3Block, MobileViTV3V2Block))]
+    assert len(blocks) == 3
+    for block in blocks:
+        local = block.local_rep.conv_kxk
+        assert local.activation == "swish" and local.groups == local.weight.shape[0]  # depthwise, SiLU kept
+        fusion = getattr(block, "fusion", block.conv_proj)  # the v2-based block fuses in its projection
+        assert fusion.weight.shape[-2:] == (1, 1)
+
+
+def test_v3_on_v1_fuses_the_feed_forward(models):
+    ffns = [m for m in optimize_for_inference(models["mobilevitv3_xxs"]).modules() if isinstance(m, FeedForward)]
+    assert len(ffns) == 2 + 4 + 3  # transformer depths of layer3..layer5
+    assert all(isinstance(f.fc1, FusedLinear) and f.fc1.activation == "swish" for f in ffns)
+    assert all(isinstance(f.act, nn.Identity) and f.fc2.activation == "none" for f in ffns)
+
+
+@pytest.mark.parametrize("name", ["mobilevit_xxs", "mobilevitv2_050"])
+def test_traced_fallback_path_matches(models, name):
     """While tracing (TorchScript, ONNX) the modules run plain conv/linear ops with folded weights."""
-    model = models["mobilevit_xxs"]
+    model = models[name]
     fast = optimize_for_inference(model)
     x = structured_images(1, 160, 224, seed=3)
     with torch.inference_mode():
-        traced = torch.jit.trace(fast, x)
+        # On v2, check_trace would rerun the module eagerly, on the oneDNN kernels the trace replaces:
+        # the comparison that matters is the one below, against the original model
+        traced = torch.jit.trace(fast, x, check_trace=name != "mobilevitv2_050")
         assert not any("mkldnn" in str(node.kind()) for node in traced.inlined_graph.nodes())
         torch.testing.assert_close(traced(x), model(x), atol=1e-4, rtol=0)
 

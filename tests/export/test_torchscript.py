@@ -1,6 +1,9 @@
-"""TorchScript export: a frozen trace that matches PyTorch at the traced size and at others."""
+"""TorchScript export (mobilevit.export.torchscript): a frozen trace that matches PyTorch at the traced
+size and at others, for every family (v1, v2, v3 on v1, v3 on v2)."""
 
 from __future__ import annotations
+
+import functools
 
 import pytest
 import torch
@@ -9,21 +12,44 @@ from mobilevit.export import FP32_TOLERANCE, export
 from mobilevit.export.torchscript import run_torchscript
 from mobilevit.testing import structured_images
 
+TRACED, OTHER = (1, 128, 160), (2, 224, 96)
+
 
 @pytest.fixture(scope="module")
-def traced(model, tmp_path_factory):
-    return export(model, "torchscript", tmp_path_factory.mktemp("ts") / "m.pt", img_size=(128, 160), dynamic=True)
+def traced(classifiers, tmp_path_factory):
+    """``traced(name)``: the dynamic export of ``classifiers(name)`` traced at 128x160, made on first use."""
+    folder = tmp_path_factory.mktemp("ts")
+
+    @functools.cache
+    def exported(name: str):
+        return export(classifiers(name), "torchscript", folder / f"{name}.pt", img_size=TRACED[1:], dynamic=True)
+
+    return exported
 
 
 def test_export_is_checked(traced):
-    assert traced.max_abs_diff <= FP32_TOLERANCE
-    assert traced.path.is_file()
+    report = traced("mobilevit_xxs")
+    assert report.max_abs_diff <= FP32_TOLERANCE
+    assert report.path.is_file()
 
 
-@pytest.mark.parametrize("shape", [(1, 128, 160), (2, 224, 96)], ids=["traced-size", "other-batch-and-size"])
-def test_trace_matches_pytorch(model, traced, shape):
+@pytest.mark.parametrize(
+    ("name", "shape"),
+    [
+        ("mobilevit_xxs", TRACED),
+        ("mobilevit_xxs", OTHER),
+        ("mobilevitv2_050", OTHER),
+        ("mobilevitv3_xxs", OTHER),
+        ("mobilevitv3_050", OTHER),
+    ],
+    ids=lambda p: {TRACED: "traced-size", OTHER: "other-batch-and-size"}.get(p, p),
+)
+def test_trace_matches_pytorch(classifiers, traced, name, shape):
+    report = traced(name)
+    assert report.max_abs_diff <= FP32_TOLERANCE
     x = structured_images(*shape, seed=5)
-    torch.testing.assert_close(run_torchscript(traced.path, x), model(x), rtol=0, atol=FP32_TOLERANCE)
+    with torch.no_grad():
+        torch.testing.assert_close(run_torchscript(report.path, x), classifiers(name)(x), rtol=0, atol=FP32_TOLERANCE)
 
 
 def test_int8_is_refused(model, tmp_path):

@@ -176,6 +176,15 @@ def test_classification_checkpoint_loads_into_backbone():
         model.load_backbone(mobilevit.create_model("mobilevit_s").state_dict())
 
 
+def test_a_segmentation_backbone_initialises_a_detector(tmp_path):
+    """The shapes recipe's second stage: a DeepLabv3 checkpoint's backbone into an SSDLite."""
+    seg = mobilevit.create_model("deeplabv3_mobilevit_xxs", num_classes=3)
+    path = seg.save_pretrained(tmp_path / "seg") / "model.safetensors"
+    det = mobilevit.create_model("ssdlite_mobilevit_xxs", num_classes=3, pretrained=path)
+    for key, value in seg.backbone.state_dict().items():
+        assert torch.equal(det.backbone.body.state_dict()[key], value), key
+
+
 def test_save_pretrained_writes_weights_and_config(tmp_path):
     model = _model(score_thresh=0.2, img_size=256)
     model.save_pretrained(tmp_path)
@@ -247,17 +256,20 @@ def test_bad_options_raise_value_error():
         ssdlite_mobilevit("mobilevit_xxs", num_classes=1)
 
 
-def test_v2_backbone_trains_and_detects():
-    """SSDLite on MobileViTv2, as ml-cvnets' COCO recipe for v2 builds it."""
-    model = ssdlite_mobilevit("mobilevitv2_050", num_classes=3, img_size=128)
+@pytest.mark.parametrize("backbone", ["mobilevitv2_050", "mobilevitv3_050"])
+def test_v2_and_v3_backbones_train_and_detect(backbone):
+    """SSDLite on MobileViTv2, as ml-cvnets' COCO recipe for v2 builds it, and on MobileViTv3."""
+    model = mobilevit.create_model(f"ssdlite_{backbone}", num_classes=3, img_size=128).train()
     images = [torch.rand(3, 128, 128), torch.rand(3, 100, 150)]
     targets = [
         {"boxes": torch.tensor([[10.0, 20.0, 60.0, 90.0]]), "labels": torch.tensor([1])},
         {"boxes": torch.zeros(0, 4), "labels": torch.zeros(0, dtype=torch.int64)},
     ]
     losses = model(images, targets)
+    assert set(losses) == {"bbox_regression", "classification"}
     assert all(torch.isfinite(v) for v in losses.values())
+    sum(losses.values()).backward()
     model.eval()
     with torch.no_grad():
         out = model(images)
-    assert len(out) == 2 and out[1]["boxes"].shape[1] == 4
+    assert len(out) == 2 and all(o["boxes"].shape[1] == 4 and len(o["boxes"]) == len(o["scores"]) for o in out)

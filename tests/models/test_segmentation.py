@@ -157,6 +157,17 @@ def test_output_stride_and_shapes():
         model(torch.rand(1, 1, 64, 64))
 
 
+def test_deeplabv3_on_v3_trains_and_segments():
+    model = mobilevit.create_model("deeplabv3_mobilevitv3_xxs", num_classes=5).train()
+    x, masks = torch.rand(2, 3, 96, 128), torch.randint(0, 5, (2, 96, 128))
+    logits = model(x)
+    assert logits.shape == (2, 5, 96, 128)
+    loss = F.cross_entropy(logits, masks)
+    loss.backward()
+    assert torch.isfinite(loss)
+    assert all(p.grad is not None and torch.isfinite(p.grad).all() for p in model.parameters() if p.requires_grad)
+
+
 def test_save_and_from_pretrained_round_trip(tmp_path):
     model = randomize_(mobilevit.create_model("deeplabv3_mobilevit_xxs", num_classes=4, output_stride=8))
     model.save_pretrained(tmp_path / "seg")

@@ -1,4 +1,5 @@
-"""Calibration images for int8 export: from folders, ImageFolder trees and Fashion-MNIST."""
+"""Calibration images for int8 export (mobilevit.data.calibration): from folders, ImageFolder trees and
+Fashion-MNIST."""
 
 from __future__ import annotations
 

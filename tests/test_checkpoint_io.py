@@ -1,5 +1,6 @@
-"""Every checkpoint layout loads through create_model(pretrained=...), and every bad file gets a
-clear error that names the problem."""
+"""Checkpoint files (mobilevit.checkpoint_io: read_state_dict, atomic_write) as models load them: every
+layout loads through create_model(pretrained=...) and from_pretrained, and every bad file gets a clear
+error that names the problem (the mismatch errors of models/weights.py included)."""
 
 from __future__ import annotations
 
