@@ -61,8 +61,7 @@ def _cmd_info(args: argparse.Namespace) -> int:
     print(f"  {'stage':<10}{'stride':>7}  feature shape")
     for stage in info["stages"]:
         print(f"  {stage['stage']:<10}{stage['stride']:>7}  {tuple(stage['shape'])}")
-    label = {"detection": "head", "segmentation": "logits"}.get(info["task"], "logits")
-    print(f"  {label:<10}{'':>7}  {tuple(info['output_shape'])}")
+    print(f"  {info['output_name']:<10}{'':>7}  {tuple(info['output_shape'])}")
     return 0
 
 

@@ -72,4 +72,5 @@ def describe(name: str, img_size: tuple[int, int] | None = None, num_classes: in
         "macs": count_macs(model, [x[0]] if is_detector else x),
         "stages": stages,
         "output_shape": output,
+        "output_name": "head" if is_detector else "logits",  # a detector's raw head, before NMS
     }
