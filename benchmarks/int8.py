@@ -28,7 +28,7 @@ import torch
 
 from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
 from mobilevit.data.calibration import calibration_images
-from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
+from mobilevit.data.classification import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
 from mobilevit.export import machine
 from mobilevit.export.bench import CALIBRATION_IMAGES, time_interleaved

@@ -8,7 +8,7 @@ import torch
 from PIL import Image
 
 from mobilevit.data.calibration import calibration_images
-from mobilevit.data.datasets import fashion_mnist
+from mobilevit.data.classification import fashion_mnist
 
 
 def write_image(path, color, size=(40, 30)):

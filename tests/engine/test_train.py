@@ -577,7 +577,7 @@ def write_fashion_folder(root: Path, classes: range, per_class: int, val_per_cla
     read by the package's own loader and written as ``root/{train,val}/<class>/<n>.png`` (32x32 RGB)."""
     from PIL import Image
 
-    from mobilevit.data.datasets import fashion_mnist
+    from mobilevit.data.classification import fashion_mnist
 
     for split, count, train in (("train", per_class, True), ("val", val_per_class, False)):
         dataset = fashion_mnist(train=train)

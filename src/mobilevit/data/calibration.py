@@ -7,7 +7,7 @@ from pathlib import Path
 import torch
 from torchvision.datasets.folder import IMG_EXTENSIONS, default_loader
 
-from mobilevit.data.datasets import FASHION_MNIST, fashion_mnist
+from mobilevit.data.classification import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import eval_transform
 
 

@@ -21,7 +21,7 @@ import numpy as np
 import torch
 from PIL import Image
 
-from mobilevit.data.datasets import cache_dir
+from mobilevit.data import cache_dir
 from mobilevit.data.segmentation import IGNORE_INDEX, VOC_PALETTE
 
 SHAPES_CLASSES = ("background", "rectangle", "ellipse")

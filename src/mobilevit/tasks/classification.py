@@ -13,7 +13,7 @@ import torch.nn.functional as F
 from torch import nn
 from torchvision.models import ResNet50_Weights
 
-from mobilevit.data import datasets
+from mobilevit.data import classification as classification_data
 from mobilevit.data.images import preprocess
 from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
 from mobilevit.plots import plot_confusion
@@ -68,7 +68,7 @@ def top_k(logits: torch.Tensor, names: list[str], k: int) -> list[list[dict[str,
 
 class Classification(Task):
     name = "classification"
-    default_data = datasets.FASHION_MNIST
+    default_data = classification_data.FASHION_MNIST
     metrics = ("top1", "top5", "loss")
     export_formats = ("onnx", "torchscript", "executorch", "coreml")
     int8_export = True
@@ -77,9 +77,9 @@ class Classification(Task):
     first_class = None
 
     def dataset(self, data: str, split: str) -> Dataset:
-        if data == datasets.FASHION_MNIST:
-            return datasets.fashion_mnist(train=split == "train")
-        return datasets.image_folder(data, split)
+        if data == classification_data.FASHION_MNIST:
+            return classification_data.fashion_mnist(train=split == "train")
+        return classification_data.image_folder(data, split)
 
     def train_dataset(self, dataset: Dataset, cfg: Any, num_classes: int) -> Dataset:
         return MultiScaleDataset(dataset, cfg.crop_scale, cfg.strict, cfg.random_erasing)

@@ -9,10 +9,10 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilevit.data import datasets
+from mobilevit.data import classification as classification_data
 from mobilevit.data.transforms import MultiScaleDataset, collate_skipping, eval_transform
 
-DEBIAN = datasets.DEBIAN_FASHION_MNIST
+DEBIAN = classification_data.DEBIAN_FASHION_MNIST
 needs_debian_data = pytest.mark.skipif(
     not DEBIAN.is_dir(),
     reason=f"{DEBIAN} missing: install Debian's dataset-fashion-mnist (scripts/env.sh does as root)",
@@ -28,8 +28,8 @@ def isolated_cache(tmp_path, monkeypatch):
 
 @needs_debian_data
 def test_debian_package_is_found_and_read(isolated_cache):
-    train = datasets.fashion_mnist(train=True, download=False)
-    test = datasets.fashion_mnist(train=False, download=False)
+    train = classification_data.fashion_mnist(train=True, download=False)
+    test = classification_data.fashion_mnist(train=False, download=False)
     assert (len(train), len(test)) == (60_000, 10_000)
     assert train.classes[0] == "T-shirt/top" and len(train.classes) == 10
     image, label = train[0]
@@ -44,30 +44,30 @@ def test_debian_package_is_found_and_read(isolated_cache):
 def test_mobilevit_data_comes_first(isolated_cache, monkeypatch):
     mine = isolated_cache / "mine"
     mine.mkdir()
-    for name in datasets.FASHION_MNIST_FILES:
+    for name in classification_data.FASHION_MNIST_FILES:
         shutil.copy(DEBIAN / f"{name}.gz", mine / f"{name}.gz")
     monkeypatch.setenv("MOBILEVIT_DATA", str(mine))
-    assert datasets.fashion_mnist_search_path()[0] == mine
-    assert len(datasets.fashion_mnist(train=False, download=False)) == 10_000
+    assert classification_data.fashion_mnist_search_path()[0] == mine
+    assert len(classification_data.fashion_mnist(train=False, download=False)) == 10_000
 
 
 def test_missing_dataset_says_how_to_get_it(isolated_cache, monkeypatch):
-    monkeypatch.setattr(datasets, "DEBIAN_FASHION_MNIST", isolated_cache / "nowhere")
+    monkeypatch.setattr(classification_data, "DEBIAN_FASHION_MNIST", isolated_cache / "nowhere")
     with pytest.raises(FileNotFoundError, match="Fashion-MNIST not found.*apt-get install dataset-fashion-mnist"):
-        datasets.fashion_mnist(train=True, download=False)
+        classification_data.fashion_mnist(train=True, download=False)
 
 
 def test_flat_gz_layout_is_recognised(tmp_path):
-    for name in datasets.FASHION_MNIST_FILES:
+    for name in classification_data.FASHION_MNIST_FILES:
         with gzip.open(tmp_path / f"{name}.gz", "wb") as f:
             f.write(b"")
-    assert datasets._raw_files(tmp_path) == tmp_path
-    assert datasets._raw_files(tmp_path / "missing") is None
+    assert classification_data._raw_files(tmp_path) == tmp_path
+    assert classification_data._raw_files(tmp_path / "missing") is None
 
 
 def test_image_folder_needs_the_split(tmp_path):
     with pytest.raises(FileNotFoundError, match="expects a folder with train/ and val/"):
-        datasets.image_folder(tmp_path, "train")
+        classification_data.image_folder(tmp_path, "train")
 
 
 def test_grayscale_becomes_rgb_at_the_sampled_size():

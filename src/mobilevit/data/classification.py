@@ -10,6 +10,8 @@ from pathlib import Path
 import torch
 from torchvision import datasets
 
+from mobilevit.data import cache_dir
+
 FASHION_MNIST = "fashion-mnist"
 FASHION_MNIST_FILES = (
     "train-images-idx3-ubyte",
@@ -18,10 +20,6 @@ FASHION_MNIST_FILES = (
     "t10k-labels-idx1-ubyte",
 )
 DEBIAN_FASHION_MNIST = Path("/usr/share/datasets/fashion-mnist")
-
-
-def cache_dir() -> Path:
-    return Path(os.environ.get("XDG_CACHE_HOME", Path.home() / ".cache")) / "mobilevit"
 
 
 def fashion_mnist_search_path() -> list[Path]:
