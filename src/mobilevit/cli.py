@@ -178,7 +178,12 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
     )
     p.add_argument("--checkpoint", help="training checkpoint, model directory or weights file (default: random init)")
-    p.add_argument("--format", required=True, choices=FORMATS, help="task models: onnx, torchscript, executorch")
+    p.add_argument(
+        "--format",
+        required=True,
+        choices=FORMATS,
+        help="segmentation: onnx, torchscript, executorch, litert; detection: onnx, torchscript, executorch",
+    )
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
     p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch)")
@@ -186,7 +191,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration-images", type=int, default=64, help="number of calibration images (default: 64)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
     p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="CoreML compute precision (default: fp16)")
-    p.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage)")
+    p.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite)")
     p.set_defaults(func=_cmd_export)
 
 

@@ -1,4 +1,4 @@
-"""Deployment exports (ONNX, TorchScript, ExecuTorch, CoreML), each checked against PyTorch afterwards.
+"""Deployment exports (ONNX, TorchScript, ExecuTorch, CoreML, LiteRT), each checked against PyTorch afterwards.
 
 Every format except CoreML (which runs only on macOS) is run with its own runtime on structured images
 and compared with the PyTorch model: an fp32 export that differs by more than 1e-4 is an error, since
@@ -23,6 +23,7 @@ from mobilevit.data.synthetic import structured_images
 from mobilevit.export.bench import time_interleaved
 from mobilevit.export.coreml import can_run_coreml, export_coreml, run_coreml, validate_coreml
 from mobilevit.export.executorch import export_executorch, run_executorch
+from mobilevit.export.litert import LiteRTRunner, export_litert
 from mobilevit.export.onnx import (
     DYNAMIC_MIN_BATCH,
     DYNAMIC_MIN_SIDE,
@@ -34,7 +35,7 @@ from mobilevit.export.onnx import (
 from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
 from mobilevit.tasks import task_for
 
-FORMATS = ("onnx", "torchscript", "executorch", "coreml")
+FORMATS = ("onnx", "torchscript", "executorch", "coreml", "litert")
 INT8_FORMATS = ("onnx", "executorch")
 DYNAMIC_FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4
@@ -195,6 +196,11 @@ def _export(
         export_executorch(model, path, example, int8=int8, calibration=calibration)
         notes.append(f"XNNPACK, {'int8' if int8 else 'fp32'}, fixed input shape {tuple(example.shape)}")
         return lambda x: run_executorch(path, x)
+    if fmt == "litert":
+        export_litert(model, path, example)
+        batch, channels, height, width = example.shape
+        notes.append(f"LiteRT fp32, NHWC input [{batch}, {height}, {width}, {channels}] RGB in [0, 1], fixed shape")
+        return LiteRTRunner(path)
     cfg = getattr(model, "pretrained_cfg", {})
     export_coreml(
         model, path, example, precision=precision, mean=cfg.get("mean", (0.0,) * 3), std=cfg.get("std", (1.0,) * 3)

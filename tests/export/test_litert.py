@@ -1,0 +1,87 @@
+"""LiteRT export (mobilevit.export.litert): fp32 parity with PyTorch in the LiteRT interpreter at two
+input sizes, the NHWC layout of the file, a non-default class count, segmentation, what LiteRT
+refuses, the missing-extra message."""
+
+from __future__ import annotations
+
+import sys
+
+import pytest
+import torch
+
+from mobilevit import create_model
+from mobilevit.cli import main
+from mobilevit.export import FP32_TOLERANCE, export
+from mobilevit.export.litert import LiteRTRunner, export_litert
+from mobilevit.testing import randomize_, structured_images
+
+pytest.importorskip("litert_torch", reason="the litert extra: pip install 'mobilevit[litert]'")
+Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+
+
+@pytest.fixture(scope="module")
+def seven_classes():
+    """XXS with a 7-class head and one transformer layer per block: every op, a shorter conversion."""
+    return randomize_(create_model("mobilevit_xxs", num_classes=7, transformer_depths=(1, 1, 1))).eval()
+
+
+@pytest.mark.parametrize("size", [(64, 64), (96, 128)])
+def test_fp32_matches_pytorch_at_two_sizes(seven_classes, tmp_path, size):
+    report = export(seven_classes, "litert", tmp_path / "model.tflite", img_size=size)
+    assert report.max_abs_diff <= FP32_TOLERANCE
+    runner = LiteRTRunner(report.path)
+    x = structured_images(1, *size, seed=7)
+    with torch.no_grad():
+        expected = seven_classes(x)
+    assert runner(x).shape == (1, 7)  # the new head survived the conversion
+    assert (runner(x) - expected).abs().max().item() <= FP32_TOLERANCE
+    if size == (64, 64):
+        _check_nhwc_layout(report.path, seven_classes, x)
+        with pytest.raises(ValueError, match=r"exported for inputs of shape \(1, 3, 64, 64\)"):
+            runner(structured_images(1, 96, 128))
+
+
+def _check_nhwc_layout(path, model, x):
+    """The file itself, without our runner, takes [1, H, W, 3]: what an Android app's bitmap gives."""
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert tuple(inp["shape"]) == (1, 64, 64, 3) and tuple(out["shape"]) == (1, 7)
+    interpreter.set_tensor(inp["index"], x.permute(0, 2, 3, 1).contiguous().numpy())
+    interpreter.invoke()
+    with torch.no_grad():
+        expected = model(x)
+    assert (torch.from_numpy(interpreter.get_tensor(out["index"])) - expected).abs().max().item() <= FP32_TOLERANCE
+
+
+@pytest.mark.slow
+def test_segmentation_matches_pytorch_with_nhwc_logits(tmp_path):
+    model = randomize_(create_model("deeplabv3_mobilevit_xxs", num_classes=5)).eval()
+    report = export(model, "litert", tmp_path / "seg.tflite", img_size=(64, 64))
+    assert report.max_abs_diff <= FP32_TOLERANCE
+    interpreter = Interpreter(model_path=str(report.path))
+    interpreter.allocate_tensors()
+    assert tuple(interpreter.get_output_details()[0]["shape"]) == (1, 64, 64, 5)
+
+
+@pytest.mark.parametrize(
+    ("model_name", "kwargs", "message"),
+    [
+        ("mobilevit_xxs", {"dynamic": True}, "dynamic shapes are not supported for litert"),
+        ("mobilevit_xxs", {"int8": True, "calibration": torch.zeros(1, 3, 64, 64)}, "int8 is not supported for litert"),
+        ("ssdlite_mobilevit_xxs", {"img_size": (320, 320)}, "litert export does not support detection models"),
+    ],
+)
+def test_what_litert_refuses(tmp_path, model_name, kwargs, message):
+    kwargs = {"img_size": (64, 64), **kwargs}
+    with pytest.raises(ValueError, match=message):
+        export(create_model(model_name), "litert", tmp_path / "x.tflite", **kwargs)
+
+
+def test_missing_extra_says_what_to_install(seven_classes, tmp_path, monkeypatch, capsys):
+    monkeypatch.setitem(sys.modules, "litert_torch", None)  # as if not installed
+    hint = r"pip install 'mobilevit\[litert\]'"
+    with pytest.raises(ImportError, match=hint):
+        export_litert(seven_classes, tmp_path / "x.tflite", structured_images(1, 64, 64))
+    code = main(["export", "--model", "mobilevit_xxs", "--format", "litert", "-o", str(tmp_path / "x.tflite")])
+    assert code == 2 and "mobilevit[litert]" in capsys.readouterr().err
