@@ -1,5 +1,5 @@
 """LiteRT export (mobilevit.export.litert): fp32 parity with PyTorch in the LiteRT interpreter at two
-input sizes, the NHWC layout of the file, a non-default class count, segmentation, what LiteRT
+input sizes, the NHWC layout of the file, a non-default class count, segmentation and detection, what LiteRT
 refuses, the missing-extra message."""
 
 from __future__ import annotations
@@ -64,12 +64,22 @@ def test_segmentation_matches_pytorch_with_nhwc_logits(tmp_path):
     assert tuple(interpreter.get_output_details()[0]["shape"]) == (1, 64, 64, 5)
 
 
+@pytest.mark.slow
+def test_detection_raw_predictions_match_pytorch(tmp_path):
+    """The detector's exported graph (boxes and scores of every anchor; NMS runs after it) converts too."""
+    model = randomize_(create_model("ssdlite_mobilevit_xxs", num_classes=3)).eval()
+    report = export(model, "litert", tmp_path / "det.tflite", img_size=(320, 320))
+    assert report.max_abs_diff <= FP32_TOLERANCE  # boxes as fractions of the side, as for every format
+    boxes, scores = LiteRTRunner(report.path)(structured_images(1, 320, 320))
+    assert boxes.shape[2] == 4 and scores.shape[2] == 3 and boxes.shape[1] == scores.shape[1]
+
+
 @pytest.mark.parametrize(
     ("model_name", "kwargs", "message"),
     [
         ("mobilevit_xxs", {"dynamic": True}, "dynamic shapes are not supported for litert"),
         ("mobilevit_xxs", {"int8": True, "calibration": torch.zeros(1, 3, 64, 64)}, "int8 is not supported for litert"),
-        ("ssdlite_mobilevit_xxs", {"img_size": (320, 320)}, "litert export does not support detection models"),
+        ("ssdlite_mobilevit_xxs", {"img_size": (64, 64)}, "detects on 320x320 inputs"),
     ],
 )
 def test_what_litert_refuses(tmp_path, model_name, kwargs, message):

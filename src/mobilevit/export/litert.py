@@ -36,7 +36,9 @@ def export_litert(model: nn.Module, path: str | os.PathLike, example: torch.Tens
 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    dense = model(example).ndim == 4  # a segmenter's [B, K, H, W]
+    with torch.no_grad():
+        outputs = model(example)
+    dense = isinstance(outputs, torch.Tensor) and outputs.ndim == 4  # a segmenter's [B, K, H, W]
     nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else [])
     edge = litert_torch.convert(nhwc.eval(), (example.permute(0, 2, 3, 1).contiguous(),))
     partial = path.with_name(f".{path.name}.partial")
@@ -47,7 +49,8 @@ def export_litert(model: nn.Module, path: str | os.PathLike, example: torch.Tens
 
 class LiteRTRunner:
     """The ``.tflite`` file in the LiteRT interpreter, called like the PyTorch model: NCHW tensors in,
-    NCHW (or [B, K]) tensors out; the NHWC conversion happens here, outside the file."""
+    the model's outputs out (NCHW dense maps, a tuple for several outputs, in the model's order); the
+    NHWC conversion happens here, outside the file."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         require_litert()
@@ -56,18 +59,17 @@ class LiteRTRunner:
         self.path = Path(path)
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or torch.get_num_threads())
         self.interpreter.allocate_tensors()
-        self.input = self.interpreter.get_input_details()[0]
-        self.output = self.interpreter.get_output_details()[0]
-        self.input_shape = tuple(int(s) for s in self.input["shape"])  # (B, H, W, C)
+        self.run = self.interpreter.get_signature_runner()  # outputs by name: output_0, output_1...
+        self.input_shape = tuple(int(s) for s in self.interpreter.get_input_details()[0]["shape"])  # (B, H, W, C)
 
-    def __call__(self, x: torch.Tensor) -> torch.Tensor:
+    def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         nhwc = x.detach().cpu().float().permute(0, 2, 3, 1).contiguous()
         if tuple(nhwc.shape) != self.input_shape:
             batch, height, width, channels = self.input_shape
             raise ValueError(
                 f"{self.path} was exported for inputs of shape {(batch, channels, height, width)}, got {tuple(x.shape)}"
             )
-        self.interpreter.set_tensor(self.input["index"], nhwc.numpy())
-        self.interpreter.invoke()
-        out = torch.from_numpy(self.interpreter.get_tensor(self.output["index"]).copy())
-        return out.permute(0, 3, 1, 2) if out.ndim == 4 else out
+        results = self.run(args_0=nhwc.numpy())
+        outputs = [torch.from_numpy(results[f"output_{i}"].copy()) for i in range(len(results))]
+        outputs = [o.permute(0, 3, 1, 2) if o.ndim == 4 else o for o in outputs]
+        return outputs[0] if len(outputs) == 1 else tuple(outputs)

@@ -111,7 +111,7 @@ class Detection(Task):
     name = "detection"
     default_data = SHAPES
     metrics = ("map_50", "map")
-    export_formats = ("onnx", "torchscript", "executorch")  # CoreML's check expects a classifier's output
+    export_formats = ("onnx", "torchscript", "executorch", "litert")  # CoreML's check expects logits
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {81: coco_class_names}
 
     def dataset(self, data: str, split: str) -> Dataset:
