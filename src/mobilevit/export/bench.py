@@ -2,8 +2,8 @@
 Face's same model, run in the same process and interleaved so that machine load hits all alike.
 
 Backends: ``eager`` (the model as built), ``optimized`` (:func:`optimize_for_inference`), ``compile``
-(``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK) and ``int8``
-(a static int8 ONNX export on ONNX Runtime). Peers run on the same backend, except ``optimized``,
+(``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK), ``litert``
+(LiteRT's interpreter, XNNPACK) and ``int8`` (a static int8 ONNX export on ONNX Runtime). Peers run on the same backend, except ``optimized``,
 which is ours alone: they run eagerly there, beside our own eager model.
 """
 
@@ -21,6 +21,7 @@ from torch import nn
 
 from mobilevit.data.synthetic import structured_images
 from mobilevit.export.executorch import ExecuTorchRunner, export_executorch
+from mobilevit.export.litert import LiteRTRunner, export_litert
 from mobilevit.export.machine import matmul_peak_gflops
 from mobilevit.export.onnx import OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.export.optimize import optimize_for_inference
@@ -30,7 +31,7 @@ from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
 from mobilevit.testing import hf_config, hf_v2_config
 
-BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8")
+BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8", "litert")
 PEERS = ("timm", "hf")
 # What timm and Hugging Face implement: the v1 and v2 classifiers (neither has MobileViTv3 or our task models).
 PEER_MODELS = (*MODEL_CONFIGS, *V2_CONFIGS)
@@ -89,6 +90,8 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
         return OnnxRunner(path, threads=torch.get_num_threads())
     if backend == "executorch":
         return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example))
+    if backend == "litert":
+        return LiteRTRunner(export_litert(model, workdir / "model.tflite", example), threads=torch.get_num_threads())
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
 
 
