@@ -3,8 +3,9 @@ Face's same model, run in the same process and interleaved so that machine load 
 
 Backends: ``eager`` (the model as built), ``optimized`` (:func:`optimize_for_inference`), ``compile``
 (``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK), ``litert``
-(LiteRT's interpreter, XNNPACK) and ``int8`` (a static int8 ONNX export on ONNX Runtime). Peers run on the same backend, except ``optimized``,
-which is ours alone: they run eagerly there, beside our own eager model.
+(LiteRT's interpreter, XNNPACK) and ``int8`` (a static int8 ONNX export on ONNX Runtime). Peers run
+on the same backend, except ``optimized``, which is ours alone: they run eagerly there, beside our own
+eager model.
 """
 
 from __future__ import annotations
