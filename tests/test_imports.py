@@ -16,7 +16,18 @@ import mobilevit
 
 SRC = Path(mobilevit.__file__).parent
 # Extras a user may not have installed (pyproject's optional-dependencies): imported where used.
-OPTIONAL = {"onnx", "onnxruntime", "onnxscript", "coremltools", "executorch", "torchao", "timm", "transformers"}
+OPTIONAL = {
+    "onnx",
+    "onnxruntime",
+    "onnxscript",
+    "coremltools",
+    "executorch",
+    "torchao",
+    "litert_torch",
+    "ai_edge_litert",
+    "timm",
+    "transformers",
+}
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
