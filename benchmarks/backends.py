@@ -5,8 +5,9 @@
 Each (model, backend) pair is one ``mobilevit bench`` run (``mobilevit.export.bench.bench``): ours and
 the peers in one process, interleaved, medians over rounds. Peers: timm and Hugging Face in eager
 mode (for ``eager`` and ``optimized``), timm alone on the export backends (its ONNX export is the
-yardstick to beat; Hugging Face's exports are slower still), none for ``int8``, which is compared
-with our own fp32 ONNX Runtime row instead. ``optimized`` also runs our eager model beside it: the
+yardstick to beat; Hugging Face's exports are slower still), timm quantized the same way for
+``litert-int8``, none for ``int8``. Each int8 row is also compared with our own fp32 row on the same
+runtime (ONNX Runtime, LiteRT). ``optimized`` also runs our eager model beside it: the
 script says whether ``optimize_for_inference`` beat it for every model on this CPU, as it must.
 """
 
@@ -20,7 +21,8 @@ from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.machine import describe
 
 PEERS = {"eager": ("timm", "hf"), "optimized": ("timm", "hf"), "compile": ("timm",), "onnxruntime": ("timm",)}
-PEERS |= {"executorch": ("timm",), "int8": ()}
+PEERS |= {"executorch": ("timm",), "int8": (), "litert": ("timm",), "litert-int8": ("timm",)}
+FP32_OF = {"int8": "onnxruntime", "litert-int8": "litert"}  # each int8 backend's fp32 counterpart
 
 
 def main() -> None:
@@ -34,7 +36,7 @@ def main() -> None:
 
     rows = []
     for name in args.models:
-        fp32_onnx_ms = None
+        fp32_ms = {}
         for backend in args.backends:
             size = tuple(args.img_size)
             result = bench(
@@ -47,8 +49,8 @@ def main() -> None:
                 peak_gflops=machine["fp32_matmul_peak_gflops"],
             )
             ours = result[0]
-            if backend == "onnxruntime":
-                fp32_onnx_ms = ours["median_ms"]
+            fp32_ms[backend] = ours["median_ms"]
+            fp32 = fp32_ms.get(FP32_OF.get(backend))
             peers = {r["impl"]: r for r in result[1:] if r["impl"] != "mobilevit"}
             eager = next((r for r in result[1:] if r["impl"] == "mobilevit"), None)  # optimized's baseline
             rows.append(
@@ -65,9 +67,7 @@ def main() -> None:
                     "hf ms": peers["hf"]["median_ms"] if "hf" in peers else "",
                     "vs hf": f"{peers['hf']['ours_over_this']:.2f}x" if "hf" in peers else "",
                     "vs our eager": f"{eager['ours_over_this']:.2f}x" if eager else "",
-                    "vs our fp32 onnx": f"{ours['median_ms'] / fp32_onnx_ms:.2f}x"
-                    if backend == "int8" and fp32_onnx_ms
-                    else "",
+                    "vs our fp32": f"{ours['median_ms'] / fp32:.2f}x" if fp32 else "",
                 }
             )
             print(rows[-1], flush=True)

@@ -1,6 +1,6 @@
-"""int8 post-training quantization: accuracy on Fashion-MNIST and speed on ONNX Runtime, for the
+"""int8 post-training quantization: accuracy on Fashion-MNIST and speed, on ONNX Runtime for the
 portable weights (7-bit, the default) and full-range 8-bit weights, on this CPU and on an x86 CPU
-without VNNI.
+without VNNI, and in LiteRT's interpreter.
 
     python benchmarks/int8.py [--checkpoint runs/fashion_mnist/model] [--calibration-images 256]
                               [--emulated-images 10000] [--speed-model mobilevit_s] [--threads 2]
@@ -8,12 +8,14 @@ without VNNI.
 
 1. Accuracy: the Fashion-MNIST model of the quickstart (``runs/fashion_mnist/model``), exported to
    ONNX in fp32 and in int8 both ways (static, calibrated on training images), run by ONNX Runtime on
-   the 10,000 test images, here and on an emulated AMD EPYC-Rome (AVX2, no VNNI; QEMU user mode,
+   the 10,000 test images, and to LiteRT in fp32 and int8 (the same calibration images), run by its
+   interpreter; here, and for the ONNX files also on an emulated AMD EPYC-Rome (AVX2, no VNNI; QEMU user mode,
    ``apt-get install qemu-user``) for the first ``--emulated-images`` of them: top-1 of each and the
    drop from fp32. Full-range weights are exact only with VNNI or on ARM: on an x86 CPU without VNNI
    ONNX Runtime's 16-bit pair sums overflow (``mobilevit.export.onnx.PORTABLE_WEIGHT_MAX``).
-2. Speed: ``--speed-model`` at 256x256, batch 1: fp32 ONNX Runtime against both int8 files,
-   interleaved in one process on this CPU (``mobilevit.export.bench.time_interleaved``).
+2. Speed: ``--speed-model`` at 256x256, batch 1: fp32 ONNX Runtime against both int8 files, and
+   LiteRT fp32 against int8, interleaved in one process on this CPU
+   (``mobilevit.export.bench.time_interleaved``).
 """
 
 from __future__ import annotations
@@ -32,12 +34,14 @@ from mobilevit.data.classification import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
 from mobilevit.export import machine
 from mobilevit.export.bench import CALIBRATION_IMAGES, time_interleaved
+from mobilevit.export.litert import LiteRTRunner, export_litert
 from mobilevit.export.onnx import Int8PortabilityError, OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
 from mobilevit.models.loader import load_checkpoint
 from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu, structured_images
 
 INT8 = {"int8 portable": True, "int8 full range": False}  # name -> quantize_onnx(portable=...)
+FP32_OF = {"int8 portable": "fp32", "int8 full range": "fp32", "litert int8": "litert fp32"}
 
 
 def exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdir: Path) -> dict[str, Path]:
@@ -47,6 +51,15 @@ def exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdi
     for name, portable in INT8.items():
         files[name] = quantize_onnx(fp32, workdir / f"{name.replace(' ', '-')}.onnx", calibration, portable=portable)
     return files
+
+
+def litert_runners(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdir: Path) -> dict:
+    """LiteRT's interpreter on the fp32 and the int8 ``.tflite`` files of ``model`` at size x size."""
+    example = structured_images(1, size, size)
+    fp32 = export_litert(model, workdir / "fp32.tflite", example)
+    int8 = export_litert(model, workdir / "int8.tflite", example, calibration)
+    threads = torch.get_num_threads()
+    return {"litert fp32": LiteRTRunner(fp32, threads=threads), "litert int8": LiteRTRunner(int8, threads=threads)}
 
 
 def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path) -> list[dict]:
@@ -65,6 +78,8 @@ def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path
             except Int8PortabilityError:  # full-range weights on x86 without VNNI: rightly refused
                 continue
             here[name] = torch.cat([runner(x).argmax(1) for x in images.split(1)])
+        for name, runner in litert_runners(model, size, calibration, workdir).items():
+            here[name] = torch.cat([runner(x).argmax(1) for x in images.split(1)])
     rows = [{"cpu": f"this one ({machine.isa_level()})", "images": len(labels), **_top1(here, labels)}]
     if n_emulated and shutil.which("qemu-x86_64") and machine.is_x86():
         subset, subset_labels = images[:n_emulated], labels[:n_emulated]
@@ -75,19 +90,21 @@ def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path
 
 
 def _top1(predictions: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
-    """Top-1 of each file, and each int8 file's drop from the fp32 ONNX file on the same CPU."""
+    """Top-1 of each file, and each int8 file's drop from its fp32 file (same runtime, same CPU)."""
     top1 = {name: (predicted == labels).float().mean().item() for name, predicted in predictions.items()}
-    return top1 | {f"{name} drop": top1["fp32"] - top1[name] for name in INT8 if name in top1}
+    return top1 | {f"{name} drop": top1[fp32] - top1[name] for name, fp32 in FP32_OF.items() if name in top1}
 
 
 def speed(name: str, rounds: int, iters: int, workdir: Path) -> dict:
     x = structured_images(1, 256, 256)
-    files = exports(create_model(name).eval(), 256, structured_images(CALIBRATION_IMAGES, 256, 256, seed=5), workdir)
+    model, calibration = create_model(name).eval(), structured_images(CALIBRATION_IMAGES, 256, 256, seed=5)
+    files = exports(model, 256, calibration, workdir)
     runners = {key: OnnxRunner(path, threads=torch.get_num_threads()) for key, path in files.items()}
+    runners |= litert_runners(model, 256, calibration, workdir)
     times = time_interleaved(runners, x, rounds, iters)
     median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
     row = {"model": name} | {f"{key} ms": round(ms, 2) for key, ms in median.items()}
-    return row | {f"{key} speed-up": f"{median['fp32'] / median[key]:.2f}x" for key in INT8}
+    return row | {f"{key} speed-up": f"{median[fp32] / median[key]:.2f}x" for key, fp32 in FP32_OF.items()}
 
 
 def main() -> None:
@@ -105,9 +122,10 @@ def main() -> None:
         acc = accuracy(args.checkpoint, args.calibration_images, args.emulated_images, Path(tmp) / "acc")
         fast = speed(args.speed_model, args.rounds, args.iters, Path(tmp) / "speed")
     print(f"\nFashion-MNIST test top-1, {args.checkpoint}, int8 calibrated on {args.calibration_images} train images")
-    columns = ["cpu", "images", "pytorch fp32", "fp32", *INT8, *(f"{name} drop" for name in INT8)]
+    columns = ["cpu", "images", "pytorch fp32", "fp32", *INT8, "litert fp32", "litert int8"]
+    columns += [f"{name} drop" for name in FP32_OF]
     print_table([{c: _formatted(c, row.get(c, "-")) for c in columns} for row in acc], columns)
-    print(f"\n{args.speed_model}, batch 1, 256x256, ONNX Runtime, on {machine.describe(info)}")
+    print(f"\n{args.speed_model}, batch 1, 256x256, ONNX Runtime and LiteRT, on {machine.describe(info)}")
     print_table([fast], list(fast))
     write_json(args.json, {"accuracy": acc, "speed": fast}, info)
 

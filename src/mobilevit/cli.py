@@ -186,7 +186,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     )
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
-    p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch)")
+    p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch, litert)")
     p.add_argument("--calibration", help="int8 calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
     p.add_argument("--calibration-images", type=int, default=64, help="number of calibration images (default: 64)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
@@ -258,7 +258,8 @@ def _cmd_bench(args: argparse.Namespace) -> int:
     if args.json:
         print(json.dumps({"machine": machine, "rows": rows}, indent=2))
         return 0
-    print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, fp32")
+    precision = "int8" if "int8" in args.backend else "fp32"
+    print(f"{args.model}, batch {args.batch_size}, {rows[0]['img_size']}, {precision}")
     print(f"on {describe_machine(machine)}")
     header = f"{'impl':<10}{'backend':<13}{'median ms':>10}{'p90 ms':>9}{'img/s':>8}{'GFLOP/s':>9}{'% peak':>8}"
     print(header + ("  ours/this" if len(rows) > 1 else ""))

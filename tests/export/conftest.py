@@ -47,12 +47,12 @@ def with_fitted_head(model: nn.Module, images: torch.Tensor) -> nn.Module:
 
 @pytest.fixture(scope="session")
 def int8_classifier():
-    """``int8_classifier(name)``: a fresh randomised ``name`` whose head gives each of 8 structured
-    128x128 images its own class (see :func:`with_fitted_head`), and those images; for the int8
+    """``int8_classifier(name, size=128, **kwargs)``: a fresh randomised ``name`` whose head gives each
+    of 8 structured size x size images its own class (see :func:`with_fitted_head`), and those images; for the int8
     exports (ONNX, ExecuTorch), whose top-1 agreement with fp32 is then meaningful."""
 
-    def build(name: str) -> tuple[nn.Module, torch.Tensor]:
-        images = structured_images(8, 128, 128, seed=1)
-        return with_fitted_head(randomize_(create_model(name)), images), images
+    def build(name: str, size: int = 128, **kwargs) -> tuple[nn.Module, torch.Tensor]:
+        images = structured_images(8, size, size, seed=1)
+        return with_fitted_head(randomize_(create_model(name, **kwargs)), images), images
 
     return build

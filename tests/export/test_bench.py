@@ -46,12 +46,13 @@ def test_optimized_against_timm_and_hf_rows():
         pytest.param("mobilevitv2_050", "onnxruntime", ("timm",), marks=pytest.mark.slow),
         pytest.param("mobilevitv3_xxs", "onnxruntime", (), marks=pytest.mark.slow),
         pytest.param("mobilevit_xxs", "litert", ("timm",), marks=pytest.mark.slow),
+        pytest.param("mobilevit_xxs", "litert-int8", ("timm",), marks=pytest.mark.slow),
     ],
     ids=lambda v: ("vs-" + "-".join(v) if v else "alone") if isinstance(v, tuple) else None,
 )
 def test_rows_of_every_family_backend_and_peer(name, backend, compare):
-    if backend in ("onnxruntime", "litert"):
-        pytest.importorskip({"onnxruntime": "onnxruntime", "litert": "litert_torch"}[backend])
+    if backend in ("onnxruntime", "litert", "litert-int8"):
+        pytest.importorskip("onnxruntime" if backend == "onnxruntime" else "litert_torch")
     rows = bench(name, backend, img_size=(64, 64), compare=compare, rounds=1, iters=1)
     # peers have no optimized path: they run eagerly beside it, and so does our eager model, as its baseline
     ours = [("mobilevit", backend), *([("mobilevit", "eager")] if backend == "optimized" else [])]

@@ -52,7 +52,7 @@ def test_mlpackage_has_image_input_and_logits(classifiers, tmp_path, name, img_s
 def test_wrong_suffix_and_int8_are_refused(model, tmp_path):
     with pytest.raises(ValueError, match=r"\.mlpackage"):
         export(model, "coreml", tmp_path / "m.mlmodel", img_size=(64, 64))
-    with pytest.raises(ValueError, match="int8 is not supported for coreml, use onnx or executorch"):
+    with pytest.raises(ValueError, match="int8 is not supported for coreml, use one of onnx, executorch, litert"):
         export(model, "coreml", tmp_path / "m.mlpackage", int8=True)
 
 

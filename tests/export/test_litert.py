@@ -1,6 +1,6 @@
 """LiteRT export (mobilevit.export.litert): fp32 parity with PyTorch in the LiteRT interpreter at two
-input sizes, the NHWC layout of the file, a non-default class count, segmentation and detection, what LiteRT
-refuses, the missing-extra message."""
+input sizes, the NHWC layout of the file, a non-default class count, int8 (top-1 agreement, integer
+kernels), segmentation and detection, what LiteRT refuses, the missing-extra message."""
 
 from __future__ import annotations
 
@@ -54,6 +54,26 @@ def _check_nhwc_layout(path, model, x):
     assert (torch.from_numpy(interpreter.get_tensor(out["index"])) - expected).abs().max().item() <= FP32_TOLERANCE
 
 
+def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier, tmp_path):
+    """int8 with int8 input and logits (their scale and zero point in the file), weights of one byte."""
+    model, images = int8_classifier("mobilevit_xxs", size=64, transformer_depths=(1, 1, 1))
+    calibration = structured_images(16, 64, 64, seed=2)
+    report = export(model, "litert", tmp_path / "int8.tflite", img_size=(64, 64), int8=True, calibration=calibration)
+    assert report.top1_agreement is not None and any("LiteRT int8" in note for note in report.notes)
+    runner = LiteRTRunner(report.path)
+    with torch.no_grad():
+        fp32 = model(images).argmax(1)
+    int8 = torch.cat([runner(x) for x in images.split(1)]).argmax(1)
+    assert fp32.tolist() == list(range(8)) and (int8 == fp32).sum() >= 6
+    interpreter = Interpreter(model_path=str(report.path))
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert inp["dtype"].__name__ == out["dtype"].__name__ == "int8" and inp["quantization"][0] > 0
+    ops = {op["op_name"] for op in interpreter._get_ops_details()}
+    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+    params = sum(p.numel() for p in model.parameters())
+    assert report.path.stat().st_size < 2 * params  # fp32 weights would take 4 bytes each
+
+
 @pytest.mark.slow
 def test_segmentation_matches_pytorch_with_nhwc_logits(tmp_path):
     model = randomize_(create_model("deeplabv3_mobilevit_xxs", num_classes=5)).eval()
@@ -78,7 +98,7 @@ def test_detection_raw_predictions_match_pytorch(tmp_path):
     ("model_name", "kwargs", "message"),
     [
         ("mobilevit_xxs", {"dynamic": True}, "dynamic shapes are not supported for litert"),
-        ("mobilevit_xxs", {"int8": True, "calibration": torch.zeros(1, 3, 64, 64)}, "int8 is not supported for litert"),
+        ("mobilevit_xxs", {"int8": True}, "int8 export needs calibration images"),
         ("ssdlite_mobilevit_xxs", {"img_size": (64, 64)}, "detects on 320x320 inputs"),
     ],
 )

@@ -53,5 +53,5 @@ def test_trace_matches_pytorch(classifiers, traced, name, shape):
 
 
 def test_int8_is_refused(model, tmp_path):
-    with pytest.raises(ValueError, match="int8 is not supported for torchscript, use onnx or executorch"):
+    with pytest.raises(ValueError, match="int8 is not supported for torchscript, use one of onnx, executorch, litert"):
         export(model, "torchscript", tmp_path / "m.pt", int8=True, calibration=structured_images(2, 256, 256))

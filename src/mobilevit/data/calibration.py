@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from pathlib import Path
 
 import torch
@@ -46,3 +47,12 @@ def _spread(total: int, n: int) -> list[int]:
     """``min(n, total)`` indices evenly spaced over ``range(total)``."""
     n = min(n, total)
     return [i * total // n for i in range(n)]
+
+
+def fixed_size_batches(images: torch.Tensor, batch: int) -> tuple[torch.Tensor, ...]:
+    """``images`` in batches of exactly ``batch`` (the last one filled up by starting over), for
+    graphs traced at one batch size; an empty ``images`` is an error, since nothing would be observed."""
+    if not len(images):
+        raise ValueError("int8 export needs at least one calibration image")
+    padded = math.ceil(len(images) / batch) * batch
+    return images[torch.arange(padded) % len(images)].split(batch)

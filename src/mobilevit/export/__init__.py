@@ -36,7 +36,7 @@ from mobilevit.export.torchscript import TorchScriptRunner, export_torchscript
 from mobilevit.tasks import task_for
 
 FORMATS = ("onnx", "torchscript", "executorch", "coreml", "litert")
-INT8_FORMATS = ("onnx", "executorch")
+INT8_FORMATS = ("onnx", "executorch", "litert")
 DYNAMIC_FORMATS = ("onnx", "torchscript")
 FP32_TOLERANCE = 1e-4
 
@@ -83,7 +83,7 @@ def export(
     it, in :func:`mobilevit.models.detection.postprocess`. Each task's ``export_formats`` lists its formats.
 
     ``dynamic`` (onnx, torchscript) makes batch, height and width free; the check then also runs at
-    another batch size and input size. ``int8`` (onnx, executorch) quantizes with static calibration on
+    another batch size and input size. ``int8`` (onnx, executorch, litert) quantizes with static calibration on
     ``calibration`` [N, 3, *img_size], preprocessed like real inputs (see
     :func:`mobilevit.data.calibration.calibration_images`). ``opset`` is ONNX's, ``precision`` CoreML's.
     The model is copied, never modified. Raises :class:`ExportCheckError` when an fp32 export differs from
@@ -93,7 +93,7 @@ def export(
         raise ValueError(f"unknown export format {fmt!r}; choose one of {', '.join(FORMATS)}")
     check_task(model, fmt, img_size, dynamic, int8)
     if int8 and fmt not in INT8_FORMATS:
-        raise ValueError(f"int8 is not supported for {fmt}, use onnx or executorch")
+        raise ValueError(f"int8 is not supported for {fmt}, use one of {', '.join(INT8_FORMATS)}")
     if dynamic and fmt not in DYNAMIC_FORMATS:
         raise ValueError(f"dynamic shapes are not supported for {fmt} (its programs have a fixed input shape)")
     height, width = img_size
@@ -197,10 +197,17 @@ def _export(
         notes.append(f"XNNPACK, {'int8' if int8 else 'fp32'}, fixed input shape {tuple(example.shape)}")
         return lambda x: run_executorch(path, x)
     if fmt == "litert":
-        export_litert(model, path, example)
+        runner = LiteRTRunner(export_litert(model, path, example, calibration if int8 else None))
         batch, channels, height, width = example.shape
-        notes.append(f"LiteRT fp32, NHWC input [{batch}, {height}, {width}, {channels}] RGB in [0, 1], fixed shape")
-        return LiteRTRunner(path)
+        layout = f"NHWC input [{batch}, {height}, {width}, {channels}]"
+        if int8:
+            scale, zero_point = runner.input["quantization"]
+            notes.append(f"LiteRT int8, calibrated on {len(calibration)} images; {layout} int8, fixed shape")
+            offset = f"{'+' if zero_point >= 0 else '-'} {abs(zero_point)}"
+            notes.append(f"input int8 = round(RGB in [0, 1] / {scale:.6g}) {offset}; outputs int8 too")
+        else:
+            notes.append(f"LiteRT fp32, {layout} RGB in [0, 1], fixed shape")
+        return runner
     cfg = getattr(model, "pretrained_cfg", {})
     export_coreml(
         model, path, example, precision=precision, mean=cfg.get("mean", (0.0,) * 3), std=cfg.get("std", (1.0,) * 3)

@@ -3,7 +3,8 @@ Face's same model, run in the same process and interleaved so that machine load 
 
 Backends: ``eager`` (the model as built), ``optimized`` (:func:`optimize_for_inference`), ``compile``
 (``torch.compile``), ``onnxruntime`` (an fp32 ONNX export), ``executorch`` (XNNPACK), ``litert``
-(LiteRT's interpreter, XNNPACK) and ``int8`` (a static int8 ONNX export on ONNX Runtime). Peers run
+(LiteRT's interpreter, XNNPACK), ``int8`` (a static int8 ONNX export on ONNX Runtime) and
+``litert-int8`` (a static int8 LiteRT export). Peers run
 on the same backend, except ``optimized``, which is ours alone: they run eagerly there, beside our own
 eager model.
 """
@@ -32,7 +33,7 @@ from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
 from mobilevit.testing import hf_config, hf_v2_config
 
-BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8", "litert")
+BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8", "litert", "litert-int8")
 PEERS = ("timm", "hf")
 # What timm and Hugging Face implement: the v1 and v2 classifiers (neither has MobileViTv3 or our task models).
 PEER_MODELS = (*MODEL_CONFIGS, *V2_CONFIGS)
@@ -83,16 +84,17 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
         return lambda x: fast(x.contiguous(memory_format=torch.channels_last))
     if backend == "compile":
         return torch.compile(model)
+    calibration = structured_images(CALIBRATION_IMAGES, *example.shape[-2:], seed=5) if "int8" in backend else None
     if backend in ("onnxruntime", "int8"):
         path = export_onnx(model, workdir / "model.onnx", example)
-        if backend == "int8":
-            calibration = structured_images(CALIBRATION_IMAGES, *example.shape[-2:], seed=5)
+        if calibration is not None:
             path = quantize_onnx(path, workdir / "model-int8.onnx", calibration)
         return OnnxRunner(path, threads=torch.get_num_threads())
     if backend == "executorch":
         return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example))
-    if backend == "litert":
-        return LiteRTRunner(export_litert(model, workdir / "model.tflite", example), threads=torch.get_num_threads())
+    if backend in ("litert", "litert-int8"):
+        path = export_litert(model, workdir / "model.tflite", example, calibration)
+        return LiteRTRunner(path, threads=torch.get_num_threads())
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
 
 

@@ -8,7 +8,6 @@ ExecuTorch's portable kernels between the delegated parts.
 
 from __future__ import annotations
 
-import math
 import os
 from pathlib import Path
 
@@ -16,6 +15,7 @@ import torch
 from torch import nn
 
 from mobilevit.checkpoint_io import atomic_write
+from mobilevit.data.calibration import fixed_size_batches
 
 INSTALL_HINT = "ExecuTorch export needs executorch: pip install 'mobilevit[executorch]'"
 
@@ -33,7 +33,7 @@ def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Te
     ranges are observed on ``calibration`` (images preprocessed like the model's real inputs).
 
     The traced graph is specialised to the batch size of ``example``, so the calibration images are fed
-    in batches of that size (the last one filled up by starting over).
+    in batches of that size.
     """
     from executorch.backends.xnnpack.quantizer.xnnpack_quantizer import (
         XNNPACKQuantizer,
@@ -44,15 +44,10 @@ def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Te
     if calibration.shape[1:] != example.shape[1:]:
         shapes = f"{tuple(calibration.shape[1:])} vs {tuple(example.shape[1:])}"
         raise ValueError(f"calibration images must have the example's shape: {shapes}")
-    if not len(calibration):
-        raise ValueError("int8 export needs at least one calibration image")
-    batch = example.shape[0]
-    padded = math.ceil(len(calibration) / batch) * batch
-    calibration = calibration[torch.arange(padded) % len(calibration)]
     quantizer = XNNPACKQuantizer().set_global(get_symmetric_quantization_config(is_per_channel=True))
     prepared = prepare_pt2e(torch.export.export(model, (example,)).module(), quantizer)
     with torch.no_grad():
-        for chunk in calibration.split(batch):
+        for chunk in fixed_size_batches(calibration, example.shape[0]):
             prepared(chunk)
     return convert_pt2e(prepared)
 

@@ -6,15 +6,23 @@ Layout: the file takes NHWC images, [1, H, W, 3] RGB in [0, 1], because that is 
 image APIs (``Bitmap``, MediaPipe's ``MPImage``, LiteRT's ``TensorImage``) hand an app; dense outputs
 are NHWC as well (a segmenter's [1, H, W, K]), logits stay [1, K]. The transposes are in the graph
 (``litert_torch.to_channel_last_io``). Shapes are static: one file per input size.
+
+int8: static post-training quantization by PT2E with litert-torch's own quantizer (int8 per-channel
+symmetric weights, int8 per-tensor activations from histogram-calibrated ranges), so that the
+converter lowers it to LiteRT's integer kernels (XNNPACK's QS8) rather than to dequantize-compute-
+quantize chains.
 """
 
 from __future__ import annotations
 
 import os
 from pathlib import Path
+from typing import Any
 
 import torch
 from torch import nn
+
+from mobilevit.data.calibration import fixed_size_batches
 
 INSTALL_HINT = "LiteRT export needs litert-torch and ai-edge-litert: pip install 'mobilevit[litert]'"
 
@@ -28,8 +36,11 @@ def require_litert() -> None:
         raise ImportError(INSTALL_HINT) from err
 
 
-def export_litert(model: nn.Module, path: str | os.PathLike, example: torch.Tensor) -> Path:
-    """Convert ``model`` for NCHW inputs shaped like ``example`` into a ``.tflite`` file taking NHWC."""
+def export_litert(
+    model: nn.Module, path: str | os.PathLike, example: torch.Tensor, calibration: torch.Tensor | None = None
+) -> Path:
+    """Convert ``model`` for NCHW inputs shaped like ``example`` into a ``.tflite`` file taking NHWC;
+    int8 when ``calibration`` [N, 3, H, W] (images preprocessed like real inputs) is given."""
     require_litert()
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its per-pass progress lines; set "y" to see them
     import litert_torch
@@ -39,18 +50,46 @@ def export_litert(model: nn.Module, path: str | os.PathLike, example: torch.Tens
     with torch.no_grad():
         outputs = model(example)
     dense = isinstance(outputs, torch.Tensor) and outputs.ndim == 4  # a segmenter's [B, K, H, W]
-    nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else [])
-    edge = litert_torch.convert(nhwc.eval(), (example.permute(0, 2, 3, 1).contiguous(),))
+    nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else []).eval()
+    example = _nhwc(example)
+    if calibration is None:
+        edge = litert_torch.convert(nhwc, (example,))
+    else:
+        quantized, quant_config = _quantize_int8(nhwc, example, calibration)
+        edge = litert_torch.convert(quantized, (example,), quant_config=quant_config)
     partial = path.with_name(f".{path.name}.partial")
     edge.export(str(partial))
     partial.replace(path)  # a killed export leaves no half-written file under the real name
     return path
 
 
+def _nhwc(x: torch.Tensor) -> torch.Tensor:
+    return x.permute(0, 2, 3, 1).contiguous()
+
+
+def _quantize_int8(nhwc: nn.Module, example: torch.Tensor, calibration: torch.Tensor) -> tuple[nn.Module, Any]:
+    """The NHWC model with quantize/dequantize pairs whose activation ranges were observed on
+    ``calibration`` (NCHW, fed in batches of the example's size, at which the graph is traced), and the
+    ``QuantConfig`` that tells the converter to fold them into integer kernels."""
+    from litert_torch.quantize import pt2e_quantizer
+    from litert_torch.quantize.quant_config import QuantConfig
+    from torchao.quantization.pt2e.quantize_pt2e import convert_pt2e, prepare_pt2e
+
+    quantizer = pt2e_quantizer.PT2EQuantizer().set_global(
+        pt2e_quantizer.get_symmetric_quantization_config(is_per_channel=True)
+    )
+    prepared = prepare_pt2e(torch.export.export(nhwc, (example,)).module(), quantizer)
+    with torch.no_grad():
+        for chunk in fixed_size_batches(calibration, example.shape[0]):
+            prepared(_nhwc(chunk))
+    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+
+
 class LiteRTRunner:
-    """The ``.tflite`` file in the LiteRT interpreter, called like the PyTorch model: NCHW tensors in,
-    the model's outputs out (NCHW dense maps, a tuple for several outputs, in the model's order); the
-    NHWC conversion happens here, outside the file."""
+    """The ``.tflite`` file in the LiteRT interpreter, called like the PyTorch model: NCHW float tensors
+    in, the model's float outputs out (NCHW dense maps, a tuple for several outputs, in the model's
+    order). The NHWC conversion happens here, outside the file, and so does the (de)quantization of an
+    int8 file's int8 input and outputs, with the scale and zero point written in the file."""
 
     def __init__(self, path: str | os.PathLike, threads: int | None = None) -> None:
         require_litert()
@@ -60,16 +99,37 @@ class LiteRTRunner:
         self.interpreter = Interpreter(model_path=str(self.path), num_threads=threads or torch.get_num_threads())
         self.interpreter.allocate_tensors()
         self.run = self.interpreter.get_signature_runner()  # outputs by name: output_0, output_1...
-        self.input_shape = tuple(int(s) for s in self.interpreter.get_input_details()[0]["shape"])  # (B, H, W, C)
+        self.input = self.run.get_input_details()["args_0"]
+        self.outputs = self.run.get_output_details()
+        self.input_shape = tuple(int(s) for s in self.input["shape"])  # (B, H, W, C)
 
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
-        nhwc = x.detach().cpu().float().permute(0, 2, 3, 1).contiguous()
+        nhwc = _nhwc(x.detach().cpu().float())
         if tuple(nhwc.shape) != self.input_shape:
             batch, height, width, channels = self.input_shape
             raise ValueError(
                 f"{self.path} was exported for inputs of shape {(batch, channels, height, width)}, got {tuple(x.shape)}"
             )
-        results = self.run(args_0=nhwc.numpy())
-        outputs = [torch.from_numpy(results[f"output_{i}"].copy()) for i in range(len(results))]
+        results = self.run(args_0=_quantize(nhwc, self.input).numpy())
+        names = [f"output_{i}" for i in range(len(results))]
+        outputs = [_dequantize(torch.from_numpy(results[n].copy()), self.outputs[n]) for n in names]
         outputs = [o.permute(0, 3, 1, 2) if o.ndim == 4 else o for o in outputs]
         return outputs[0] if len(outputs) == 1 else tuple(outputs)
+
+
+def _quantize(x: torch.Tensor, detail: dict) -> torch.Tensor:
+    """``x`` as the tensor ``detail`` describes: unchanged for float, else round(x / scale) + zero point."""
+    scale, zero_point = detail["quantization"]
+    if not scale:
+        return x
+    dtype = _INTEGER_TYPES[detail["dtype"].__name__]
+    info = torch.iinfo(dtype)
+    return (x / scale).round().add(zero_point).clamp(info.min, info.max).to(dtype)
+
+
+def _dequantize(q: torch.Tensor, detail: dict) -> torch.Tensor:
+    scale, zero_point = detail["quantization"]
+    return (q.float() - zero_point) * scale if scale else q
+
+
+_INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}
