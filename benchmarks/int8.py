@@ -9,7 +9,7 @@ without VNNI, and in LiteRT's interpreter.
 1. Accuracy: the Fashion-MNIST model of the quickstart (``runs/fashion_mnist/model``), exported to
    ONNX in fp32 and in int8 both ways (static, calibrated on training images), run by ONNX Runtime on
    the 10,000 test images, and to LiteRT in fp32 and int8 (the same calibration images), run by its
-   interpreter; here, and for the ONNX files also on an emulated AMD EPYC-Rome (AVX2, no VNNI; QEMU user mode,
+   interpreter; here, and also on an emulated AMD EPYC-Rome (AVX2, no VNNI; QEMU user mode,
    ``apt-get install qemu-user``) for the first ``--emulated-images`` of them: top-1 of each and the
    drop from fp32. Full-range weights are exact only with VNNI or on ARM: on an x86 CPU without VNNI
    ONNX Runtime's 16-bit pair sums overflow (``mobilevit.export.onnx.PORTABLE_WEIGHT_MAX``).
@@ -38,7 +38,7 @@ from mobilevit.export.litert import LiteRTRunner, export_litert
 from mobilevit.export.onnx import Int8PortabilityError, OnnxRunner, export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
 from mobilevit.models.loader import load_checkpoint
-from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu, structured_images
+from mobilevit.testing import CPU_WITHOUT_VNNI, run_on_emulated_cpu, structured_images
 
 INT8 = {"int8 portable": True, "int8 full range": False}  # name -> quantize_onnx(portable=...)
 FP32_OF = {"int8 portable": "fp32", "int8 full range": "fp32", "litert int8": "litert fp32"}
@@ -53,20 +53,20 @@ def exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdi
     return files
 
 
-def litert_runners(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdir: Path) -> dict:
-    """LiteRT's interpreter on the fp32 and the int8 ``.tflite`` files of ``model`` at size x size."""
+def litert_exports(model: torch.nn.Module, size: int, calibration: torch.Tensor, workdir: Path) -> dict[str, Path]:
+    """The fp32 and the int8 ``.tflite`` files of ``model`` at size x size."""
     example = structured_images(1, size, size)
-    fp32 = export_litert(model, workdir / "fp32.tflite", example)
-    int8 = export_litert(model, workdir / "int8.tflite", example, calibration)
-    threads = torch.get_num_threads()
-    return {"litert fp32": LiteRTRunner(fp32, threads=threads), "litert int8": LiteRTRunner(int8, threads=threads)}
+    return {
+        "litert fp32": export_litert(model, workdir / "fp32.tflite", example),
+        "litert int8": export_litert(model, workdir / "int8.tflite", example, calibration),
+    }
 
 
 def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path) -> list[dict]:
     model, _ = load_checkpoint(checkpoint)
     size = model.pretrained_cfg["input_size"][-1]
     calibration = calibration_images(FASHION_MNIST, n_calibration, (size, size))
-    files = exports(model, size, calibration, workdir)
+    files = exports(model, size, calibration, workdir) | litert_exports(model, size, calibration, workdir)
     test = TransformedDataset(fashion_mnist(train=False), eval_transform(size))
     batches = list(torch.utils.data.DataLoader(test, batch_size=1000, num_workers=2))
     images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
@@ -74,19 +74,22 @@ def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path
         here = {"pytorch fp32": torch.cat([model.eval()(batch).argmax(1) for batch in images.split(1000)])}
         for name, path in files.items():
             try:
-                runner = OnnxRunner(path)
+                runner = _runner(path)
             except Int8PortabilityError:  # full-range weights on x86 without VNNI: rightly refused
                 continue
-            here[name] = torch.cat([runner(x).argmax(1) for x in images.split(1)])
-        for name, runner in litert_runners(model, size, calibration, workdir).items():
             here[name] = torch.cat([runner(x).argmax(1) for x in images.split(1)])
     rows = [{"cpu": f"this one ({machine.isa_level()})", "images": len(labels), **_top1(here, labels)}]
     if n_emulated and shutil.which("qemu-x86_64") and machine.is_x86():
         subset, subset_labels = images[:n_emulated], labels[:n_emulated]
-        emulated = {name: run_onnx_on_emulated_cpu(path, subset).argmax(1) for name, path in files.items()}
+        emulated = {name: run_on_emulated_cpu(path, subset).argmax(1) for name, path in files.items()}
         cpu = f"emulated {CPU_WITHOUT_VNNI} (AVX2, no VNNI)"
         rows.append({"cpu": cpu, "images": len(subset), **_top1(emulated, subset_labels)})
     return rows
+
+
+def _runner(path: Path) -> OnnxRunner | LiteRTRunner:
+    runtime = LiteRTRunner if path.suffix == ".tflite" else OnnxRunner
+    return runtime(path, threads=torch.get_num_threads())
 
 
 def _top1(predictions: dict[str, torch.Tensor], labels: torch.Tensor) -> dict[str, float]:
@@ -99,8 +102,8 @@ def speed(name: str, rounds: int, iters: int, workdir: Path) -> dict:
     x = structured_images(1, 256, 256)
     model, calibration = create_model(name).eval(), structured_images(CALIBRATION_IMAGES, 256, 256, seed=5)
     files = exports(model, 256, calibration, workdir)
-    runners = {key: OnnxRunner(path, threads=torch.get_num_threads()) for key, path in files.items()}
-    runners |= litert_runners(model, 256, calibration, workdir)
+    files |= litert_exports(model, 256, calibration, workdir)
+    runners = {key: _runner(path) for key, path in files.items()}
     times = time_interleaved(runners, x, rounds, iters)
     median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
     row = {"model": name} | {f"{key} ms": round(ms, 2) for key, ms in median.items()}

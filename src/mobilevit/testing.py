@@ -124,26 +124,39 @@ def hf_v2_config(name: str):
 
 # AMD Zen 2: AVX2 without AVX-512 or VNNI, the x86 kind whose integer kernels differ from VNNI CPUs'.
 CPU_WITHOUT_VNNI = "EPYC-Rome"
-_ONNX_RUNTIME_SCRIPT = """
+# What runs a file on the emulated CPU, by its suffix: argv is the file, the images (.npy), the outputs (.npy).
+_EMULATED_RUNTIME_SCRIPTS = {
+    ".onnx": """
 import sys, numpy as np, onnxruntime as ort
 session = ort.InferenceSession(sys.argv[1], providers=["CPUExecutionProvider"])
 name, x = session.get_inputs()[0].name, np.load(sys.argv[2])
 np.save(sys.argv[3], np.concatenate([session.run(None, {name: x[i : i + 1]})[0] for i in range(len(x))]))
-"""
+""",
+    ".tflite": """
+import sys, numpy as np, torch
+from mobilevit.export.litert import LiteRTRunner
+run, x = LiteRTRunner(sys.argv[1]), torch.from_numpy(np.load(sys.argv[2]))
+np.save(sys.argv[3], torch.cat([run(image) for image in x.split(1)]).numpy())
+""",
+}
 
 
-def run_onnx_on_emulated_cpu(path: str | Path, images: torch.Tensor, cpu: str = CPU_WITHOUT_VNNI) -> torch.Tensor:
-    """ONNX Runtime's first output for each image, computed on an emulated x86 ``cpu`` (QEMU user mode,
-    Debian's ``qemu-user``): its CPUID is the emulated CPU's, so ONNX Runtime takes that CPU's kernels.
-    This shows what a file computes on a kind of CPU the machine at hand is not (e.g. AVX2 without VNNI)."""
+def run_on_emulated_cpu(path: str | Path, images: torch.Tensor, cpu: str = CPU_WITHOUT_VNNI) -> torch.Tensor:
+    """The first output for each image of an ``.onnx`` file (ONNX Runtime) or a classifier's
+    ``.tflite`` file (LiteRT), computed on an emulated x86 ``cpu`` (QEMU user mode, Debian's
+    ``qemu-user``): its CPUID is the emulated CPU's, so the runtime takes that CPU's kernels. This
+    shows what a file computes on a kind of CPU the machine at hand is not (e.g. AVX2 without VNNI)."""
     qemu = shutil.which("qemu-x86_64")
     if qemu is None:
         raise FileNotFoundError("qemu-x86_64 not found: install QEMU user mode (apt-get install qemu-user)")
+    script = _EMULATED_RUNTIME_SCRIPTS.get(Path(path).suffix)
+    if script is None:
+        raise ValueError(f"{path}: only {', '.join(_EMULATED_RUNTIME_SCRIPTS)} files run on an emulated CPU")
     with tempfile.TemporaryDirectory() as tmp:
         inputs, outputs = Path(tmp) / "x.npy", Path(tmp) / "y.npy"
         np.save(inputs, images.detach().cpu().float().numpy())
-        command = [qemu, "-cpu", cpu, sys.executable, "-c", _ONNX_RUNTIME_SCRIPT, str(path), str(inputs), str(outputs)]
+        command = [qemu, "-cpu", cpu, sys.executable, "-c", script, str(path), str(inputs), str(outputs)]
         done = subprocess.run(command, capture_output=True, text=True)
         if done.returncode:
-            raise RuntimeError(f"ONNX Runtime on an emulated {cpu} failed:\n{done.stderr[-2000:]}")
+            raise RuntimeError(f"{path} on an emulated {cpu} failed:\n{done.stderr[-2000:]}")
         return torch.from_numpy(np.load(outputs))

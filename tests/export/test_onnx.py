@@ -224,7 +224,7 @@ def test_int8_export_reports_top1_agreement(int8_exports, name):
 def test_int8_export_agrees_on_a_cpu_without_vnni(int8_exports):
     """The file is shipped to CPUs other than the one that made it: on an emulated AVX2 CPU without VNNI
     it agrees with fp32 as well as here. Full-range int8 weights overflowed there: top-1 agreement 0.5."""
-    from mobilevit.testing import CPU_WITHOUT_VNNI, run_onnx_on_emulated_cpu
+    from mobilevit.testing import CPU_WITHOUT_VNNI, run_on_emulated_cpu
 
     if shutil.which("qemu-x86_64") is None or platform.machine() != "x86_64":
         pytest.skip("needs QEMU user mode on x86_64 (apt-get install qemu-user; scripts/test.sh installs it)")
@@ -232,7 +232,7 @@ def test_int8_export_agrees_on_a_cpu_without_vnni(int8_exports):
     with torch.no_grad():
         reference = model(images)
     here = torch.cat([run_onnx(report.path, x) for x in images.split(1)])
-    emulated = run_onnx_on_emulated_cpu(report.path, images, CPU_WITHOUT_VNNI)
+    emulated = run_on_emulated_cpu(report.path, images, CPU_WITHOUT_VNNI)
     assert (emulated.argmax(1) == reference.argmax(1)).float().mean() >= 7 / 8
     # integer kernels are exact on both; only the fp32 ops between them (LayerNorm, softmax) round differently
     torch.testing.assert_close(emulated, here, rtol=0, atol=0.01 * (here - reference).abs().max().item())
