@@ -457,7 +457,7 @@ def test_detection_images_without_objects_train(tmp_path):
 @pytest.mark.slow
 def test_shapes_recipes_learn_segmentation_then_detection(tmp_path, monkeypatch):
     """The README's figures: DeepLabv3 from scratch reaches mIoU >= 0.7, then SSDLite on its backbone
-    mAP@0.5 >= 0.5, on the built-in synthetic shapes (about 2 + 2 minutes on 2 CPU cores)."""
+    mAP@0.5 >= 0.5, on the built-in synthetic shapes (slow: two short training runs)."""
     from mobilevit.engine.config import load_config
     from mobilevit.engine.train import train
 

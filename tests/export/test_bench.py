@@ -42,7 +42,7 @@ def test_optimized_against_timm_and_hf_rows():
         ("mobilevitv2_050", "optimized", ("timm", "hf")),
         ("mobilevitv3_xxs", "eager", ()),  # timm and Hugging Face have no v3
         ("mobilevitv3_xxs", "optimized", ()),
-        # 10-15 s each (both exports); the v1 case runs the same backend
+        # slow: two exports each; the v1 case runs the same backend
         pytest.param("mobilevitv2_050", "onnxruntime", ("timm",), marks=pytest.mark.slow),
         pytest.param("mobilevitv3_xxs", "onnxruntime", (), marks=pytest.mark.slow),
         pytest.param("mobilevit_xxs", "litert", ("timm",), marks=pytest.mark.slow),

@@ -82,7 +82,10 @@ def _quantize_int8(nhwc: nn.Module, example: torch.Tensor, calibration: torch.Te
     with torch.no_grad():
         for chunk in fixed_size_batches(calibration, example.shape[0]):
             prepared(_nhwc(chunk))
-    return convert_pt2e(prepared, fold_quantize=False), QuantConfig(pt2e_quantizer=quantizer)
+    quantized = convert_pt2e(prepared, fold_quantize=False)
+    # exported from the eval-mode model, so already in eval form; the converter warns on this flag alone
+    quantized.training = False
+    return quantized, QuantConfig(pt2e_quantizer=quantizer)
 
 
 class LiteRTRunner:
