@@ -66,10 +66,11 @@ def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path
     model, _ = load_checkpoint(checkpoint)
     size = model.pretrained_cfg["input_size"][-1]
     calibration = calibration_images(FASHION_MNIST, n_calibration, (size, size))
-    files = exports(model, size, calibration, workdir) | litert_exports(model, size, calibration, workdir)
     test = TransformedDataset(fashion_mnist(train=False), eval_transform(size))
+    # loaded before the LiteRT export, which imports JAX: JAX's threads and the loader's forks do not mix
     batches = list(torch.utils.data.DataLoader(test, batch_size=1000, num_workers=2))
     images, labels = torch.cat([b[0] for b in batches]), torch.cat([b[1] for b in batches])
+    files = exports(model, size, calibration, workdir) | litert_exports(model, size, calibration, workdir)
     with torch.inference_mode():
         here = {"pytorch fp32": torch.cat([model.eval()(batch).argmax(1) for batch in images.split(1000)])}
         for name, path in files.items():

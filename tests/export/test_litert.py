@@ -41,6 +41,14 @@ def test_fp32_matches_pytorch_at_two_sizes(seven_classes, tmp_path, size):
             runner(structured_images(1, 96, 128))
 
 
+@pytest.mark.slow
+@pytest.mark.parametrize("name", ["mobilevitv2_050", "mobilevitv3_xxs", "mobilevitv3_050"])
+def test_export_of_every_family_matches_pytorch(classifiers, tmp_path, name):
+    """The v2 and v3 families at full depth (v1 is covered above): separable attention and v3's fusion."""
+    report = export(classifiers(name), "litert", tmp_path / f"{name}.tflite", img_size=(64, 64))
+    assert report.max_abs_diff <= FP32_TOLERANCE
+
+
 def _check_nhwc_layout(path, model, x):
     """The file itself, without our runner, takes [1, H, W, 3]: what an Android app's bitmap gives."""
     interpreter = Interpreter(model_path=str(path))
