@@ -107,7 +107,7 @@ def test_plain_weights_file_needs_the_model_name(capsys, photos, tmp_path):
     assert code == 2 and "--model" in err
 
 
-@pytest.mark.slow  # about 30 s: the dynamic ONNX export
+@pytest.mark.slow  # a dynamic ONNX export of its own
 def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
     pytest.importorskip("onnxruntime")
     from mobilevit.models.factory import from_pretrained
