@@ -8,9 +8,10 @@ are NHWC as well (a segmenter's [1, H, W, K]), logits stay [1, K]. The transpose
 (``litert_torch.to_channel_last_io``). Shapes are static: one file per input size.
 
 int8: static post-training quantization by PT2E with litert-torch's own quantizer (int8 per-channel
-symmetric weights, int8 per-tensor activations from histogram-calibrated ranges), so that the
-converter lowers it to LiteRT's integer kernels (XNNPACK's QS8) rather than to dequantize-compute-
-quantize chains.
+symmetric weights, int8 per-tensor activations from histogram-calibrated ranges), which the converter
+lowers to LiteRT's int8 convolutions and fully connected layers; ops without an int8 form stay float
+between them. An int8 file's input and outputs are int8 too, with their scale and zero point in the
+file.
 """
 
 from __future__ import annotations
