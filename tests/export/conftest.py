@@ -49,7 +49,7 @@ def with_fitted_head(model: nn.Module, images: torch.Tensor) -> nn.Module:
 def int8_classifier():
     """``int8_classifier(name, size=128, **kwargs)``: a fresh randomised ``name`` whose head gives each
     of 8 structured size x size images its own class (see :func:`with_fitted_head`), and those images; for the int8
-    exports (ONNX, ExecuTorch), whose top-1 agreement with fp32 is then meaningful."""
+    exports (ONNX, ExecuTorch, LiteRT), whose top-1 agreement with fp32 is then meaningful."""
 
     def build(name: str, size: int = 128, **kwargs) -> tuple[nn.Module, torch.Tensor]:
         images = structured_images(8, size, size, seed=1)

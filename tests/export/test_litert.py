@@ -17,6 +17,7 @@ from mobilevit.testing import randomize_, structured_images
 
 pytest.importorskip("litert_torch", reason="the litert extra: pip install 'mobilevit[litert]'")
 Interpreter = pytest.importorskip("ai_edge_litert.interpreter").Interpreter
+INTEGER_KERNELS = {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"}  # the ops that carry the weights
 
 
 @pytest.fixture(scope="module")
@@ -76,8 +77,10 @@ def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier,
     interpreter = Interpreter(model_path=str(report.path))
     (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
     assert inp["dtype"].__name__ == out["dtype"].__name__ == "int8" and inp["quantization"][0] > 0
-    ops = {op["op_name"] for op in interpreter._get_ops_details()}
-    assert {"CONV_2D", "DEPTHWISE_CONV_2D", "FULLY_CONNECTED"} <= ops
+    dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+    weighted = [op for op in interpreter._get_ops_details() if op["op_name"] in INTEGER_KERNELS]
+    assert {op["op_name"] for op in weighted} == INTEGER_KERNELS
+    assert all(dtypes[op["inputs"][0]] == dtypes[op["inputs"][1]] == "int8" for op in weighted)  # int8 x int8
     params = sum(p.numel() for p in model.parameters())
     assert report.path.stat().st_size < 2 * params  # fp32 weights would take 4 bytes each
 

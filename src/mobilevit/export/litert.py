@@ -25,6 +25,7 @@ from torch import nn
 
 from mobilevit.data.calibration import fixed_size_batches
 
+_INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}  # numpy's names -> torch's
 INSTALL_HINT = "LiteRT export needs litert-torch and ai-edge-litert: pip install 'mobilevit[litert]'"
 
 
@@ -134,6 +135,3 @@ def _quantize(x: torch.Tensor, detail: dict) -> torch.Tensor:
 def _dequantize(q: torch.Tensor, detail: dict) -> torch.Tensor:
     scale, zero_point = detail["quantization"]
     return (q.float() - zero_point) * scale if scale else q
-
-
-_INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}
