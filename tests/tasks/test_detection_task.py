@@ -76,6 +76,21 @@ def test_crowd_boxes_are_not_missed_objects():
     assert detection_map([pred], [target])["map"] == 1.0
 
 
+@pytest.mark.parametrize("rank", [99, 100])
+def test_each_image_scores_its_100_best_boxes_without_a_warning(rank, recwarn):
+    """150 boxes, scored high to low; the one true box is at ``rank`` (0-based), the rest miss it."""
+    true_box = [0, 0, 20, 20]
+    rows = [true_box if i == rank else [30 + i % 10, 30, 60 + i % 10, 60] for i in range(150)]
+    pred = {
+        "boxes": boxes(*rows),
+        "scores": torch.linspace(0.99, 0.5, 150),
+        "labels": torch.ones(150, dtype=torch.long),
+    }
+    target = {"boxes": boxes(true_box), "labels": torch.tensor([1])}
+    assert detection_map([pred], [target])["mar_100"] == (1.0 if rank < 100 else 0.0)
+    assert not [w for w in recwarn if "detections" in str(w.message)]
+
+
 def run_cli(capsys, *argv: str) -> tuple[int, str, str]:
     code = main(["predict", *argv])
     out, err = capsys.readouterr()

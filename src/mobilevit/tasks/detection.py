@@ -62,6 +62,9 @@ class DetectionMetrics:
 
     def __init__(self) -> None:
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
+        # The model keeps ml-cvnets' 200 boxes per image; COCO's protocol scores each image's 100 best, as
+        # pycocotools does without a warning, so torchmetrics' warning about the rest is noise here.
+        self.metric.warn_on_many_detections = False
 
     def reset(self) -> None:
         self.metric.reset()
