@@ -7,7 +7,6 @@ import os
 import shutil
 from pathlib import Path
 
-import torch
 from torchvision import datasets
 
 from mobilevit.data import cache_dir
@@ -87,7 +86,3 @@ def image_folder(root: str | os.PathLike, split: str) -> datasets.ImageFolder:
             f"{path} not found: --data expects a folder with train/ and val/, each holding one folder per class."
         )
     return datasets.ImageFolder(path)
-
-
-def class_names(dataset: torch.utils.data.Dataset) -> list[str]:
-    return list(getattr(dataset, "classes", []))
