@@ -159,21 +159,23 @@ def test_parameter_count_matches_design_and_paper(variant):
     assert math.floor(count / 1e5) / 10 == PAPER_PARAMS_M[variant]
 
 
-def test_classification_checkpoint_loads_into_backbone():
+def test_classification_checkpoint_loads_into_backbone(tmp_path):
     classifier = mobilevit.create_model("mobilevit_xxs")
     state = classifier.state_dict()
-    model = _model()
-    model.load_backbone(state)
+    path = classifier.save_pretrained(tmp_path / "classifier") / "model.safetensors"
+    model = mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=path)
     body = model.backbone.body.state_dict()
     assert set(body) == {k for k in state if not k.startswith(("final_conv.", "head."))}
     assert all(torch.equal(body[k], state[k]) for k in body)
+    assert model.num_classes == NUM_CLASSES  # the classifier's 1000 classes are not the detector's
 
     # The documented prefix: every classifier key but the head's is a model key under backbone.body.
     model_keys = set(model.state_dict())
     assert all(f"backbone.body.{k}" in model_keys for k in body)
 
+    other = mobilevit.create_model("mobilevit_s").save_pretrained(tmp_path / "other") / "model.safetensors"
     with pytest.raises(CheckpointMismatchError, match="shape mismatches"):
-        model.load_backbone(mobilevit.create_model("mobilevit_s").state_dict())
+        mobilevit.create_model("ssdlite_mobilevit_xxs", pretrained=other)
 
 
 def test_a_segmentation_backbone_initialises_a_detector(tmp_path):

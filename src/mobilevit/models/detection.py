@@ -16,7 +16,7 @@ torchvision's SSD machinery (default boxes, matcher, box coder, 3:1 hard-negativ
 
 State-dict keys: ``backbone.body.*`` are the keys of
 :class:`~mobilevit.models.mobilevit.MobileViTFeatures` (``stem.*``, ``stages.*``), so a
-classification checkpoint loads there with that prefix (or through :meth:`SSDLiteMobileViT.load_backbone`);
+classification checkpoint loads there with that prefix (``create_model(..., pretrained=classifier)``);
 ``backbone.extra.*`` are the extra layers and ``head.*`` the predictors.
 """
 
@@ -24,8 +24,7 @@ from __future__ import annotations
 
 from collections import OrderedDict
 from collections.abc import Mapping, Sequence
-from dataclasses import asdict
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 from torch import nn
@@ -34,7 +33,6 @@ from torchvision.models.detection.image_list import ImageList
 from torchvision.models.detection.ssd import SSD
 from torchvision.ops import batched_nms, clip_boxes_to_image
 
-from mobilevit.convert import convert_state_dict
 from mobilevit.models.backbones import (
     BACKBONES,
     BackboneConfig,
@@ -43,8 +41,7 @@ from mobilevit.models.backbones import (
     resolve_backbone_config,
 )
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import DEFAULT_PRETRAINED_CFG, MIN_INPUT_SIZE, SavePretrainedMixin
-from mobilevit.models.weights import load_state_dict_checked
+from mobilevit.models.mobilevit import DEFAULT_PRETRAINED_CFG, MIN_INPUT_SIZE, PretrainedMixin
 
 # Registered names -> backbone size. COCO's 80 categories (mapped to contiguous labels 1..80, as
 # ml-cvnets does) + the background.
@@ -174,7 +171,7 @@ def default_box_generator() -> DefaultBoxGenerator:
     return DefaultBoxGenerator([list(r) for r in ASPECT_RATIOS], scales=scales)
 
 
-class SSDLiteMobileViT(SavePretrainedMixin, SSD):
+class SSDLiteMobileViT(PretrainedMixin, SSD):
     """SSDLite with a MobileViT backbone and torchvision's detection API.
 
     ``model(images, targets)`` in train mode returns ``{"bbox_regression", "classification"}`` losses;
@@ -185,6 +182,13 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
 
     task = "detection"
     backbone_prefix = "backbone.body."
+    task_pretrained_cfg: ClassVar[Mapping[str, Any]] = {
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",  # GeneralizedRCNNTransform's resize
+        "first_conv": "backbone.body.stem.conv",
+        "classifier": "head.predictors",
+    }
+    head_defaults: ClassVar[Mapping[str, Any]] = DETECTION_DEFAULTS
 
     def __init__(
         self,
@@ -224,20 +228,8 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
             detections_per_img=detections_per_img,
             topk_candidates=topk_candidates,
         )
-        self.model_name = name
-        self.config = cfg
-        self.num_classes = num_classes
         self.img_size = img_size
-        self.pretrained_cfg = {
-            **DEFAULT_PRETRAINED_CFG,
-            "input_size": (3, img_size, img_size),
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",  # GeneralizedRCNNTransform's resize
-            "num_classes": num_classes,
-            "task": self.task,
-            "first_conv": "backbone.body.stem.conv",
-            "classifier": "head.predictors",
-        }
+        self._describe(name, cfg, BACKBONES[DETECTION_MODELS[name]], img_size, num_classes)
 
     def forward(
         self, images: Sequence[torch.Tensor], targets: Sequence[dict[str, torch.Tensor]] | None = None
@@ -248,28 +240,6 @@ class SSDLiteMobileViT(SavePretrainedMixin, SSD):
         if targets is not None:
             _check_targets(targets, len(images), self.num_classes)
         return super().forward(list(images), None if targets is None else list(targets))
-
-    def load_backbone(self, state_dict: Mapping[str, torch.Tensor], source: str = "auto") -> None:
-        """Initialise the backbone from a MobileViT classification checkpoint (this package's keys
-        or timm / Hugging Face / ml-cvnets ones); its ``final_conv`` and ``head`` are not used."""
-        state = convert_state_dict(state_dict, source)
-        state = {k: v for k, v in state.items() if not k.startswith(("final_conv.", "head."))}
-        load_state_dict_checked(self.backbone.body, state, context=f" ({self.model_name} backbone)")
-
-    def model_args(self) -> dict[str, Any]:
-        """Backbone config fields and detection options that differ from the defaults: enough to rebuild it."""
-        base = asdict(BACKBONES[DETECTION_MODELS[self.model_name]])
-        args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
-        args |= {k: getattr(self, k) for k, v in DETECTION_DEFAULTS.items() if getattr(self, k) != v}
-        return args
-
-    def hub_config(self) -> dict[str, Any]:
-        return {
-            "architecture": self.model_name,
-            "num_classes": self.num_classes,
-            "model_args": self.model_args(),
-            "pretrained_cfg": self.pretrained_cfg,
-        }
 
 
 def _check_images(images: Sequence[torch.Tensor]) -> None:

@@ -6,6 +6,7 @@ Every size is one row of ``MODEL_CONFIGS``; nothing else in the package repeats 
 from __future__ import annotations
 
 import os
+from collections.abc import Mapping
 from dataclasses import asdict, dataclass, field, fields, replace
 from pathlib import Path
 from typing import Any, ClassVar, TypeVar
@@ -200,12 +201,58 @@ def _init_weights(module: nn.Module) -> None:
             nn.init.zeros_(m.bias)
 
 
-class SavePretrainedMixin:
-    """``save_pretrained`` for every model of the package: the weights and the ``hub_config()``
-    that :func:`mobilevit.from_pretrained` needs to rebuild the model."""
+class PretrainedMixin:
+    """What every model of the package says about itself, built here once for the classifiers, the
+    backbones, DeepLabv3 and SSDLite: ``pretrained_cfg`` (how its inputs are preprocessed, what it
+    predicts), ``model_args()`` (what differs from its registered model: enough to rebuild it) and the
+    ``config.json`` that :meth:`save_pretrained` writes and :func:`mobilevit.from_pretrained` reads.
+
+    A model class states its differences as data: ``default_pretrained_cfg`` and
+    ``task_pretrained_cfg`` (its preprocessing and head fields), ``head_defaults`` (its head options,
+    attributes of the model, that ``model_args()`` records when they differ) and ``features_only``.
+    """
+
+    default_pretrained_cfg: ClassVar[Mapping[str, Any]] = DEFAULT_PRETRAINED_CFG
+    task_pretrained_cfg: ClassVar[Mapping[str, Any]] = {}
+    head_defaults: ClassVar[Mapping[str, Any]] = {}
+    features_only: ClassVar[bool] = False
+
+    def _describe(self, name: str, cfg: Any, registered: Any, side: int, num_classes: int | None = None) -> None:
+        """Record the model's name, its config and the registered one it differs from, its class
+        count and its ``pretrained_cfg`` for ``side`` x ``side`` inputs (once, from ``__init__``)."""
+        self.model_name = name
+        self.config = cfg
+        self.registered_config = registered
+        cfg_fields = {**self.default_pretrained_cfg, **self.task_pretrained_cfg}
+        self.pretrained_cfg = {**cfg_fields, "input_size": (cfg.in_chans, side, side)}
+        if getattr(self, "task", None):
+            self.pretrained_cfg["task"] = self.task
+        if num_classes is not None:
+            self.num_classes = num_classes
+            self.pretrained_cfg["num_classes"] = num_classes
+
+    def model_args(self) -> dict[str, Any]:
+        """The config fields, then the head options, that differ from the registered model (tuples of
+        head options as lists, as JSON gives them back)."""
+        base = asdict(self.registered_config)
+        args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
+        for key, default in self.head_defaults.items():
+            value = getattr(self, key)
+            if value != default:
+                args[key] = list(value) if isinstance(value, tuple) else value
+        return args
 
     def hub_config(self) -> dict[str, Any]:
-        raise NotImplementedError
+        """The ``config.json`` of :meth:`save_pretrained`, in timm's hub layout."""
+        config = {
+            "architecture": self.model_name,
+            "num_classes": getattr(self, "num_classes", 0),
+            "model_args": self.model_args(),
+            "pretrained_cfg": self.pretrained_cfg,
+        }
+        if self.features_only:
+            config |= {"features_only": True, "out_indices": list(self.out_indices)}
+        return config
 
     def save_pretrained(self, directory: str | os.PathLike) -> Path:
         """Write ``model.safetensors`` and ``config.json`` to ``directory`` (atomically, file by file)."""
@@ -215,7 +262,7 @@ class SavePretrainedMixin:
         return directory
 
 
-class _MobileViTBase(SavePretrainedMixin, nn.Module):
+class _MobileViTBase(PretrainedMixin, nn.Module):
     """What the classifier and the backbone share: the stem, the five stages and their bookkeeping.
 
     A family (v2, v3) subclasses the v1 classes and sets its config table, its stage builder and
@@ -224,29 +271,14 @@ class _MobileViTBase(SavePretrainedMixin, nn.Module):
 
     configs: ClassVar[dict[str, Any]] = MODEL_CONFIGS
     block: ClassVar[type[nn.Module]] = MobileViTBlock  # of layer3..layer5
-    default_pretrained_cfg: ClassVar[dict[str, Any]] = DEFAULT_PRETRAINED_CFG
 
-    def __init__(self, name: str, cfg: Any, output_stride: int = 32, **stage_options: Any) -> None:
+    def __init__(
+        self, name: str, cfg: Any, output_stride: int = 32, num_classes: int | None = None, **stage_options: Any
+    ) -> None:
         super().__init__()
-        self.model_name = name
-        self.config = cfg
         self.stem = ConvNormAct(cfg.in_chans, cfg.stem_channels, 3, stride=2)
         self.stages = build_stages(cfg, output_stride, block=self.block, **stage_options)
-        self.pretrained_cfg = dict(self.default_pretrained_cfg, input_size=(cfg.in_chans, 256, 256))
-
-    def model_args(self) -> dict[str, Any]:
-        """The config fields that differ from the registered size: enough to rebuild this model."""
-        base = asdict(self.configs[self.model_name])
-        return {k: v for k, v in asdict(self.config).items() if base[k] != v}
-
-    def hub_config(self) -> dict[str, Any]:
-        """The ``config.json`` of :meth:`save_pretrained`, in timm's hub layout."""
-        return {
-            "architecture": self.model_name,
-            "num_classes": getattr(self, "num_classes", 0),
-            "model_args": self.model_args(),
-            "pretrained_cfg": self.pretrained_cfg,
-        }
+        self._describe(name, cfg, self.configs[name], 256, num_classes)
 
 
 class MobileViT(_MobileViTBase):
@@ -256,12 +288,10 @@ class MobileViT(_MobileViTBase):
     has_final_conv: ClassVar[bool] = True  # v1's 1x1 expansion before the pool; v2 pools layer5 directly
 
     def __init__(self, name: str, cfg: Any, num_classes: int = 1000) -> None:
-        super().__init__(name, cfg)
-        self.num_classes = num_classes
+        super().__init__(name, cfg, num_classes=num_classes)
         self.num_features = cfg.last_channels if self.has_final_conv else cfg.channels[-1]
         self.final_conv = ConvNormAct(cfg.channels[-1], cfg.last_channels, 1) if self.has_final_conv else nn.Identity()
         self.head = ClassifierHead(self.num_features, num_classes, cfg.drop_rate)
-        self.pretrained_cfg["num_classes"] = num_classes
         _init_weights(self)
 
     def forward_features(self, x: torch.Tensor) -> torch.Tensor:
@@ -296,6 +326,9 @@ class MobileViTFeatures(_MobileViTBase):
     by dilation). Its keys are the classifier's keys without ``final_conv`` and ``head``, so
     classification checkpoints load into it."""
 
+    features_only = True
+    head_defaults: ClassVar[Mapping[str, Any]] = {"output_stride": 32}
+
     def __init__(
         self,
         name: str,
@@ -316,12 +349,6 @@ class MobileViTFeatures(_MobileViTBase):
             ]
         )
         _init_weights(self)
-
-    def hub_config(self) -> dict[str, Any]:
-        config = {**super().hub_config(), "features_only": True, "out_indices": list(self.out_indices)}
-        if self.output_stride != 32:
-            config["model_args"] = {**config["model_args"], "output_stride": self.output_stride}
-        return config
 
     def forward(self, x: torch.Tensor) -> list[torch.Tensor]:
         check_input(x, self.config.in_chans)

@@ -7,8 +7,9 @@ size is one width multiplier of a single base network (one row of ``V2_CONFIGS``
 
 from __future__ import annotations
 
+from collections.abc import Mapping
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -248,6 +249,7 @@ class MobileViTV2Features(MobileViTFeatures):
     configs = V2_CONFIGS
     block = MobileViTV2Block
     default_pretrained_cfg = V2_PRETRAINED_CFG
+    head_defaults: ClassVar[Mapping[str, Any]] = {"output_stride": 32, "dilate_local_conv": True}
 
     def __init__(
         self,
@@ -259,9 +261,3 @@ class MobileViTV2Features(MobileViTFeatures):
     ) -> None:
         super().__init__(name, cfg, out_indices, output_stride, dilate_local_conv=dilate_local_conv)
         self.dilate_local_conv = dilate_local_conv
-
-    def hub_config(self) -> dict[str, Any]:
-        config = super().hub_config()
-        if not self.dilate_local_conv:
-            config["model_args"] = {**config["model_args"], "dilate_local_conv": False}
-        return config

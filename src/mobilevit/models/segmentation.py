@@ -12,8 +12,8 @@ State-dict keys: ``backbone.*`` are those of :class:`~mobilevit.models.mobilevit
 
 from __future__ import annotations
 
-from dataclasses import asdict
-from typing import Any
+from collections.abc import Mapping
+from typing import Any, ClassVar
 
 import torch
 import torch.nn.functional as F
@@ -21,13 +21,7 @@ from torch import nn
 
 from mobilevit.models.backbones import BACKBONES, BackboneConfig, backbone_features
 from mobilevit.models.layers import ConvNormAct
-from mobilevit.models.mobilevit import (
-    DEFAULT_PRETRAINED_CFG,
-    MobileViTConfig,
-    SavePretrainedMixin,
-    _init_weights,
-    check_input,
-)
+from mobilevit.models.mobilevit import MobileViTConfig, PretrainedMixin, _init_weights, check_input
 from mobilevit.models.mobilevitv2 import MobileViTV2Config
 
 # Registered names -> backbone size. VOC has 20 classes and the background.
@@ -36,6 +30,15 @@ DEFAULT_SEGMENTATION_CLASSES = 21
 IGNORE_INDEX = 255  # mask value of pixels that count for neither loss nor metrics (VOC's object borders)
 # ASPP width of the official recipes: 256 on v1 (the paper), 512 on v2 (ml-cvnets' VOC config).
 ASPP_CHANNELS = {MobileViTConfig: 256, MobileViTV2Config: 512}
+# The head options of DeepLabV3 and their defaults (aspp_channels None: the family's ASPP_CHANNELS).
+SEGMENTATION_DEFAULTS: dict[str, Any] = {
+    "output_stride": 16,
+    "aspp_channels": None,
+    "aspp_rates": (6, 12, 18),
+    "aspp_dropout": 0.1,
+    "dilate_local_conv": True,
+    "align_corners": False,
+}
 
 
 def _init_classifier(conv: nn.Conv2d) -> None:
@@ -97,55 +100,49 @@ class DeepLabV3Head(nn.Module):
         return self.classifier(self.aspp(x))
 
 
-class DeepLabV3(SavePretrainedMixin, nn.Module):
+class DeepLabV3(PretrainedMixin, nn.Module):
     """MobileViT backbone + DeepLabv3 head. ``forward`` maps [B, 3, H, W] images (RGB in [0, 1])
     to [B, num_classes, H, W] logits; ``forward_logits`` stops before the upsampling."""
 
     task = "segmentation"
     backbone_prefix = "backbone."
+    task_pretrained_cfg: ClassVar[Mapping[str, Any]] = {
+        "crop_pct": 1.0,
+        "interpolation": "bilinear",
+        "first_conv": "backbone.stem.conv",
+        "classifier": "head.classifier",
+        "ignore_index": IGNORE_INDEX,
+    }
+    head_defaults: ClassVar[Mapping[str, Any]] = SEGMENTATION_DEFAULTS
 
     def __init__(
         self,
         name: str,
         cfg: BackboneConfig,
         num_classes: int = DEFAULT_SEGMENTATION_CLASSES,
-        output_stride: int = 16,
-        aspp_channels: int | None = None,
-        aspp_rates: tuple[int, ...] = (6, 12, 18),
-        aspp_dropout: float = 0.1,
-        dilate_local_conv: bool = True,
-        align_corners: bool = False,
+        output_stride: int = SEGMENTATION_DEFAULTS["output_stride"],
+        aspp_channels: int | None = SEGMENTATION_DEFAULTS["aspp_channels"],
+        aspp_rates: tuple[int, ...] = SEGMENTATION_DEFAULTS["aspp_rates"],
+        aspp_dropout: float = SEGMENTATION_DEFAULTS["aspp_dropout"],
+        dilate_local_conv: bool = SEGMENTATION_DEFAULTS["dilate_local_conv"],
+        align_corners: bool = SEGMENTATION_DEFAULTS["align_corners"],
     ) -> None:
         super().__init__()
-        self.model_name = name
-        self.num_classes = num_classes
-        self.config = cfg
-        aspp_channels = aspp_channels or ASPP_CHANNELS[type(cfg)]
-        self._head_args = {
-            "output_stride": output_stride,
-            "aspp_channels": aspp_channels,
-            "aspp_rates": tuple(aspp_rates),
-            "aspp_dropout": aspp_dropout,
-            "dilate_local_conv": dilate_local_conv,
-            "align_corners": align_corners,
-        }
+        self.output_stride = output_stride
+        self.aspp_channels = aspp_channels  # None: the family's (ASPP_CHANNELS)
+        self.aspp_rates = tuple(aspp_rates)
+        self.aspp_dropout = aspp_dropout
+        self.dilate_local_conv = dilate_local_conv
         # The final resize as the weights' origin did it: ml-cvnets from v0.2 on (its MobileViTv2
         # segmenters) aligns corners; v0.1 and Hugging Face do not.
         self.align_corners = align_corners
-        self.backbone = backbone_features(SEGMENTATION_MODELS[name], cfg, (4,), output_stride, dilate_local_conv)
-        self.head = DeepLabV3Head(cfg.channels[-1], num_classes, aspp_channels, tuple(aspp_rates), aspp_dropout)
+        backbone = SEGMENTATION_MODELS[name]
+        self.backbone = backbone_features(backbone, cfg, (4,), output_stride, dilate_local_conv)
+        channels = aspp_channels or ASPP_CHANNELS[type(cfg)]
+        self.head = DeepLabV3Head(cfg.channels[-1], num_classes, channels, self.aspp_rates, aspp_dropout)
         _init_weights(self.head)
         _init_classifier(self.head.classifier)
-        self.pretrained_cfg = {
-            **DEFAULT_PRETRAINED_CFG,
-            "input_size": (cfg.in_chans, 512, 512),
-            "crop_pct": 1.0,
-            "interpolation": "bilinear",
-            "num_classes": num_classes,
-            "task": self.task,
-            "ignore_index": IGNORE_INDEX,
-            "classifier": "head.classifier",
-        }
+        self._describe(name, cfg, BACKBONES[backbone], 512, num_classes)
 
     def forward_logits(self, x: torch.Tensor) -> torch.Tensor:
         """[B, 3, H, W] -> [B, num_classes, H/os, W/os] (os = output stride, sides rounded up)."""
@@ -162,20 +159,3 @@ class DeepLabV3(SavePretrainedMixin, nn.Module):
         self.pretrained_cfg["num_classes"] = num_classes
         self.head.classifier = nn.Conv2d(self.head.classifier.in_channels, num_classes, 1)
         _init_classifier(self.head.classifier)
-
-    def model_args(self) -> dict[str, Any]:
-        """Options that differ from the registered model's defaults: enough to rebuild it."""
-        defaults = {"output_stride": 16, "aspp_channels": ASPP_CHANNELS[type(self.config)]}
-        defaults |= {"aspp_rates": (6, 12, 18), "aspp_dropout": 0.1, "dilate_local_conv": True, "align_corners": False}
-        base = asdict(BACKBONES[SEGMENTATION_MODELS[self.model_name]])
-        args = {k: v for k, v in asdict(self.config).items() if base[k] != v}
-        args |= {k: list(v) if isinstance(v, tuple) else v for k, v in self._head_args.items() if defaults[k] != v}
-        return args
-
-    def hub_config(self) -> dict[str, Any]:
-        return {
-            "architecture": self.model_name,
-            "num_classes": self.num_classes,
-            "model_args": self.model_args(),
-            "pretrained_cfg": self.pretrained_cfg,
-        }

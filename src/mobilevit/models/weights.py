@@ -1,5 +1,5 @@
-"""Loading a state dict into a built model with one error that lists every problem: below the model
-families' modules, so each of them can load weights (a detector its backbone) without a cycle."""
+"""Loading a state dict into a built model with one error that lists every problem: what the factory
+loads checkpoints with, and what a training run resumes with."""
 
 from __future__ import annotations
 
