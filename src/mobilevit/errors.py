@@ -1,6 +1,8 @@
-"""Exceptions that tell the user what is wrong with a checkpoint and what to do about it."""
+"""Exceptions that tell the user what is wrong (a checkpoint, a run, a missing extra) and what to do about it."""
 
 from __future__ import annotations
+
+import importlib
 
 
 class CheckpointError(ValueError):
@@ -53,3 +55,16 @@ class NonFiniteLossError(TrainingError):
 
 class UnreadableImageError(TrainingError):
     """An image could not be decoded and ``strict`` asked to stop rather than skip it."""
+
+
+def require_extra(extra: str, feature: str, *modules: str) -> None:
+    """Import ``modules``, or raise an ImportError that names the ``pip install`` of ``extra``: the core
+    install leaves the extras out, and a bare ModuleNotFoundError would not say which one to add."""
+    for module in modules:
+        try:
+            # The package first, as an import statement does: a submodule still cached after the package
+            # was taken out of sys.modules does not count as installed.
+            importlib.import_module(module.partition(".")[0])
+            importlib.import_module(module)
+        except ImportError as err:
+            raise ImportError(f"{feature} needs {module} ({err}): pip install 'mobilevit[{extra}]'") from err

@@ -17,18 +17,16 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mobilevit.errors import require_extra
+
 INPUT_NAME = "image"
 OUTPUT_NAME = "logits"
 PRECISIONS = ("fp16", "fp32")
-INSTALL_HINT = "CoreML export needs coremltools: pip install 'mobilevit[coreml]'"
 
 
 def require_coreml() -> None:
     """Raise an ImportError with the install hint when the ``coreml`` extra is missing."""
-    try:
-        import coremltools  # noqa: F401
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+    require_extra("coreml", "CoreML export", "coremltools")
 
 
 def can_run_coreml() -> bool:

@@ -16,16 +16,12 @@ from torch import nn
 
 from mobilevit.checkpoint_io import atomic_write
 from mobilevit.data.calibration import fixed_size_batches
-
-INSTALL_HINT = "ExecuTorch export needs executorch: pip install 'mobilevit[executorch]'"
+from mobilevit.errors import require_extra
 
 
 def _require_executorch() -> None:
     """Raise an ImportError with the install hint when the ``executorch`` extra is missing."""
-    try:
-        import executorch.exir  # noqa: F401
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+    require_extra("executorch", "ExecuTorch export", "executorch.exir")
 
 
 def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Tensor) -> nn.Module:

@@ -24,18 +24,14 @@ import torch
 from torch import nn
 
 from mobilevit.data.calibration import fixed_size_batches
+from mobilevit.errors import require_extra
 
 _INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}  # numpy's names -> torch's
-INSTALL_HINT = "LiteRT export needs litert-torch and ai-edge-litert: pip install 'mobilevit[litert]'"
 
 
 def require_litert() -> None:
     """Raise an ImportError with the install hint when the ``litert`` extra is missing."""
-    try:
-        import ai_edge_litert.interpreter  # noqa: F401
-        import litert_torch  # noqa: F401
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+    require_extra("litert", "LiteRT export", "litert_torch", "ai_edge_litert.interpreter")
 
 
 def export_litert(

@@ -16,6 +16,7 @@ from pathlib import Path
 import torch
 from torch import nn
 
+from mobilevit.errors import require_extra
 from mobilevit.export import machine
 
 INPUT_NAME = "input"
@@ -26,7 +27,6 @@ EXPORTER_OPSET = 18  # the dynamo exporter's own opset; lower ones are converted
 # >= 128, where no feature map side, patch grid side or token count is 1.
 DYNAMIC_MIN_BATCH, DYNAMIC_MIN_SIDE = 2, 128
 _UNCONVERTED_DOMAIN = "mobilevit.unconverted"  # ops that _convert_version keeps as they are
-INSTALL_HINT = "ONNX export needs onnx, onnxscript and onnxruntime: pip install 'mobilevit[onnx]'"
 # Quantized: the convolutions and linear layers, where the time goes, and the ops between them (SiLU's
 # Sigmoid and Mul, residual Adds, layout ops), so that activations stay int8 from one conv to the next:
 # with only Conv/MatMul/Gemm quantized, the Quantize/Dequantize pairs around every SiLU cost more than
@@ -49,12 +49,7 @@ QDQ_WEIGHT_INPUT = {"Conv": 1, "ConvTranspose": 1, "Gemm": 1, "MatMul": 1}
 
 def require_onnx() -> None:
     """Raise an ImportError with the install hint when the ``onnx`` extra is missing."""
-    try:
-        import onnx  # noqa: F401
-        import onnxruntime  # noqa: F401
-        import onnxscript  # noqa: F401
-    except ImportError as err:
-        raise ImportError(INSTALL_HINT) from err
+    require_extra("onnx", "ONNX export", "onnx", "onnxscript", "onnxruntime")
 
 
 def export_onnx(
