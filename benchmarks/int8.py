@@ -4,7 +4,7 @@ without VNNI, and in LiteRT's interpreter.
 
     python benchmarks/int8.py [--checkpoint runs/fashion_mnist/model] [--calibration-images 256]
                               [--emulated-images 10000] [--speed-model mobilevit_s] [--threads 2]
-                              [--json out.json]
+                              [--json benchmarks/results/int8.json]
 
 1. Accuracy: the Fashion-MNIST model of the quickstart (``runs/fashion_mnist/model``), exported to
    ONNX in fp32 and in int8 both ways (static, calibrated on training images), run by ONNX Runtime on
@@ -28,7 +28,7 @@ from pathlib import Path
 
 import torch
 
-from common import add_timing_args, measured_on, parse_timing_args, print_table, write_json
+import common
 from mobilevit.data.calibration import calibration_images
 from mobilevit.data.classification import FASHION_MNIST, fashion_mnist
 from mobilevit.data.transforms import TransformedDataset, eval_transform
@@ -36,8 +36,7 @@ from mobilevit.export import machine
 from mobilevit.export.bench import CALIBRATION_IMAGES, time_interleaved
 from mobilevit.export.litert import LiteRTRunner, export_litert
 from mobilevit.export.onnx import Int8PortabilityError, OnnxRunner, export_onnx, quantize_onnx
-from mobilevit.models.factory import create_model
-from mobilevit.models.loader import load_checkpoint
+from mobilevit.models.factory import create_model, from_pretrained
 from mobilevit.testing import CPU_WITHOUT_VNNI, run_on_emulated_cpu, structured_images
 
 INT8 = {"int8 portable": True, "int8 full range": False}  # name -> quantize_onnx(portable=...)
@@ -63,7 +62,7 @@ def litert_exports(model: torch.nn.Module, size: int, calibration: torch.Tensor,
 
 
 def accuracy(checkpoint: str, n_calibration: int, n_emulated: int, workdir: Path) -> list[dict]:
-    model, _ = load_checkpoint(checkpoint)
+    model = from_pretrained(checkpoint)
     size = model.pretrained_cfg["input_size"][-1]
     calibration = calibration_images(FASHION_MNIST, n_calibration, (size, size))
     test = TransformedDataset(fashion_mnist(train=False), eval_transform(size))
@@ -107,37 +106,42 @@ def speed(name: str, rounds: int, iters: int, workdir: Path) -> dict:
     runners = {key: _runner(path) for key, path in files.items()}
     times = time_interleaved(runners, x, rounds, iters)
     median = {key: statistics.median(values) * 1e3 for key, values in times.items()}
-    row = {"model": name} | {f"{key} ms": round(ms, 2) for key, ms in median.items()}
-    return row | {f"{key} speed-up": f"{median[fp32] / median[key]:.2f}x" for key, fp32 in FP32_OF.items()}
+    row = {"model": name} | {f"{key} ms": ms for key, ms in median.items()}
+    return row | {f"{key} speed-up": median[fp32] / median[key] for key, fp32 in FP32_OF.items()}
 
 
 def main() -> None:
+    run = common.start_run()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--checkpoint", default="runs/fashion_mnist/model")
     parser.add_argument("--calibration-images", type=int, default=256)
     parser.add_argument("--emulated-images", type=int, default=10_000, help="0: skip the emulated CPU")
     parser.add_argument("--speed-model", default="mobilevit_s")
-    add_timing_args(parser)
-    args = parse_timing_args(parser)
-    info = measured_on()
+    common.add_timing_args(parser)
+    args = common.parse_timing_args(parser)
+    info = common.measured_on()
     with tempfile.TemporaryDirectory() as tmp:
         for sub in ("acc", "speed"):
             (Path(tmp) / sub).mkdir()
         acc = accuracy(args.checkpoint, args.calibration_images, args.emulated_images, Path(tmp) / "acc")
         fast = speed(args.speed_model, args.rounds, args.iters, Path(tmp) / "speed")
-    print(f"\nFashion-MNIST test top-1, {args.checkpoint}, int8 calibrated on {args.calibration_images} train images")
     columns = ["cpu", "images", "pytorch fp32", "fp32", *INT8, "litert fp32", "litert int8"]
     columns += [f"{name} drop" for name in FP32_OF]
-    print_table([{c: _formatted(c, row.get(c, "-")) for c in columns} for row in acc], columns)
-    print(f"\n{args.speed_model}, batch 1, 256x256, ONNX Runtime and LiteRT, on {machine.describe(info)}")
-    print_table([fast], list(fast))
-    write_json(args.json, {"accuracy": acc, "speed": fast}, info)
-
-
-def _formatted(column: str, value: object) -> object:
-    if not isinstance(value, float):
-        return value
-    return f"{100 * value:.2f} points" if column.endswith("drop") else f"{100 * value:.2f}%"
+    units = {"images": "count"} | {c: "points" if c.endswith("drop") else "fraction" for c in columns[2:]}
+    acc_caption = (
+        f"Fashion-MNIST test top-1 of {args.checkpoint}, int8 calibrated on {args.calibration_images} training "
+        "images; a drop is the int8 file's loss against the fp32 file on the same runtime and CPU"
+    )
+    speed_units = {c: "ratio" if c.endswith("speed-up") else "ms" for c in fast if c != "model"}
+    speed_caption = (
+        f"{args.speed_model}, batch 1, 256x256, ONNX Runtime and LiteRT interleaved, {args.rounds} rounds of "
+        f"{args.iters} calls, medians; a speed-up is the fp32 file's latency over the int8 file's on the same runtime"
+    )
+    tables = [
+        common.table("accuracy", [{c: row.get(c) for c in columns} for row in acc], units, acc_caption),
+        common.table("speed", [fast], speed_units, speed_caption),
+    ]
+    common.finish(run, args.json, tables, info)
 
 
 if __name__ == "__main__":

@@ -1,6 +1,7 @@
 """Where ONNX Runtime spends its time: kernel time per op type for our export, timm's and our int8.
 
-    python benchmarks/ort_profile.py [--model mobilevit_s] [--runs 30] [--threads 2] [--json out.json]
+    python benchmarks/ort_profile.py [--model mobilevit_s] [--runs 30] [--threads 2]
+                                     [--json benchmarks/results/ort_profile.json]
 
 Each graph runs ``--runs`` times in a profiling session (ONNX Runtime's own profiler, after its graph
 optimisations, so the op types are the fused kernels it really runs: Conv with BatchNorm folded,
@@ -26,7 +27,7 @@ from pathlib import Path
 
 import torch
 
-from common import measured_on, print_table, write_json
+import common
 from mobilevit.export.bench import CALIBRATION_IMAGES, peer_model
 from mobilevit.export.onnx import export_onnx, quantize_onnx
 from mobilevit.models.factory import create_model
@@ -38,6 +39,8 @@ LAYOUT_OPS = frozenset(
      "Gather", "ReorderInput", "ReorderOutput"}
 )  # fmt: skip
 INTEGER_OPS = frozenset({"QLinearConv", "QGemm", "QLinearMatMul", "MatMulIntegerToFloat", "ConvInteger"})
+BOUNDS_UNITS = {"data movement": "ms", "arithmetic": "ms", "total": "ms"}
+BOUNDS_UNITS |= {"arithmetic / timm total": "ratio", "integer Conv/Gemm / ours fp32 total": "ratio"}
 
 
 def kernel_ms_per_op(path: Path, x: torch.Tensor, runs: int, threads: int) -> dict[str, float]:
@@ -61,15 +64,16 @@ def kernel_ms_per_op(path: Path, x: torch.Tensor, runs: int, threads: int) -> di
 
 
 def main() -> None:
+    run = common.start_run()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--model", default="mobilevit_s")
     parser.add_argument("--runs", type=int, default=30)
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--top", type=int, default=14, help="op types shown (the rest are summed)")
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    common.add_json_arg(parser)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
-    machine = measured_on()
+    machine = common.measured_on()
 
     x = structured_images(1, 256, 256)
     with tempfile.TemporaryDirectory() as tmp:
@@ -86,16 +90,16 @@ def main() -> None:
     for profile in profiles.values():
         ranked.update(profile)
     shown = [op for op, _ in ranked.most_common(args.top)]
-    rows = [{"op": op, **{k: round(p.get(op, 0.0), 2) for k, p in profiles.items()}} for op in shown]
-    other = {k: sum(v for op, v in p.items() if op not in shown) for k, p in profiles.items()}
-    rows.append({"op": "other", **{k: round(v, 2) for k, v in other.items()}})
-    rows.append({"op": "total", **{k: round(sum(p.values()), 2) for k, p in profiles.items()}})
-    print(f"{args.model}, batch 1, 256x256, {args.threads} threads: kernel ms per run")
-    print_table(rows, ["op", *profiles])
+    rows = [{"op": op, **{k: p.get(op, 0.0) for k, p in profiles.items()}} for op in shown]
+    rows.append({"op": "other", **{k: sum(v for op, v in p.items() if op not in shown) for k, p in profiles.items()}})
+    rows.append({"op": "total", **{k: sum(p.values()) for k, p in profiles.items()}})
+    where = f"{args.model}, batch 1, 256x256, {args.threads} threads, {args.runs} profiled runs"
     split = bounds(profiles)
-    print("\nData movement against arithmetic, kernel ms per run")
-    print_table(split, list(split[0]))
-    write_json(args.json, {"model": args.model, "ms_per_run": profiles, "bounds": split}, machine)
+    tables = [
+        common.table("kernels", rows, dict.fromkeys(profiles, "ms"), f"{where}: kernel ms per run and op type"),
+        common.table("bounds", split, BOUNDS_UNITS, f"{where}: data movement against arithmetic, kernel ms per run"),
+    ]
+    common.finish(run, args.json, tables, machine)
 
 
 def bounds(profiles: dict[str, dict[str, float]]) -> list[dict[str, object]]:
@@ -111,11 +115,11 @@ def bounds(profiles: dict[str, dict[str, float]]) -> list[dict[str, object]]:
         rows.append(
             {
                 "graph": key,
-                "data movement": round(layout, 2),
-                "arithmetic": round(total - layout, 2),
-                "total": round(total, 2),
-                "arithmetic / timm total": f"{(total - layout) / timm_total:.2f}x",
-                "integer Conv/Gemm / ours fp32 total": f"{integer / fp32_total:.2f}x" if integer else "",
+                "data movement": layout,
+                "arithmetic": total - layout,
+                "total": total,
+                "arithmetic / timm total": (total - layout) / timm_total,
+                "integer Conv/Gemm / ours fp32 total": integer / fp32_total if integer else None,
             }
         )
     return rows

@@ -1,6 +1,7 @@
 """Training speed on this machine: our models against timm's, and multi-scale against fixed-size epochs.
 
-    python benchmarks/train_throughput.py [--img-size 256] [--batch-size 32] [--json out.json]
+    python benchmarks/train_throughput.py [--img-size 256] [--batch-size 32]
+                                          [--json benchmarks/results/train_throughput.json]
 
 1. Training img/s (forward, backward, AdamW step) of mobilevit_{xxs,xs,s} against timm's same model
    with the same optimizer, interleaved in rounds in one process; medians over rounds.
@@ -18,8 +19,8 @@ import timm
 import torch
 import torch.nn.functional as F
 
+import common
 import mobilevit
-from common import measured_on, print_table, write_json
 from mobilevit.data import MultiScaleBatchSampler
 
 
@@ -55,9 +56,9 @@ def compare_with_timm(names, batch_size, img_size, rounds, steps) -> list[dict]:
         rows.append(
             {
                 "model": name,
-                "mobilevit img/s": f"{ips['mobilevit']:.1f}",
-                "timm img/s": f"{ips['timm']:.1f}",
-                "speed vs timm": f"{ips['mobilevit'] / ips['timm']:.2f}x",
+                "mobilevit img/s": ips["mobilevit"],
+                "timm img/s": ips["timm"],
+                "speed vs timm": ips["mobilevit"] / ips["timm"],
             }
         )
     return rows
@@ -80,32 +81,34 @@ def epoch_time(sampler: MultiScaleBatchSampler, name: str) -> dict:
 
 def compare_samplers(num_images, batch_size, img_size, name) -> list[dict]:
     scale = img_size / 256
+    low, high = int(160 * scale), int(320 * scale)
     multi = MultiScaleBatchSampler(
         num_images,
         base_size=img_size,
         base_batch_size=batch_size,
-        min_size=int(160 * scale),
-        max_size=int(320 * scale),
+        min_size=low,
+        max_size=high,
         divisor=max(8, int(32 * scale)),
     )
     fixed = MultiScaleBatchSampler(
         num_images, base_size=img_size, base_batch_size=batch_size, min_size=img_size, max_size=img_size, num_scales=1
     )
     rows = []
-    for label, sampler in (("multi-scale", multi), (f"fixed {img_size}x{img_size}", fixed)):
+    for label, sampler in ((f"multi-scale ({low}-{high})", multi), (f"fixed {img_size}x{img_size}", fixed)):
         result = epoch_time(sampler, name)
         rows.append(
             {
                 "schedule": label,
                 "optimizer steps": result["steps"],
-                "epoch s": f"{result['seconds']:.1f}",
-                "img/s": f"{result['images'] / result['seconds']:.1f}",
+                "epoch s": result["seconds"],
+                "img/s": result["images"] / result["seconds"],
             }
         )
     return rows
 
 
 def main() -> None:
+    run = common.start_run()
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--img-size", type=int, default=256)
     parser.add_argument("--batch-size", type=int, default=32)
@@ -113,17 +116,25 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=3, help="timed steps per round")
     parser.add_argument("--epoch-images", type=int, default=1024, help="images in the sampler comparison")
     parser.add_argument("--models", nargs="*", default=["mobilevit_xxs", "mobilevit_xs", "mobilevit_s"])
-    parser.add_argument("--json", help="also write the results to this JSON file")
+    common.add_json_arg(parser)
     args = parser.parse_args()
+    machine = common.measured_on()
 
-    machine = measured_on()
-    print(f"training, batch {args.batch_size}, {args.img_size}x{args.img_size}, fp32")
+    size = f"{args.img_size}x{args.img_size}"
     speed = compare_with_timm(args.models, args.batch_size, args.img_size, args.rounds, args.steps)
-    print_table(speed, list(speed[0]))
-    print(f"\none epoch of {args.epoch_images} images, mobilevit_xxs, base batch {args.batch_size}")
     epochs = compare_samplers(args.epoch_images, args.batch_size, args.img_size, "mobilevit_xxs")
-    print_table(epochs, list(epochs[0]))
-    write_json(args.json, {"train_speed": speed, "epoch": epochs}, machine)
+    speed_caption = (
+        f"Training img/s, batch {args.batch_size}, {size}, fp32, AdamW, medians of {args.rounds} interleaved rounds "
+        f"of {args.steps} steps; speed is ours over timm's"
+    )
+    epoch_caption = f"One epoch of {args.epoch_images} images, mobilevit_xxs, base batch {args.batch_size}"
+    speed_units = {"mobilevit img/s": "rate", "timm img/s": "rate", "speed vs timm": "ratio"}
+    epoch_units = {"optimizer steps": "count", "epoch s": "rate", "img/s": "rate"}
+    tables = [
+        common.table("train_speed", speed, speed_units, speed_caption),
+        common.table("epoch", epochs, epoch_units, epoch_caption),
+    ]
+    common.finish(run, args.json, tables, machine)
 
 
 if __name__ == "__main__":

@@ -1,0 +1,308 @@
+"""Render the benchmarks page from the result files the benchmark scripts write (benchmarks/results/*.json).
+
+    python benchmarks/render.py [--results benchmarks/results] [-o docs/benchmarks.md]
+
+Every figure on the page comes from a result file: each file is one run of one script, with its tables
+and the envelope that says where and how they were measured (machine, package versions, date, command,
+wall time; ``benchmarks/common.py`` writes it). The prose below is what each benchmark measures and how
+to read it; no number is typed here. Imports the standard library only, so that the docs build can call
+:func:`render_page` and :func:`headline_table` without torch.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import sys
+from collections.abc import Callable
+from pathlib import Path
+from typing import Any, NamedTuple
+
+RESULTS = Path(__file__).resolve().parent / "results"
+SCHEMA = 1
+ENVELOPE = ("schema", "script", "command", "date", "wall_s", "environment", "machine", "versions", "commit", "tables")
+MACHINE = ("cpu", "arch", "isa", "vnni", "threads", "fp32_matmul_peak_gflops")
+TABLE = ("name", "caption", "columns", "units", "rows", "notes")
+
+# How each kind of figure is written, by the unit a script gives its column (``common.table``).
+FORMATS: dict[str, Callable[[Any], str]] = {
+    "ms": lambda v: f"{v:.2f}",
+    "ratio": lambda v: f"{v:.2f}x",
+    "error": lambda v: f"{v:.1e}",
+    "fraction": lambda v: f"{100 * v:.2f}%",
+    "points": lambda v: f"{100 * v:.2f} points",
+    "millions": lambda v: f"{v / 1e6:.2f}",
+    "billions": lambda v: f"{v / 1e9:.2f}",
+    "rate": lambda v: f"{v:.1f}",
+    "count": lambda v: f"{v:,}",
+    "text": str,
+}
+MISSING = "-"  # a figure that was not measured (JSON null)
+SCALES = {"millions": "M", "billions": "G"}  # named in the column's header
+
+
+class ResultsError(ValueError):
+    """A result file that cannot be rendered: the message names the file and how to regenerate it."""
+
+
+class Section(NamedTuple):
+    """A page section: its title and the prose that says what the benchmark measures and how to read it."""
+
+    title: str
+    intro: str
+
+
+# In page order; a result file of another script gets a section titled by its name, with no prose.
+SECTIONS = {
+    "families": Section(
+        "Choosing a model: v1, v2 and v3",
+        "Every classifier with its parameters, multiply-accumulates (counted by `torch.utils.flop_counter`, "
+        "which counts convolutions, linears and attention matmuls) and ImageNet-1k top-1 as published, beside "
+        "its latency on each backend. Per backend all models are timed interleaved, round after round, so that "
+        "the machine's drift touches every row alike; the figures are medians.",
+    ),
+    "backends": Section(
+        "Inference latency on every backend",
+        "Each (model, backend) pair is one `mobilevit bench` run: ours and the peers (timm, Hugging Face) in "
+        "one process, interleaved, medians over rounds. Peers run on the same backend (timm exported or "
+        "converted the same way), eagerly beside the `optimized` rows, which also time our own eager model. "
+        "Ratios are our latency over theirs, measured in the same run: compare ratios within a row rather "
+        "than milliseconds across runs. GFLOP/s counts the model's FLOPs; the peak is this machine's best "
+        "fp32 matmul, measured in the same run. The int8 rows are compared with our fp32 row on the same "
+        "runtime.",
+    ),
+    "parity": Section(
+        "Parity with timm and Hugging Face",
+        "Maximum absolute difference of the logits of our v1 and v2 classifiers against timm's and Hugging "
+        "Face's, with every parameter and BatchNorm statistic random, converted to ours, on batches of "
+        "structured images. Hugging Face is fed the BGR flip of our RGB input, and its v2 rows use its "
+        "zero-filled unfold (`create_model(name, unfold_remainder='zero')`). Against timm the difference is "
+        "exactly zero where both run the same kernels in the same order.",
+    ),
+    "int8": Section(
+        "int8 accuracy and speed",
+        "The quickstart's Fashion-MNIST model exported in fp32 and int8 (static, calibrated on training "
+        "images) and run by ONNX Runtime and LiteRT on the test images, on this CPU and, when QEMU is "
+        "installed, on an emulated x86 CPU without VNNI. *Portable* int8 files have 7-bit weights, exact on "
+        "every CPU; *full range* ones have 8-bit weights, exact only with VNNI or on ARM. The speed table "
+        "times fp32 against int8 on the same runtime, interleaved in one process.",
+    ),
+    "ort_profile": Section(
+        "Where ONNX Runtime spends its time",
+        "Kernel milliseconds per run and op type, from ONNX Runtime's own profiler after its graph "
+        "optimisations, for our export, timm's and our int8. The second table splits each graph into data "
+        "movement (what a better export can remove) and arithmetic (what it cannot); our arithmetic over "
+        "timm's total is the best ratio any export of the same network can reach on this runtime.",
+    ),
+    "train_throughput": Section(
+        "Training speed",
+        "Forward, backward and AdamW step of our models against timm's, interleaved in rounds in one process "
+        "(medians); then one epoch over the same images with the paper's multi-scale variable-batch sampler "
+        "against a fixed-size schedule.",
+    ),
+}
+PAGE_INTRO = (
+    "Every figure on this page is read from a result file in `benchmarks/results/`, written by the script "
+    "named under each table, and rendered by `python benchmarks/render.py`. Each section names the machine "
+    "(CPU, the ISA level torch's kernels run on, VNNI, threads, measured fp32 matmul peak), the date, the "
+    "package versions and the exact command: rerun the command to reproduce or update it."
+)
+HEADLINE_BACKENDS = {"eager": "eager ms", "optimized": "optimized ms", "onnxruntime": "ONNX Runtime ms"}
+
+
+def load_result(path: Path) -> dict[str, Any]:
+    """One result file, checked for every field the page needs and for figures its units can write."""
+    regenerate = f"regenerate it with `python benchmarks/{path.stem}.py` (or delete it)"
+    try:
+        text = path.read_text()
+    except OSError as err:
+        raise ResultsError(f"cannot read result file {path}: {err}") from err
+    if not text.strip():
+        raise ResultsError(f"result file {path} is empty; {regenerate}")
+    try:
+        doc = json.loads(text)
+    except json.JSONDecodeError as err:
+        raise ResultsError(f"result file {path} is not valid JSON ({err}); {regenerate}") from err
+    _require(doc, ENVELOPE, f"result file {path}", regenerate)
+    if doc["schema"] != SCHEMA:
+        raise ResultsError(f"result file {path} has schema {doc['schema']}, this renderer reads {SCHEMA}; {regenerate}")
+    _require(doc["machine"], MACHINE, f"the machine of {path}", regenerate)
+    if not doc["tables"]:
+        raise ResultsError(f"result file {path} has no tables; {regenerate}")
+    for table in doc["tables"]:
+        _require(table, TABLE, f"a table of {path}", regenerate)
+        for row in table["rows"]:
+            _require(row, table["columns"], f"a row of table {table['name']!r} in {path}", regenerate)
+        try:
+            markdown_table(table)
+        except ValueError as err:
+            raise ResultsError(f"table {table['name']!r} in {path}: {err}; {regenerate}") from err
+    return doc
+
+
+def _require(mapping: object, keys: tuple[str, ...] | list[str], what: str, regenerate: str) -> None:
+    if not isinstance(mapping, dict):
+        raise ResultsError(f"{what} is a JSON {type(mapping).__name__}, not an object; {regenerate}")
+    missing = [key for key in keys if key not in mapping]
+    if missing:
+        raise ResultsError(f"{what} lacks {', '.join(map(repr, missing))}; {regenerate}")
+
+
+def load_results(results_dir: Path) -> list[dict[str, Any]]:
+    """Every result file in ``results_dir``, in page order (the known sections first, then by name)."""
+    order = list(SECTIONS)
+    paths = sorted(
+        Path(results_dir).glob("*.json"), key=lambda p: (order.index(p.stem) if p.stem in order else len(order), p.stem)
+    )
+    return [load_result(path) for path in paths]
+
+
+def format_value(value: Any, unit: str) -> str:
+    """One figure as its unit writes it (``None``, not measured, as a dash)."""
+    if unit not in FORMATS:
+        raise ValueError(f"unknown unit {unit!r}; the units are {', '.join(FORMATS)}")
+    if value is None:
+        return MISSING
+    if unit != "text" and (isinstance(value, bool) or not isinstance(value, (int, float))):
+        raise ValueError(f"{value!r} is not a number, as unit {unit!r} needs")
+    return FORMATS[unit](value)
+
+
+def markdown_table(table: dict[str, Any]) -> str:
+    """The table's rows as Markdown, each figure formatted by its column's unit (``text`` when it has none)."""
+    columns, units = table["columns"], table["units"]
+    lines = header([heading(column, units.get(column, "text")) for column in columns])
+    for row in table["rows"]:
+        cells = []
+        for column in columns:
+            try:
+                cells.append(format_value(row[column], units.get(column, "text")))
+            except ValueError as err:
+                raise ValueError(f"column {column!r}: {err}") from err
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines)
+
+
+def heading(column: str, unit: str) -> str:
+    """A column's header, with the scale its figures are written in: ``params (M)``."""
+    return f"{column} ({SCALES[unit]})" if unit in SCALES else column
+
+
+def header(headings: list[str]) -> list[str]:
+    return ["| " + " | ".join(headings) + " |", "|" + "|".join("---" for _ in headings) + "|"]
+
+
+def machine_line(machine: dict[str, Any]) -> str:
+    """``AMD EPYC 7B13 (x86_64), AVX512 with VNNI, 2 threads, fp32 matmul peak 207 GFLOP/s``."""
+    vnni = {True: " with VNNI", False: " without VNNI", None: ""}[machine["vnni"]]
+    return (
+        f"{machine['cpu']} ({machine['arch']}), {machine['isa']}{vnni}, "
+        f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}, "
+        f"fp32 matmul peak {machine['fp32_matmul_peak_gflops']:.0f} GFLOP/s"
+    )
+
+
+def wall_time(seconds: float) -> str:
+    """``2 min 57 s``, or ``8.4 s`` under a minute."""
+    minutes, rest = divmod(round(seconds), 60)
+    return f"{minutes} min {rest} s" if minutes else f"{seconds:.1f} s"
+
+
+def command_line(doc: dict[str, Any]) -> str:
+    """The command as it was run, after the environment variables that steered its kernels and threads."""
+    return " ".join([*(f"{key}={value}" for key, value in doc["environment"].items()), doc["command"]])
+
+
+def caption(doc: dict[str, Any]) -> str:
+    """Where, when, with what and how a result file's figures were measured."""
+    versions = ", ".join(f"{name} {version}" for name, version in doc["versions"].items())
+    commit = f", commit {doc['commit']}" if doc["commit"] else ""
+    return "\n".join(
+        [
+            f"- Machine: {machine_line(doc['machine'])}",
+            f"- Run: {doc['date']}, {wall_time(doc['wall_s'])}{commit}",
+            f"- Versions: {versions}",
+            f"- Command: `{command_line(doc)}`",
+        ]
+    )
+
+
+def render_section(doc: dict[str, Any]) -> str:
+    """One result file: title, what it measures, where it was measured, then each table under its caption."""
+    section = SECTIONS.get(doc["script"], Section(doc["script"], ""))
+    parts = [f"## {section.title}", *([section.intro] if section.intro else []), caption(doc)]
+    for table in doc["tables"]:
+        if table["caption"]:
+            parts.append(f"{table['caption']}:")
+        parts.append(markdown_table(table))
+        if table["notes"]:
+            parts.append("\n".join(f"- {note}" for note in table["notes"]))
+    return "\n\n".join(parts)
+
+
+def render_page(results_dir: Path = RESULTS) -> str:
+    """The benchmarks page (Markdown): one section per result file in ``results_dir``."""
+    body = [render_section(doc) for doc in load_results(results_dir)] or [
+        f"No results yet: `{results_dir}` holds no result file. Run the scripts in `benchmarks/` to write them."
+    ]
+    return "\n\n".join(["# Benchmarks", PAGE_INTRO, *body]) + "\n"
+
+
+def headline_table(results_dir: Path = RESULTS) -> str:
+    """The README's one table, from ``backends.json``: each model's size, cost and published top-1 beside
+    our latency on the eager, optimized and ONNX Runtime backends (those that were run), each with its
+    ratio to timm's in the same run, under one caption line that names the machine and the command."""
+    path = Path(results_dir) / "backends.json"
+    rerun = "rerun `python benchmarks/backends.py`"
+    if not path.exists():
+        raise ResultsError(f"{path} does not exist; write it with `python benchmarks/backends.py`")
+    doc = load_result(path)
+    tables = {table["name"]: table for table in doc["tables"]}
+    if not {"models", "latency"} <= tables.keys():
+        raise ResultsError(f"{path} lacks the 'models' or the 'latency' table; {rerun}")
+    models, latency = tables["models"], tables["latency"]
+    by_key = {(row["model"], row["backend"]): row for row in latency["rows"]}
+    backends = [b for b in HEADLINE_BACKENDS if any(backend == b for _, backend in by_key)]
+    if not backends:
+        raise ResultsError(f"{path} has no {', '.join(HEADLINE_BACKENDS)} rows; {rerun} with them")
+    headings = [heading(column, models["units"].get(column, "text")) for column in models["columns"]]
+    lines = [
+        f"{latency['caption']}; in parentheses our latency over timm's in the same run (timm eager for eager "
+        f"and optimized). Measured on {machine_line(doc['machine'])}, on {doc['date']}: `{command_line(doc)}`.",
+        "",
+        *header([*headings, *(HEADLINE_BACKENDS[b] for b in backends)]),
+    ]
+    for facts in models["rows"]:
+        cells = [format_value(facts[c], models["units"].get(c, "text")) for c in models["columns"]]
+        cells += [_with_ratio(by_key.get((facts["model"], b)), latency["units"]) for b in backends]
+        lines.append("| " + " | ".join(cells) + " |")
+    return "\n".join(lines) + "\n"
+
+
+def _with_ratio(row: dict[str, Any] | None, units: dict[str, str]) -> str:
+    """``13.33 (0.88x)``: our median latency and its ratio to timm's (the latency alone without timm)."""
+    if row is None:
+        return MISSING
+    ms = format_value(row["median ms"], units["median ms"])
+    return ms if row["vs timm"] is None else f"{ms} ({format_value(row['vs timm'], units['vs timm'])})"
+
+
+def main(argv: list[str] | None = None) -> None:
+    parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
+    parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result files")
+    parser.add_argument("-o", "--output", type=Path, help="write the page here (default: print it)")
+    args = parser.parse_args(argv)
+    try:
+        page = render_page(args.results)
+    except ResultsError as err:
+        sys.exit(f"error: {err}")
+    if args.output:
+        args.output.parent.mkdir(parents=True, exist_ok=True)
+        args.output.write_text(page)
+        print(f"wrote {args.output}")
+    else:
+        sys.stdout.write(page)
+
+
+if __name__ == "__main__":
+    main()
