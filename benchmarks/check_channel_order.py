@@ -6,6 +6,8 @@ the weights, and with the stem's input channels reversed. The order that names t
 right one; the package's choice (``Copy.bgr`` in ``src/mobilevit/models/pretrained.py``) should win.
 
     python benchmarks/check_channel_order.py --pattern 'mobilevitv2_100*' --hosts timm cvnets
+
+It only prints, for a reader to judge, and writes no result file: the benchmarks page has no figure of it.
 """
 
 from __future__ import annotations

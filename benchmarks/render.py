@@ -267,8 +267,8 @@ def headline_table(results_dir: Path = RESULTS) -> str:
         raise ResultsError(f"{path} has no {', '.join(HEADLINE_BACKENDS)} rows; {rerun} with them")
     headings = [heading(column, models["units"].get(column, "text")) for column in models["columns"]]
     lines = [
-        f"{latency['caption']}; in parentheses our latency over timm's in the same run (timm eager for eager "
-        f"and optimized). Measured on {machine_line(doc['machine'])}, on {doc['date']}: `{command_line(doc)}`.",
+        f"{latency['caption']}; in parentheses, against timm in the same run (timm eager beside optimized). "
+        f"Measured on {machine_line(doc['machine'])}, on {doc['date']}: `{command_line(doc)}`.",
         "",
         *header([*headings, *(HEADLINE_BACKENDS[b] for b in backends)]),
     ]
