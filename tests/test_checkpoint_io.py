@@ -1,6 +1,7 @@
 """Checkpoint files (mobilevit.checkpoint_io: read_state_dict, atomic_write) as models load them: every
-layout loads through create_model(pretrained=...) and from_pretrained, and every bad file gets a clear
-error that names the problem (the mismatch errors of models/weights.py included)."""
+layout loads through create_model(pretrained=...) and from_pretrained (training checkpoints too), and
+every bad file gets a clear error that names the problem (the mismatch errors of models/weights.py
+included)."""
 
 from __future__ import annotations
 
@@ -78,8 +79,7 @@ def test_hugging_face_directory_loads(hf_model, tmp_path, weights_file):
 
 def test_save_pretrained_round_trip(reference, tmp_path):
     state, x, _ = reference
-    model = mobilevit.create_model(NAME, num_classes=1000, drop_rate=0.2)
-    mobilevit.load_pretrained(model, tmp_path_write(state, tmp_path))
+    model = mobilevit.create_model(NAME, drop_rate=0.2, pretrained=tmp_path_write(state, tmp_path))
     model.save_pretrained(tmp_path / "saved")
     config = json.loads((tmp_path / "saved" / "config.json").read_text())
     assert config["architecture"] == NAME and config["model_args"] == {"drop_rate": 0.2}
@@ -212,9 +212,59 @@ def test_checkpoint_without_tensors(tmp_path):
         read_state_dict(path)
 
 
-def test_from_pretrained_needs_a_directory(tmp_path):
-    with pytest.raises(FileNotFoundError, match="not a model directory.*create_model"):
+def test_from_pretrained_needs_a_self_describing_source(reference, tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found: .*model.safetensors"):
         mobilevit.from_pretrained(tmp_path / "model.safetensors")
+    torch.save(reference[0], tmp_path / "w.pt")
+    for path in (tmp_path_write(reference[0], tmp_path), tmp_path / "w.pt"):
+        with pytest.raises(CheckpointError, match=r"plain weights file.*create_model\(NAME, pretrained=path\)"):
+            mobilevit.from_pretrained(path)
+
+
+def training_checkpoint(path, **fields):
+    """A checkpoint as ``mobilevit train`` writes it (``step-N.pt``): trained and EMA weights apart."""
+    torch.manual_seed(0)
+    trained, ema = (randomize_(mobilevit.create_model(NAME, num_classes=3), seed=s).state_dict() for s in (1, 2))
+    ema = {**{f"module.{k}": v for k, v in ema.items()}, "n_averaged": torch.tensor(5)}  # AveragedModel's keys
+    checkpoint = {"model_name": NAME, "model": trained, "ema": ema, "classes": ["a", "b", "c"], "step": 10}
+    torch.save({**checkpoint, "config": {"img_size": 64}, **fields}, path)
+    return path
+
+
+def test_training_checkpoint_loads_its_ema_or_trained_weights(tmp_path):
+    path = training_checkpoint(tmp_path / "step-00000010.pt", num_classes=3, model_args={"drop_rate": 0.3})
+    raw = torch.load(path, weights_only=True)
+    ema = mobilevit.from_pretrained(path)
+    trained = mobilevit.from_pretrained(path, weights="model")
+    for model, state in ((ema, {k.removeprefix("module."): v for k, v in raw["ema"].items()}), (trained, raw["model"])):
+        assert all(torch.equal(value, state[key]) for key, value in model.state_dict().items())
+        assert model.pretrained_cfg["label_names"] == ["a", "b", "c"]
+        assert model.pretrained_cfg["input_size"] == (3, 64, 64) and model.head.drop.p == 0.3
+    assert not torch.equal(ema.head.fc.weight, trained.head.fc.weight)
+    with pytest.raises(ValueError, match="weights must be one of ema, model, got 'best'"):
+        mobilevit.from_pretrained(path, weights="best")
+
+
+def test_training_checkpoint_without_ema_or_class_count(tmp_path):
+    """Older or EMA-less runs: the trained weights, and the class count read off the classifier."""
+    path = training_checkpoint(tmp_path / "step-00000010.pt", ema=None)
+    model = mobilevit.from_pretrained(path)
+    assert model.num_classes == 3
+    assert torch.equal(model.head.fc.weight, torch.load(path, weights_only=True)["model"]["head.fc.weight"])
+
+
+def test_class_count_defaults_to_the_checkpoint_classifier(reference, tmp_path):
+    """A plain weights file of another class count, no num_classes: the model takes the file's, no warning."""
+    model = randomize_(mobilevit.create_model(NAME, num_classes=7))
+    path = tmp_path / "w.safetensors"
+    save_file(model.state_dict(), path)
+    with warnings.catch_warnings():
+        warnings.simplefilter("error")
+        loaded = mobilevit.create_model(NAME, pretrained=path)
+    assert loaded.num_classes == 7 and loaded.pretrained_cfg["num_classes"] == 7
+    assert torch.equal(loaded.head.fc.weight, model.head.fc.weight)
+    segmenter = mobilevit.create_model("deeplabv3_mobilevit_xxs", pretrained=path)  # a classifier's head is not its
+    assert segmenter.num_classes == 21
 
 
 def test_atomic_write_keeps_previous_file_on_failure(tmp_path):

@@ -23,7 +23,6 @@ _PUBLIC: dict[str, str] = {
     "from_pretrained": "mobilevit.models",
     "list_models": "mobilevit.models",
     "list_pretrained": "mobilevit.models",
-    "load_pretrained": "mobilevit.models",
     "optimize_for_inference": "mobilevit.export.optimize",
 }
 

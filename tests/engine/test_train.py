@@ -25,7 +25,6 @@ import mobilevit
 from mobilevit.cli import main
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.data.synthetic import SHAPES_CLASSES, make_shapes
-from mobilevit.models.loader import load_checkpoint
 from mobilevit.models.mobilevitv2 import MobileViTV2Block
 from mobilevit.models.mobilevitv3 import MobileViTV3Block
 from mobilevit.testing import write_image_folder
@@ -412,8 +411,9 @@ def test_trains_checkpoints_and_reloads(shapes, tmp_path, task, headline):
     checkpoint = sorted((tmp_path / "run" / "checkpoints").glob("step-*.pt"))[-1]
     state = torch.load(checkpoint, weights_only=True)
     assert (state["task"], state["num_classes"], state["classes"]) == (task, 3, list(SHAPES_CLASSES))
-    model, classes = load_checkpoint(checkpoint)
-    assert model.task == task and model.num_classes == 3 and classes == list(SHAPES_CLASSES)
+    model = mobilevit.from_pretrained(checkpoint)
+    assert model.task == task and model.num_classes == 3
+    assert model.pretrained_cfg["label_names"] == list(SHAPES_CLASSES)
     reloaded = mobilevit.from_pretrained(tmp_path / "run" / "model")
     assert reloaded.model_name == model.model_name
     assert (tmp_path / "run" / "curves.png").stat().st_size > 0

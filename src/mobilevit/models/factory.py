@@ -1,17 +1,20 @@
-"""Building registered models and loading weights into them: ``create_model``, ``load_pretrained``,
-``from_pretrained`` (what the names mean lives in ``registry.py`` and ``pretrained.py``)."""
+"""The two ways to load a model: :func:`create_model` (a registered architecture by name, with fresh,
+published or any port's weights) and :func:`from_pretrained` (whatever describes its own model: a
+``save_pretrained``, timm or Hugging Face directory, a Hub repo, a ``mobilevit train`` checkpoint).
+What the names mean lives in ``registry.py`` and ``pretrained.py``."""
 
 from __future__ import annotations
 
 import os
 import warnings
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
 import torch
 from torch import nn
 
-from mobilevit.checkpoint_io import CONFIG_FILE, read_json, read_state_dict
+from mobilevit.checkpoint_io import CONFIG_FILE, PICKLE_SUFFIXES, load_pickle, read_json, read_state_dict
 from mobilevit.convert import convert_state_dict
 from mobilevit.errors import CheckpointError
 from mobilevit.hub import fetch_first, fetch_repo, is_repo_id
@@ -21,18 +24,11 @@ from mobilevit.models.mobilevit import MODEL_CONFIGS, MobileViTFeatures
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS, Copy, PublishedWeights
 from mobilevit.models.registry import MODEL_TASKS, REGISTRY, get_entry, get_weights, list_models, split_name
-from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, DeepLabV3
+from mobilevit.models.segmentation import DEFAULT_SEGMENTATION_CLASSES, SEGMENTATION_DEFAULTS, DeepLabV3
 from mobilevit.models.weights import load_state_dict_checked
 
-_SEGMENTATION_ARGS = (
-    "output_stride",
-    "aspp_channels",
-    "aspp_rates",
-    "aspp_dropout",
-    "dilate_local_conv",
-    "align_corners",
-)
 _FEATURE_ARGS = ("output_stride", "dilate_local_conv")
+TRAINED_WEIGHTS = ("ema", "model")  # what a training checkpoint holds: the EMA and the trained weights
 
 
 def task_of(model: nn.Module) -> str:
@@ -59,11 +55,11 @@ def _split(options: dict[str, Any], keys: tuple[str, ...]) -> dict[str, Any]:
     return {k: options.pop(k) for k in keys if k in options}
 
 
-def build_model(
+def _build(
     name: str,
-    num_classes: int | None = None,
-    features_only: bool = False,
-    out_indices: tuple[int, ...] = (0, 1, 2, 3, 4),
+    num_classes: int | None,
+    features_only: bool,
+    out_indices: tuple[int, ...],
     **overrides: Any,
 ) -> nn.Module:
     """The registered model ``name`` with fresh weights; ``overrides`` replace config fields or set
@@ -71,7 +67,7 @@ def build_model(
     entry = get_entry(name)
     overrides = dict(overrides)
     if entry.task == "segmentation":
-        head_args = _split(overrides, _SEGMENTATION_ARGS)
+        head_args = _split(overrides, tuple(SEGMENTATION_DEFAULTS))
         cfg = resolve_backbone_config(entry.backbone, overrides)
         return DeepLabV3(entry.name, cfg, num_classes or DEFAULT_SEGMENTATION_CLASSES, **head_args)
     if entry.task == "detection":
@@ -102,29 +98,40 @@ def create_model(
     ``name`` is a model (``mobilevit_s``) or a model and a tag of its published weights
     (``mobilevit_s.cvnets_in1k``, see :func:`list_pretrained`). ``pretrained=True`` downloads and
     loads the tag's weights (the model's default tag without one), from ``host`` (``"timm"``,
-    ``"hf"``, ``"cvnets"``, ...) or else from the first copy that can be fetched. ``pretrained`` may
-    also be a checkpoint file or directory of this package, timm, Hugging Face or ml-cvnets (see
+    ``"hf"``, ``"cvnets"``, ...) or else from the first copy that can be fetched; so does
+    ``pretrained="model.tag"``, which may name another model's weights (a classifier's initialise the
+    backbone of a segmentation or detection model). ``pretrained`` may also be a checkpoint file or
+    directory of this package, timm, Hugging Face or ml-cvnets, or a Hub repo id (see
     :func:`mobilevit.checkpoint_io.read_state_dict`; ``source`` names its port when it cannot be
-    detected). A classification checkpoint initialises the backbone of a segmentation or detection
-    model; a ``num_classes`` other than the checkpoint's keeps a fresh classifier (fine-tuning).
-    ``num_classes`` defaults to the weights' or the task's dataset (1000 ImageNet, 21 VOC, 81 COCO).
-    ``overrides`` replace fields of the size's config (e.g. ``drop_rate=0.2``) or set head options
-    (``output_stride``, ``aspp_rates``, ...).
+    detected). ``num_classes`` defaults to the weights' (their classifier's rows) or else the task's
+    dataset (1000 ImageNet, 21 VOC, 81 COCO); another count keeps a fresh classifier (fine-tuning,
+    with a warning). ``overrides`` replace fields of the size's config (e.g. ``drop_rate=0.2``) or
+    set head options (``output_stride``, ``aspp_rates``, ...).
     """
     model_name, tag = split_name(name)
     get_entry(model_name)
-    if pretrained is True:
-        return _create_published(name, num_classes, features_only, out_indices, host, progress, overrides)
-    if tag is not None:
-        weights = get_weights(name)
-        if pretrained in (None, False):
-            overrides = {**weights.model_args, **overrides}
-            num_classes = weights.num_classes if num_classes is None else num_classes
-    model = build_model(model_name, num_classes, features_only, out_indices, **overrides)
-    if tag is not None:
-        model.pretrained_cfg.update(weights.pretrained_cfg())
-    if pretrained not in (None, False):
-        load_pretrained(model, pretrained, source=source, host=host, progress=progress)
+    weights = get_weights(name) if tag is not None or pretrained is True else None
+    loaded = None
+    if pretrained is not None and pretrained is not False:
+        loaded = _read_weights(weights if pretrained is True else pretrained, source, host, progress)
+        if loaded.weights is not None and loaded.weights.model == model_name:
+            weights = loaded.weights  # the model's own published weights: built as they were trained
+    options = dict(weights.model_args) if weights is not None else {}
+    if loaded is not None and loaded.copy is not None and loaded.weights is weights:
+        options |= loaded.copy.model_args  # how this copy's port built the same weights
+    if num_classes is None and weights is not None:
+        num_classes = weights.num_classes
+    model = _build(model_name, num_classes, features_only, out_indices, **(options | overrides))
+    if weights is not None:
+        model.pretrained_cfg.update(
+            {k: v for k, v in weights.pretrained_cfg().items() if k != "num_classes"}  # a new head keeps its own
+        )
+    if loaded is not None:
+        if num_classes is None:
+            _adopt_class_count(model, loaded.state)
+        _load(model, loaded.state, loaded.context)
+        if loaded.copy is not None and loaded.weights is weights:
+            model.pretrained_cfg["source"] = loaded.copy.remote.address
     return model
 
 
@@ -155,25 +162,38 @@ def _fetch_published(weights: PublishedWeights, host: str | None, progress: bool
     return next(c for c in copies if c.remote == remote), path
 
 
-def _create_published(
-    name: str,
-    num_classes: int | None,
-    features_only: bool,
-    out_indices: tuple[int, ...],
-    host: str | None,
-    progress: bool,
-    overrides: dict[str, Any],
-) -> nn.Module:
-    """The model with the published weights ``name`` stands for, fetched from the first copy that can be."""
-    weights = get_weights(name)
-    copy, path = _fetch_published(weights, host, progress)
-    options = {**weights.model_args, **copy.model_args, **overrides}
-    classes = weights.num_classes if num_classes is None else num_classes
-    model = build_model(weights.model, classes, features_only, out_indices, **options)
-    _load_converted(model, read_state_dict(path), copy.layout, copy.bgr, f"{weights.name} from {copy.remote.address}")
-    model.pretrained_cfg.update(weights.pretrained_cfg(), source=copy.remote.address)
-    model.pretrained_cfg["num_classes"] = getattr(model, "num_classes", 0)
-    return model
+@dataclass(frozen=True)
+class _Loaded:
+    """Weights read for a model, with this package's keys: what ``pretrained=`` named."""
+
+    state: dict[str, torch.Tensor]
+    context: str  # where they came from, for error messages
+    weights: PublishedWeights | None = None  # published weights: which ones, and the copy fetched
+    copy: Copy | None = None
+
+
+def _read_weights(
+    pretrained: PublishedWeights | str | os.PathLike, source: str, host: str | None, progress: bool
+) -> _Loaded:
+    """Published weights (by name or row: the first copy that can be fetched), a Hub repo, or a
+    file or directory of any supported port, converted to this package's keys."""
+    if isinstance(pretrained, str) and is_published(pretrained):
+        pretrained = get_weights(pretrained)
+    if isinstance(pretrained, PublishedWeights):
+        copy, path = _fetch_published(pretrained, host, progress)
+        state = convert_state_dict(read_state_dict(path), copy.layout, bgr=copy.bgr)
+        return _Loaded(state, f"{pretrained.name} from {copy.remote.address}", pretrained, copy)
+    if isinstance(pretrained, str) and is_repo_id(pretrained):
+        pretrained = fetch_repo(pretrained)
+    return _Loaded(convert_state_dict(read_state_dict(pretrained), source), f"from {pretrained}")
+
+
+def _adopt_class_count(model: nn.Module, state: dict[str, torch.Tensor]) -> None:
+    """A model built without ``num_classes`` takes the class count of the checkpoint's own
+    classifier, if it holds one (a classifier's weights in a segmenter do not)."""
+    weight = state.get(f"{model.pretrained_cfg['classifier']}.weight")
+    if weight is not None and hasattr(model, "reset_classifier") and weight.shape[0] != model.num_classes:
+        model.reset_classifier(weight.shape[0])
 
 
 _BACKBONE_PREFIXES = ("backbone.body.", "backbone.")  # detection, segmentation
@@ -212,36 +232,15 @@ def _fit_classifier(
         f"checkpoint classifier has {ckpt_weight.shape[0]} classes but the model has "
         f"{model_weight.shape[0]}: the classifier ({head}) is re-initialised and every other "
         "weight is loaded.",
-        stacklevel=3,
+        stacklevel=4,  # create_model's caller
     )
     return {k: v for k, v in state.items() if not k.startswith(head + ".")}, (head + ".",)
 
 
-def _load_converted(
-    model: nn.Module, raw: dict[str, torch.Tensor], source: str, bgr: bool | None, context: str
-) -> None:
-    state, keep_own = _fit_classifier(convert_state_dict(raw, source, bgr=bgr), model)
+def _load(model: nn.Module, state: dict[str, torch.Tensor], context: str) -> None:
+    """Load ``state`` (this package's keys) into ``model``, fitted by :func:`_fit_classifier`."""
+    state, keep_own = _fit_classifier(state, model)
     load_state_dict_checked(model, state, keep_own, context=f" ({getattr(model, 'model_name', 'model')}: {context})")
-
-
-def load_pretrained(
-    model: nn.Module,
-    pretrained: str | os.PathLike,
-    source: str = "auto",
-    host: str | None = None,
-    progress: bool = True,
-) -> None:
-    """Load weights into ``model`` in place: from a file or directory of any supported format and
-    port, or from published weights by name (``mobilevit_s.cvnets_in1k``; a classifier's weights
-    initialise a segmentation or detection model's backbone)."""
-    if is_published(pretrained):
-        weights = get_weights(str(pretrained))
-        copy, path = _fetch_published(weights, host, progress)
-        _load_converted(
-            model, read_state_dict(path), copy.layout, copy.bgr, f"{weights.name} from {copy.remote.address}"
-        )
-        return
-    _load_converted(model, read_state_dict(pretrained), source, None, f"from {pretrained}")
 
 
 def _name_from_hf_config(config: dict[str, Any]) -> str:
@@ -284,17 +283,48 @@ def _without_timm_args(model_args: dict[str, Any], path: Path) -> dict[str, Any]
     return {k: v for k, v in model_args.items() if k not in _TIMM_ARGS}
 
 
-def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
-    """Rebuild a model from a directory written by ``save_pretrained`` or by timm / Hugging Face (v1
-    and v2 classifiers and their DeepLabv3 segmenters), or from such a Hub repo
-    (``apple/mobilevit-small``, ``timm/mobilevit_s.cvnets_in1k``), downloaded through huggingface_hub."""
-    if isinstance(path, str) and is_repo_id(path):
-        path = fetch_repo(path)
-    path = Path(path)
-    if not path.is_dir():
-        raise FileNotFoundError(
-            f"{path} is not a model directory; for a single weights file use create_model(name, pretrained=path)."
-        )
+def _strip_ema(state: dict[str, torch.Tensor]) -> dict[str, torch.Tensor]:
+    """An ``AveragedModel`` state dict as the plain model's: no ``module.`` prefix, no counter."""
+    return {k.removeprefix("module."): v for k, v in state.items() if k != "n_averaged"}
+
+
+def _training_checkpoint(path: Path) -> dict[str, Any] | None:
+    """The contents of a checkpoint written by ``mobilevit train`` (``step-N.pt``), or None for any
+    other file."""
+    if path.suffix not in PICKLE_SUFFIXES:
+        return None
+    raw = load_pickle(path)
+    return raw if isinstance(raw, dict) and "model_name" in raw and "model" in raw else None
+
+
+def describes_model(source: str | os.PathLike) -> bool:
+    """Whether :func:`from_pretrained` can rebuild the model from ``source`` alone (a model
+    directory, a Hub repo id, a training checkpoint) rather than a plain weights file, which needs
+    ``create_model(name, pretrained=source)``."""
+    if isinstance(source, str) and is_repo_id(source):
+        return True
+    path = Path(source)
+    return path.is_dir() or (path.is_file() and _training_checkpoint(path) is not None)
+
+
+def _from_training_checkpoint(path: Path, raw: dict[str, Any], weights: str, kwargs: dict[str, Any]) -> nn.Module:
+    """The model of a training checkpoint with its ``weights`` (``ema`` when it has them), class names
+    and training input size."""
+    if weights not in TRAINED_WEIGHTS:
+        raise ValueError(f"weights must be one of {', '.join(TRAINED_WEIGHTS)}, got {weights!r}")
+    state = _strip_ema(raw["ema"]) if weights == "ema" and raw.get("ema") else raw["model"]
+    options = {"num_classes": raw.get("num_classes") or None, **raw.get("model_args", {}), **kwargs}
+    model = create_model(raw["model_name"], **options)
+    if options["num_classes"] is None:
+        _adopt_class_count(model, state)
+    _load(model, state, f"from {path}")
+    img_size = raw.get("config", {}).get("img_size", model.pretrained_cfg["input_size"][-1])
+    model.pretrained_cfg.update(label_names=list(raw.get("classes", [])), input_size=(3, img_size, img_size))
+    return model
+
+
+def _from_directory(path: Path, kwargs: dict[str, Any]) -> nn.Module:
+    """The model of a ``save_pretrained``, timm or Hugging Face directory, its ``config.json`` read."""
     config = read_json(path / CONFIG_FILE)
     if "architecture" in config:
         name = config["architecture"]
@@ -319,3 +349,32 @@ def from_pretrained(path: str | os.PathLike, **kwargs: Any) -> nn.Module:
         {k: tuple(v) if k in ("input_size", "mean", "std") else v for k, v in saved_cfg.items()}
     )
     return model
+
+
+def from_pretrained(source: str | os.PathLike, *, weights: str = "ema", **kwargs: Any) -> nn.Module:
+    """Rebuild the model that ``source`` describes, with its weights, class names and input size:
+
+    - a directory written by ``save_pretrained`` (``mobilevit train`` writes ``OUTPUT/model``) or by
+      timm / Hugging Face (v1 and v2 classifiers and their DeepLabv3 segmenters);
+    - such a Hub repo (``apple/mobilevit-small``, ``timm/mobilevit_xxs.cvnets_in1k``), downloaded
+      through huggingface_hub;
+    - a training checkpoint (``OUTPUT/checkpoints/step-N.pt``): its EMA weights, or the trained ones
+      with ``weights="model"`` (or when it has no EMA).
+
+    ``kwargs`` go to :func:`create_model` (e.g. ``num_classes`` for a new head). Published weights by
+    name and plain weights files, which do not say their model, load with ``create_model``.
+    """
+    if isinstance(source, str) and is_repo_id(source):
+        source = fetch_repo(source)
+    path = Path(source)
+    if not path.exists():
+        raise FileNotFoundError(f"checkpoint not found: {path}. Check the path, or download the weights first.")
+    if path.is_dir():
+        return _from_directory(path, kwargs)
+    raw = _training_checkpoint(path)
+    if raw is None:
+        raise CheckpointError(
+            f"{path} is a plain weights file: it does not say which model it holds. Load it with "
+            "create_model(NAME, pretrained=path) (on the command line: --model NAME)."
+        )
+    return _from_training_checkpoint(path, raw, weights, kwargs)
