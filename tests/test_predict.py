@@ -11,7 +11,7 @@ import pytest
 import torch
 from PIL import Image
 
-from mobilevit import create_model
+from mobilevit import create_model, from_pretrained
 from mobilevit.cli import main
 from mobilevit.data.images import preprocess, read_image
 from mobilevit.predict import predict
@@ -50,8 +50,6 @@ def test_table_for_good_images_and_errors_for_bad_ones(capsys, photos, model_dir
 
 
 def test_json_matches_the_model(capsys, photos, model_dir):
-    from mobilevit.models.factory import from_pretrained
-
     images = [photos["chelsea"], photos["missing"], photos["coffee"]]
     code, out, _ = run_cli(capsys, *images, "--checkpoint", str(model_dir), "--topk", "4", "--json")
     assert code == 2
@@ -110,8 +108,6 @@ def test_plain_weights_file_needs_the_model_name(capsys, photos, tmp_path):
 @pytest.mark.slow  # a dynamic ONNX export of its own
 def test_onnxruntime_gives_the_eager_top_k(photos, model_dir):
     pytest.importorskip("onnxruntime")
-    from mobilevit.models.factory import from_pretrained
-
     model = from_pretrained(model_dir).eval()
     images = [photos[k] for k in ("astronaut", "chelsea", "camera", "missing")]
     eager, eager_errors = predict(images, model, LABELS, k=3)
@@ -127,10 +123,24 @@ def test_unknown_backend_is_refused(model_dir):
         predict([], create_model("mobilevit_xxs", num_classes=2), ["a", "b"], backend="tflite")
 
 
+def test_the_model_names_its_own_classes(photos, model_dir):
+    """``predict(paths, model)``: the labels saved with the model, no names passed."""
+    model = from_pretrained(model_dir)
+    (result,), errors = predict([photos["chelsea"]], model)
+    assert not errors and result["predictions"]
+    assert [p["label"] for p in result["predictions"]] == [LABELS[p["index"]] for p in result["predictions"]]
+    published = create_model("mobilevit_xxs")  # 1000 classes and no names of its own: ImageNet's
+    (result,), _ = predict([photos["chelsea"]], published, k=1)
+    assert result["predictions"][0]["label"] == imagenet_class_names()[result["predictions"][0]["index"]]
+
+
+def test_names_that_do_not_fit_the_model_are_refused(photos, model_dir):
+    with pytest.raises(ValueError, match="2 class names for a model of 6 classes"):
+        predict([photos["chelsea"]], from_pretrained(model_dir), ["a", "b"])
+
+
 @pytest.mark.parametrize("name", ["mobilevitv2_050", "mobilevitv3_xxs"])
 def test_predict_with_a_v2_or_v3_checkpoint(capsys, tmp_path, name):
-    from mobilevit.models.factory import from_pretrained
-
     labels = [f"label {i}" for i in range(5)]
     model = randomize_(create_model(name, num_classes=len(labels)))
     model.pretrained_cfg.update(label_names=labels, input_size=(3, 64, 64))

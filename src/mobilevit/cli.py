@@ -11,6 +11,7 @@ from dataclasses import MISSING, fields
 from pathlib import Path
 
 import torch
+from torch import nn
 
 from mobilevit.data.calibration import calibration_images
 from mobilevit.engine.config import TrainConfig, load_config
@@ -21,12 +22,12 @@ from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.coreml import PRECISIONS
 from mobilevit.export.machine import describe as describe_machine
 from mobilevit.export.machine import machine_info
-from mobilevit.models import create_model, list_models, list_pretrained
-from mobilevit.models.loader import load_checkpoint
+from mobilevit.models import create_model, from_pretrained, list_models, list_pretrained
+from mobilevit.models.factory import TRAINED_WEIGHTS, describes_model, is_published
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
 from mobilevit.models.registry import split_name
 from mobilevit.models.summary import describe
-from mobilevit.predict import PREDICT_BACKENDS, load_model, predict
+from mobilevit.predict import PREDICT_BACKENDS, predict
 from mobilevit.tasks import TASKS, get_task, task_for
 from mobilevit.tasks.detection import DEFAULT_SCORE_THRESH
 
@@ -95,14 +96,49 @@ def _cmd_train(args: argparse.Namespace) -> int:
     return 0
 
 
+def _load_model(
+    source: str | None,
+    name: str | None,
+    weights: str = "ema",
+    *,
+    flags: str = "--checkpoint PATH",
+    untagged_random: bool = False,
+) -> nn.Module:
+    """The model that ``eval``, ``predict`` and ``export`` are given, through the two public loaders:
+
+    - no ``source``: ``create_model(NAME[.TAG], pretrained=True)``, the published weights of
+      ``--model`` (``export``, with ``untagged_random``: a NAME without a tag is randomly initialised);
+    - published weights by name: ``create_model(SOURCE, pretrained=True)``;
+    - a plain weights file with ``--model NAME``: ``create_model(NAME, pretrained=SOURCE)``;
+    - anything else (model directory, Hub repo, training checkpoint; ``weights``: its EMA or trained
+      weights): ``from_pretrained(SOURCE)``, whose model ``--model`` must then name.
+    """
+    if source is None:
+        if name is None:
+            raise ValueError(f"pass --model NAME, {flags} or both")
+        if untagged_random and split_name(name)[1] is None:
+            print(
+                f"no --checkpoint: exporting randomly initialised weights ({name}.TAG exports published ones)",
+                file=sys.stderr,
+            )
+            return create_model(name)
+        return create_model(name, pretrained=True)
+    if name is not None and not is_published(source) and not describes_model(source):
+        return create_model(name, pretrained=source)  # a plain weights file: --model names its model
+    model = create_model(source, pretrained=True) if is_published(source) else from_pretrained(source, weights=weights)
+    if name is not None and split_name(name)[0] != model.model_name:
+        raise ValueError(f"--model {name} but {source} holds a {model.model_name}")
+    return model
+
+
 def _cmd_eval(args: argparse.Namespace) -> int:
-    model, classes = load_checkpoint(args.checkpoint, args.model, args.weights)
+    model = _load_model(args.checkpoint, args.model, args.weights)
     source = args.checkpoint or args.model
     task = task_for(model)
     if args.task and args.task != task.name:
         raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
     dataset = task.dataset(args.data or task.default_data, args.split)
-    classes = classes or list(getattr(dataset, "classes", []))
+    classes = list(model.pretrained_cfg.get("label_names") or getattr(dataset, "classes", []))
     if classes and len(classes) != model.num_classes:
         raise ValueError(f"the model predicts {model.num_classes} classes but the data has {len(classes)}")
     names = classes or [str(i) for i in range(model.num_classes)]
@@ -122,23 +158,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
 
 def _cmd_export(args: argparse.Namespace) -> int:
     """Export a model, then run the file with its runtime and print how far it is from PyTorch."""
-    if args.checkpoint is None:
-        if args.model is None:
-            raise ValueError("pass --model NAME, --checkpoint PATH or both")
-        if split_name(args.model)[1] is not None:
-            model = create_model(args.model, pretrained=True)
-        else:
-            print(
-                f"no --checkpoint: exporting randomly initialised weights ({args.model}.TAG exports published ones)",
-                file=sys.stderr,
-            )
-            model = create_model(args.model)
-    else:
-        if not Path(args.checkpoint).exists():
-            raise FileNotFoundError(f"checkpoint not found: {args.checkpoint}")
-        model, _ = load_checkpoint(args.checkpoint, args.model)
-        if args.model and model.model_name != args.model:
-            raise ValueError(f"--model {args.model} but {args.checkpoint} holds a {model.model_name}")
+    model = _load_model(args.checkpoint, args.model, untagged_random=True)
     cfg = model.pretrained_cfg
     img_size = tuple(args.img_size or cfg["input_size"][1:])
     check_task(model, args.format, img_size, args.dynamic, args.int8)  # before loading calibration images
@@ -199,15 +219,13 @@ def _cmd_predict(args: argparse.Namespace) -> int:
     """Top-k classes, or mask and overlay PNGs, or boxes drawn on a PNG, of each image (as the model's
     task is); unreadable images are reported and make the exit status 2."""
     source = args.checkpoint or args.pretrained
-    if source is None and args.model is None:
-        raise ValueError("pass --model NAME (published weights), --checkpoint PATH or --pretrained NAME|PATH")
-    model, names = load_model(source, args.model)
+    model = _load_model(source, args.model, flags="--checkpoint PATH, --pretrained NAME|REPO|PATH")
     source = source or args.model
     task = task_for(model)
     if args.task and args.task != task.name:
         raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
     options = {"k": args.topk, "score_thresh": args.score_thresh}  # each task reads its own
-    results, errors = predict(args.images, model, names, output_dir=args.output_dir, backend=args.backend, **options)
+    results, errors = predict(args.images, model, output_dir=args.output_dir, backend=args.backend, **options)
     for error in errors:
         print(f"mobilevit predict: error: {error['error']}", file=sys.stderr)
     if args.json:
@@ -321,7 +339,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--model", help="model name[.tag]: its published weights without --checkpoint; names a plain weights file"
     )
-    p.add_argument("--weights", choices=["ema", "model"], default="ema", help="which weights of a training checkpoint")
+    p.add_argument("--weights", choices=TRAINED_WEIGHTS, default="ema", help="which weights of a training checkpoint")
     p.add_argument("--img-size", type=_positive_size, help="default: the model's input size")
     p.add_argument("--batch-size", type=int, default=128)
     p.add_argument("--workers", type=int, default=2)

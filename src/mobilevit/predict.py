@@ -23,18 +23,10 @@ from torch import nn
 
 from mobilevit.data.images import readable_images
 from mobilevit.export.onnx import DYNAMIC_MIN_BATCH, DYNAMIC_MIN_SIDE, OnnxRunner, export_onnx
-from mobilevit.models.loader import load_checkpoint
 from mobilevit.tasks import task_for
 from mobilevit.tasks.base import Forward
 
 PREDICT_BACKENDS = ("eager", "onnxruntime")
-
-
-def load_model(path: str | os.PathLike | None, model_name: str | None = None) -> tuple[nn.Module, list[str]]:
-    """The model in eval mode and its class names (see :func:`mobilevit.models.loader.load_checkpoint`
-    for the sources; a model saved without names gets its task's)."""
-    model, names = load_checkpoint(path, model_name)
-    return model.eval(), task_for(model).class_names(model, names)
 
 
 @contextmanager
@@ -57,24 +49,33 @@ def _forward(network: nn.Module, backend: str, example: torch.Tensor, dynamic: b
 def predict(
     paths: Sequence[str | os.PathLike],
     model: nn.Module,
-    names: Sequence[str],
+    names: Sequence[str] | None = None,
     *,
     output_dir: str | os.PathLike = ".",
     backend: str = "eager",
     **options: Any,
 ) -> tuple[list[dict[str, Any]], list[dict[str, str]]]:
     """The model's task's prediction for every readable image, and an error for every other one: one
-    bad file does not stop the rest. ``options`` are the task's (``k`` for a classifier,
-    ``score_thresh`` for a detector); segmentation and detection write PNGs to ``output_dir``.
-    Both backends run the same module (a detector's raw predictions, then the same NMS), so they
-    differ only by the runtime. Returns ``(results, errors)``, errors as ``{image, error}``."""
+    bad file does not stop the rest. ``names`` label the classes; by default the model's own
+    (``pretrained_cfg["label_names"]``, as :func:`mobilevit.from_pretrained` restores them) or else
+    those of the dataset its class count implies (ImageNet, VOC, COCO), else ``class_<i>``.
+    ``options`` are the task's (``k`` for a classifier, ``score_thresh`` for a detector);
+    segmentation and detection write PNGs to ``output_dir``. Both backends run the same module (a
+    detector's raw predictions, then the same NMS), so they differ only by the runtime. Returns
+    ``(results, errors)``, errors as ``{image, error}``."""
     if backend not in PREDICT_BACKENDS:
         raise ValueError(f"unknown backend {backend!r}; choose one of {', '.join(PREDICT_BACKENDS)}")
     task = task_for(model)
     task.check_predict_options(model, **options)
+    labels = task.class_names(model) if names is None else list(names)
+    if len(labels) != model.num_classes:
+        raise ValueError(
+            f"{len(labels)} class names for a model of {model.num_classes} classes: pass one name per class "
+            "(the background too, for segmentation and detection), or none to use the model's own"
+        )
     model.eval()
     errors: list[dict[str, str]] = []
     network, example = task.deployable(model), task.predict_example(model)
     with _forward(network, backend, example, task.predict_dynamic) as forward:
-        results = task.predict(readable_images(paths, errors), model, list(names), forward, output_dir, **options)
+        results = task.predict(readable_images(paths, errors), model, labels, forward, output_dir, **options)
     return results, errors

@@ -29,7 +29,7 @@ from mobilevit.data.segmentation import VOC_CLASSES
 from mobilevit.hub import URL_MIRROR_ENV, DownloadError, HubFile, UrlFile
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
 from mobilevit.models.registry import REGISTRY, get_weights
-from mobilevit.tasks import class_names
+from mobilevit.tasks import task_for
 from mobilevit.testing import assert_matches, hf_config, hf_v2_config, randomize_, structured_images
 
 README = Path(__file__).parents[2] / "README.md"
@@ -161,7 +161,7 @@ def test_tag_without_download_sets_its_preprocessing():
     assert model.pretrained_cfg["crop_pct"] == 1.0
     segmenter = mobilevit.create_model("deeplabv3_mobilevitv2_100.cvnets_ade20k")
     assert segmenter.num_classes == 150 and segmenter.model_args()["output_stride"] == 8
-    names = class_names(segmenter)  # ml-cvnets' ADE20K order: its label 0 ("other") is ignored
+    names = task_for(segmenter).class_names(segmenter)  # ml-cvnets' ADE20K order: its label 0 ("other") is ignored
     assert len(names) == 150 and names[:3] == ["wall", "building", "sky"] and names[-1] == "flag"
 
 

@@ -1,6 +1,6 @@
 """The tasks (mobilevit.tasks and the Task of tasks/base.py): the readable class names every task gives
-a model's outputs, and which model a task takes (models.factory.resolve_task_model) and what data it
-trains on by default."""
+a model's outputs (Task.class_names, what predict labels with by default), and which model a task takes
+(models.factory.resolve_task_model) and what data it trains on by default."""
 
 from __future__ import annotations
 
@@ -9,13 +9,18 @@ import pytest
 from mobilevit import create_model
 from mobilevit.engine.config import load_config
 from mobilevit.models.factory import resolve_task_model
-from mobilevit.tasks import class_names
+from mobilevit.tasks import task_for
+
+
+def class_names(model) -> list[str]:
+    return task_for(model).class_names(model)
 
 
 def test_class_names_fall_back_to_indices():
     model = create_model("mobilevit_xxs", num_classes=3)
     assert class_names(model) == ["class_0", "class_1", "class_2"]
-    assert class_names(model, ["x", "y", "z"]) == ["x", "y", "z"]
+    model.pretrained_cfg["label_names"] = ["x", "y", "z"]
+    assert class_names(model) == ["x", "y", "z"]
     model.pretrained_cfg["label_names"] = ["only", "two"]  # does not fit the classifier: not used
     assert class_names(model) == ["class_0", "class_1", "class_2"]
 

@@ -25,9 +25,4 @@ def task_for(model: nn.Module) -> Task:
     return get_task(task_of(model))
 
 
-def class_names(model: nn.Module, names: list[str] | tuple[str, ...] = ()) -> list[str]:
-    """Readable class names for ``model``'s outputs (see :meth:`Task.class_names`)."""
-    return task_for(model).class_names(model, names)
-
-
-__all__ = ["TASKS", "Task", "class_names", "get_task", "task_for", "to_device"]
+__all__ = ["TASKS", "Task", "get_task", "task_for", "to_device"]

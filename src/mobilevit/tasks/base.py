@@ -83,12 +83,11 @@ class Task:
         raise NotImplementedError
 
     # class names
-    def class_names(self, model: nn.Module, names: Iterable[str] = ()) -> list[str]:
-        """``names`` (or the model's ``label_names``) when they fit it, else the classes of the dataset
-        its class count implies (``known_classes``), else ``class_<i>``: a prediction always has a
-        readable label."""
+    def class_names(self, model: nn.Module) -> list[str]:
+        """The model's ``label_names`` when they fit it, else the classes of the dataset its class
+        count implies (``known_classes``), else ``class_<i>``: a prediction always has a readable label."""
         num_classes = model.num_classes
-        names = list(names or model.pretrained_cfg.get("label_names") or ())
+        names = list(model.pretrained_cfg.get("label_names") or ())
         if len(names) == num_classes:
             return names
         if num_classes in self.known_classes:
