@@ -1,7 +1,7 @@
 """The ``mobilevit`` command line (mobilevit.cli), run as a user would run it: info and list, and
-their errors. The other commands are tested with what they run: train and eval in
-engine/test_train.py, predict in test_predict.py, export in export/test_export.py, bench in
-export/test_bench.py."""
+their errors; which loader the flags of eval, predict and export pick. The other commands are tested
+with what they run: train and eval in engine/test_train.py, predict in test_predict.py, export in
+export/test_export.py, bench in export/test_bench.py."""
 
 from __future__ import annotations
 
@@ -17,6 +17,7 @@ import torch
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.models.summary import count_macs, count_params
+from mobilevit.testing import randomize_, write_image_folder
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
@@ -80,3 +81,58 @@ def test_bad_image_size_is_rejected_by_the_parser(capsys):
         main(["info", "mobilevit_s", "--img-size", "0", "10"])
     assert exited.value.code == 2
     assert "image size must be positive" in capsys.readouterr().err
+
+
+# -- loading: --checkpoint / --pretrained / --model / --weights map to create_model or from_pretrained -------------
+
+
+@pytest.fixture(scope="module")
+def run(tmp_path_factory):
+    """A training checkpoint of a two-class model whose trained and EMA weights differ, the same two sets
+    of weights saved as model directories, and images of the two classes."""
+    root = tmp_path_factory.mktemp("run")
+    data = write_image_folder(root / "data", per_class=1, val_per_class=4, size=32)
+    weights = {name: randomize_(create_model("mobilevit_xxs", num_classes=2), seed=s) for s, name in enumerate("ab")}
+    dirs = {}
+    for name, model in weights.items():
+        model.pretrained_cfg.update(label_names=["bright", "dark"], input_size=(3, 32, 32))
+        dirs[name] = model.save_pretrained(root / name)
+    ema = {f"module.{k}": v for k, v in weights["b"].state_dict().items()}  # AveragedModel's keys
+    checkpoint = {"model_name": "mobilevit_xxs", "model": weights["a"].state_dict(), "ema": ema, "num_classes": 2}
+    torch.save({**checkpoint, "classes": ["bright", "dark"], "config": {"img_size": 32}}, root / "step-00000010.pt")
+    return root / "step-00000010.pt", dirs, data
+
+
+def eval_report(capsys, tmp_path, *args: str) -> dict:
+    assert main(["eval", *args, "--workers", "0", "--output", str(tmp_path), "--json"]) == 0
+    report = json.loads(capsys.readouterr().out)
+    del report["checkpoint"]
+    return report
+
+
+def test_eval_takes_the_ema_or_the_trained_weights_of_a_training_checkpoint(run, capsys, tmp_path):
+    checkpoint, dirs, data = run
+    ema = eval_report(capsys, tmp_path, "--checkpoint", str(checkpoint), "--data", str(data))
+    trained = eval_report(capsys, tmp_path, "--checkpoint", str(checkpoint), "--data", str(data), "--weights", "model")
+    assert ema == eval_report(capsys, tmp_path, "--checkpoint", str(dirs["b"]), "--data", str(data))
+    assert trained == eval_report(capsys, tmp_path, "--checkpoint", str(dirs["a"]), "--data", str(data))
+    assert ema["loss"] != trained["loss"]
+
+
+def test_a_plain_weights_file_needs_model_to_name_it(run, capsys, tmp_path):
+    _, dirs, data = run
+    weights = str(dirs["b"] / "model.safetensors")
+    assert main(["eval", "--checkpoint", weights, "--data", str(data)]) == 2
+    err = capsys.readouterr().err
+    assert "plain weights file" in err and "--model NAME" in err
+    args = ["--data", str(data), "--img-size", "32"]
+    named = eval_report(capsys, tmp_path, "--checkpoint", weights, "--model", "mobilevit_xxs", *args)
+    assert named == eval_report(capsys, tmp_path, "--checkpoint", str(dirs["b"]), *args)
+
+
+@pytest.mark.parametrize("command", ["eval", "predict", "export"])
+def test_model_must_name_what_the_checkpoint_holds(run, capsys, tmp_path, command):
+    _, dirs, _ = run
+    args = {"eval": [], "predict": [str(tmp_path / "image.png")], "export": ["--format", "onnx", "-o", "m.onnx"]}
+    assert main([command, *args[command], "--checkpoint", str(dirs["a"]), "--model", "mobilevit_s"]) == 2
+    assert f"--model mobilevit_s but {dirs['a']} holds a mobilevit_xxs" in capsys.readouterr().err
