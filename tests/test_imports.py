@@ -15,7 +15,8 @@ import pytest
 import mobilevit
 
 SRC = Path(mobilevit.__file__).parent
-# Extras a user may not have installed (pyproject's optional-dependencies): imported where used.
+# Extras a user may not have installed (pyproject's optional-dependencies): imported where used. A name
+# covers its submodules; torch.utils.tensorboard is an extra (it needs tensorboard), torch is not.
 OPTIONAL = {
     "onnx",
     "onnxruntime",
@@ -27,7 +28,16 @@ OPTIONAL = {
     "ai_edge_litert",
     "timm",
     "transformers",
+    "tensorboard",
+    "torch.utils.tensorboard",
+    "matplotlib",
+    "torchmetrics",
+    "pycocotools",
 }
+
+
+def _optional(module: str) -> bool:
+    return any(module == name or module.startswith(f"{name}.") for name in OPTIONAL)
 
 
 def _cycles(graph: grimp.ImportGraph) -> list[list[str]]:
@@ -90,10 +100,24 @@ def _function_level_imports(path: Path) -> list[str]:
                     names = [inner.module or ""]
                 else:
                     continue
-                found += [
-                    f"{path.relative_to(SRC)}:{inner.lineno} {n}" for n in names if n.split(".")[0] not in OPTIONAL
-                ]
+                found += [f"{path.relative_to(SRC)}:{inner.lineno} {n}" for n in names if not _optional(n)]
     return found
+
+
+@pytest.mark.parametrize(
+    ("module", "optional"),
+    [
+        ("matplotlib.figure", True),
+        ("torch.utils.tensorboard", True),
+        ("torch.utils.tensorboard.writer", True),
+        ("torch", False),
+        ("torch.utils", False),
+        ("torch.utils.data", False),
+        ("matplotlibx", False),
+    ],
+)
+def test_an_extra_covers_its_submodules_only(module, optional):
+    assert _optional(module) is optional
 
 
 def test_imports_inside_functions_are_only_for_optional_extras():

@@ -1,22 +1,29 @@
-"""PNG figures of a run: loss and accuracy curves, and the confusion matrix of an evaluation."""
+"""PNG figures of a run: loss and accuracy curves, and the confusion matrix of an evaluation.
+matplotlib comes with the ``train`` extra; it is imported when a figure is drawn."""
 
 from __future__ import annotations
 
 from collections.abc import Sequence
 from pathlib import Path
-from typing import Any
-
-import matplotlib
-
-matplotlib.use("Agg")  # files only, no display
-import matplotlib.pyplot as plt
+from typing import TYPE_CHECKING, Any
 
 from mobilevit.checkpoint_io import atomic_write
+from mobilevit.errors import require_extra
+
+if TYPE_CHECKING:
+    from matplotlib.figure import Figure
 
 
-def _save(fig, path: Path) -> Path:
+def _figure(width: float, height: float) -> Figure:
+    """A figure outside pyplot: no display backend to choose, no global state to close."""
+    require_extra("train", "Plotting", "matplotlib")
+    from matplotlib.figure import Figure
+
+    return Figure(figsize=(width, height))
+
+
+def _save(fig: Figure, path: Path) -> Path:
     atomic_write(path, lambda tmp: fig.savefig(tmp, format="png", dpi=120, bbox_inches="tight"))
-    plt.close(fig)
     return path
 
 
@@ -31,7 +38,8 @@ def plot_curves(metrics: list[dict[str, Any]], path: Path, scores: Sequence[str]
     top-1, mIoU, mAP...), per epoch. Scores of the EMA weights (``val_ema_*``) are dashed beside
     those of the trained weights; losses among ``scores`` go to the loss panel."""
     epochs = [m["epoch"] for m in metrics]
-    fig, (ax_loss, ax_acc) = plt.subplots(1, 2, figsize=(10, 4))
+    fig = _figure(10, 4)
+    ax_loss, ax_acc = fig.subplots(1, 2)
     ax_loss.plot(epochs, [m["train_loss"] for m in metrics], "o-", label="train")
     losses = [k for k in ("val_loss", *scores) if k.endswith("loss") and k in metrics[0]]
     for key in dict.fromkeys(losses):
@@ -61,7 +69,8 @@ def plot_confusion(confusion: list[list[int]], classes: list[str], path: Path) -
     """Row-normalised confusion matrix (rows: true class, columns: prediction), counts annotated."""
     n = len(confusion)
     size = min(max(5.0, 0.6 * n), MAX_FIGURE_INCHES)  # ImageNet's 1000 classes: a picture, not a 600-inch one
-    fig, ax = plt.subplots(figsize=(size, size))
+    fig = _figure(size, size)
+    ax = fig.subplots()
     rows = [max(1, sum(r)) for r in confusion]
     normalised = [[c / total for c in r] for r, total in zip(confusion, rows, strict=True)]
     ax.imshow(normalised, cmap="Blues", vmin=0, vmax=1)

@@ -37,6 +37,7 @@ from mobilevit.data.segmentation import (
     read_sample,
     voc_root,
 )
+from mobilevit.errors import require_extra
 
 Target = dict[str, Any]
 SSD_MEAN_FILL = (123, 117, 104)  # torchvision's SSD reference fills zoomed-out borders with the mean
@@ -157,6 +158,7 @@ def coco_detection(root: str | os.PathLike, split: str) -> CocoDetectionTargets:
             f"images/{split}/ or {split}/, in {root} or {root}/coco"
         )
     images, annotations = found
+    require_extra("train", "COCO-format detection data", "pycocotools")  # torchvision's CocoDetection reads with it
     with contextlib.redirect_stdout(io.StringIO()):  # pycocotools prints its progress to stdout
         return CocoDetectionTargets(datasets.CocoDetection(images, annotations))
 

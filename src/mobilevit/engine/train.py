@@ -20,23 +20,25 @@ import re
 import time
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.distributed as dist
 from torch import nn
 from torch.optim.swa_utils import AveragedModel
-from torch.utils.tensorboard import SummaryWriter
 from tqdm import tqdm
 
 from mobilevit.checkpoint_io import CONFIG_FILE, atomic_write, load_pickle, read_json
 from mobilevit.data.sampler import MultiScaleBatchSampler
 from mobilevit.engine.config import TrainConfig, multi_scale_range, save_config
-from mobilevit.errors import CheckpointError, NonFiniteLossError
+from mobilevit.errors import CheckpointError, NonFiniteLossError, require_extra
 from mobilevit.models.factory import create_model
 from mobilevit.models.weights import load_state_dict_checked
 from mobilevit.plots import plot_curves
 from mobilevit.tasks import Task, get_task, to_device
+
+if TYPE_CHECKING:
+    from torch.utils.tensorboard import SummaryWriter
 
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
@@ -443,6 +445,11 @@ class Trainer:
         return max(self.metrics, key=lambda row: (self._score(row, self._better(row)), -row["epoch"]))
 
     def fit(self) -> list[dict[str, Any]]:
+        # The whole train extra before an epoch runs, not an epoch later: TensorBoard logs each epoch,
+        # torchmetrics and pycocotools score detection, matplotlib plots after the last epoch.
+        require_extra("train", "Training", "tensorboard", "matplotlib", "torchmetrics", "pycocotools")
+        from torch.utils.tensorboard import SummaryWriter
+
         cfg = self.cfg
         if cfg.resume:
             path = latest_checkpoint(self.ckpt_dir) if cfg.resume == "auto" else Path(cfg.resume)

@@ -14,7 +14,6 @@ from typing import Any, ClassVar
 import torch
 from PIL import Image
 from torch import nn
-from torchmetrics.detection import MeanAveragePrecision
 from torchvision.models.detection import FasterRCNN_ResNet50_FPN_Weights
 from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
@@ -23,6 +22,7 @@ from mobilevit.data import detection as det_data
 from mobilevit.data.images import resized_input
 from mobilevit.data.segmentation import VOC_PALETTE
 from mobilevit.data.synthetic import SHAPES, data_root
+from mobilevit.errors import require_extra
 from mobilevit.models.detection import SSDRawPredictions, postprocess
 from mobilevit.tasks.base import Dataset, Forward, Images, Task
 
@@ -61,6 +61,9 @@ class DetectionMetrics:
     PRED_KEYS = ("boxes", "scores", "labels")
 
     def __init__(self) -> None:
+        require_extra("train", "Detection mAP", "torchmetrics", "pycocotools")
+        from torchmetrics.detection import MeanAveragePrecision
+
         self.metric = MeanAveragePrecision(box_format="xyxy", iou_type="bbox", backend="pycocotools")
         # The model keeps ml-cvnets' 200 boxes per image; COCO's protocol scores each image's 100 best, as
         # pycocotools does without a warning, so torchmetrics' warning about the rest is noise here.
