@@ -1,5 +1,6 @@
 # Sourced by the quickstart scripts: creates .venv (once) and installs the project into it.
-# Usage: source scripts/env.sh EXTRAS, e.g. `source scripts/env.sh test` or `source scripts/env.sh ""`.
+# Usage: source scripts/env.sh EXTRAS, e.g. `source scripts/env.sh test`, `source scripts/env.sh train`
+# or `source scripts/env.sh ""` (the core: models, weights, predict, no training stack).
 set -euo pipefail
 cd "$(dirname "${BASH_SOURCE[0]}")/.."
 PYTHON="${PYTHON:-python3}"
