@@ -208,6 +208,9 @@ def test_hugging_face_copy_flips_the_bgr_stem(hosts, tmp_path):
         assert_matches(outputs(ours, x), ref(pixel_values=x.flip(1)).logits)
     by_repo = mobilevit.from_pretrained("apple/mobilevit-xx-small")
     assert torch.equal(outputs(by_repo, x), outputs(ours, x))
+    # what `mobilevit train --pretrained apple/mobilevit-xx-small` loads
+    weights_of_repo = mobilevit.create_model("mobilevit_xxs", pretrained="apple/mobilevit-xx-small")
+    assert torch.equal(outputs(weights_of_repo, x), outputs(ours, x))
 
 
 def test_hugging_face_v2_copy_keeps_its_rgb_stem(hosts, tmp_path):
@@ -308,6 +311,9 @@ def test_ml_cvnets_segmenters_and_detectors(hosts, tag, layout, flipped):
     assert ours.pretrained_cfg["input_size"][-1] == (512 if tag.startswith("deeplab") else 320)
     if tag.startswith("deeplabv3_mobilevitv2"):
         assert ours.align_corners  # ml-cvnets v0.2+ resizes the logits so
+    by_name = mobilevit.create_model(tag.split(".")[0], pretrained=tag, host="cvnets")  # the model's own tag
+    assert by_name.pretrained_cfg == ours.pretrained_cfg and by_name.model_args() == ours.model_args()
+    assert all(torch.equal(by_name.state_dict()[k], v) for k, v in ours.state_dict().items())
 
 
 def test_cli_predicts_and_exports_published_weights(hosts, timm_xxs, tmp_path, capsys):
