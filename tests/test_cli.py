@@ -136,3 +136,11 @@ def test_model_must_name_what_the_checkpoint_holds(run, capsys, tmp_path, comman
     args = {"eval": [], "predict": [str(tmp_path / "image.png")], "export": ["--format", "onnx", "-o", "m.onnx"]}
     assert main([command, *args[command], "--checkpoint", str(dirs["a"]), "--model", "mobilevit_s"]) == 2
     assert f"--model mobilevit_s but {dirs['a']} holds a mobilevit_xxs" in capsys.readouterr().err
+
+
+def test_a_source_that_cannot_be_fetched_is_an_error_not_a_traceback(hub_offline, capsys):
+    """``owner/name`` that is no local path is a Hub repo id; offline and not cached, it cannot be loaded."""
+    assert main(["predict", "photo.jpg", "--checkpoint", "runs/model"]) == 2
+    err = capsys.readouterr().err
+    assert "runs/model: model.safetensors or pytorch_model.bin is not in the Hugging Face cache" in err
+    assert "Traceback" not in err

@@ -22,6 +22,7 @@ from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.coreml import PRECISIONS
 from mobilevit.export.machine import describe as describe_machine
 from mobilevit.export.machine import machine_info
+from mobilevit.hub import DownloadError
 from mobilevit.models import create_model, from_pretrained, list_models, list_pretrained
 from mobilevit.models.factory import TRAINED_WEIGHTS, describes_model, is_published
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
@@ -355,10 +356,11 @@ def build_parser() -> argparse.ArgumentParser:
 def main(argv: Sequence[str] | None = None) -> int:
     parser = build_parser()
     args = parser.parse_args(argv)
-    # ImportError: a missing optional extra (onnx, executorch, coreml); its message says what to install
+    # ImportError: a missing optional extra (onnx, executorch, coreml); its message says what to install.
+    # DownloadError: weights or a Hub repo that cannot be fetched; its message says what to do offline.
     try:
         return args.func(args)
-    except (ValueError, FileNotFoundError, TrainingError, ImportError) as err:
+    except (ValueError, FileNotFoundError, TrainingError, ImportError, DownloadError) as err:
         print(f"mobilevit {args.command}: error: {err}", file=sys.stderr)
         return 2
 
