@@ -158,6 +158,9 @@ class Trainer:
     their checkpoints. One optimizer step is :meth:`train_step`."""
 
     def __init__(self, cfg: TrainConfig) -> None:
+        # The whole train extra before the data is read, not epochs later: TensorBoard logs each epoch,
+        # torchmetrics and pycocotools score detection, matplotlib plots after the last epoch.
+        require_extra("train", "Training", "tensorboard", "matplotlib", "torchmetrics", "pycocotools")
         self.cfg = cfg
         self.dist = setup_distributed()
         if cfg.amp == "fp16" and self.dist.device.type != "cuda":
@@ -445,10 +448,7 @@ class Trainer:
         return max(self.metrics, key=lambda row: (self._score(row, self._better(row)), -row["epoch"]))
 
     def fit(self) -> list[dict[str, Any]]:
-        # The whole train extra before an epoch runs, not an epoch later: TensorBoard logs each epoch,
-        # torchmetrics and pycocotools score detection, matplotlib plots after the last epoch.
-        require_extra("train", "Training", "tensorboard", "matplotlib", "torchmetrics", "pycocotools")
-        from torch.utils.tensorboard import SummaryWriter
+        from torch.utils.tensorboard import SummaryWriter  # the train extra, checked by __init__
 
         cfg = self.cfg
         if cfg.resume:
