@@ -6,8 +6,8 @@ ImageFolder ``my_images/``, the repository's ``configs/``, and checkpoint files 
 (``mobilevit_xxs.safetensors`` from timm, ``deeplabv3_mobilevit_xxs.pt`` from ml-cvnets, Hugging Face
 directories), all made from random weights. Published weights are downloaded for real from the suite's
 local hub (tests/hub_server.py), reached through ``HF_ENDPOINT`` and ``MOBILEVIT_URL_MIRROR``; it serves
-every tag and repo the examples load (``HUB`` below). A failure names the page, the block, its line and
-the traceback.
+every tag and repo the examples load (``TIMM_TAGS``, ``HF_REPOS``, ``CVNETS_TAGS`` below). A failure names
+the page, the block, its line and the traceback.
 
 Markers, an HTML comment on the line right before a fence:
 
@@ -31,8 +31,11 @@ from dataclasses import dataclass
 from pathlib import Path
 
 import pytest
+import timm
 import torch
+import transformers
 from PIL import Image
+from skimage import data as skimage_data
 
 from cvnets_fixtures import load_layout, random_state
 from hub_server import HubServer
@@ -213,31 +216,17 @@ def _serve_folder(server: HubServer, repo_id: str, folder: Path) -> None:
         server.add_hub_file(repo_id, file.name, file.read_bytes())
 
 
-@pytest.fixture(scope="module")
-def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
-    """What the examples name, each made from random weights in its source's own layout."""
-    timm = pytest.importorskip("timm")
-    transformers = pytest.importorskip("transformers")
-    skimage_data = pytest.importorskip("skimage.data")
-    root = tmp_path_factory.mktemp("docs_files")
-    Image.fromarray(skimage_data.astronaut()).save(root / "photo.jpg")
-    write_image_folder(root / "my_images", per_class=16, val_per_class=4)
-    torch.manual_seed(0)
-    timm_model = timm.create_model("mobilevit_xxs")
-    timm.models._hub.save_for_hf(timm_model, root / "timm-mobilevit_xxs", safe_serialization=True)
-    (root / "mobilevit_xxs.safetensors").write_bytes((root / "timm-mobilevit_xxs" / "model.safetensors").read_bytes())
-    transformers.MobileViTForImageClassification(hf_config("mobilevit_xxs")).save_pretrained(
-        root / "hf-mobilevit-xx-small"
-    )
-    config = hf_config("mobilevit_xxs")
-    config.num_labels, config.output_stride = 21, 16
-    transformers.MobileViTForSemanticSegmentation(config).save_pretrained(root / "hf-deeplabv3-mobilevit-xx-small")
-    state = random_state(load_layout("deeplabv3_mobilevit_xxs_cvnets_v0.1"), seed=1)
-    (root / "deeplabv3_mobilevit_xxs.pt").write_bytes(_pt_bytes(state))
-    return root
-
-
-# Made into the working folder of every page (symlinks; the examples only read them).
+# What the examples download, all served by the local hub: timm's Hub copies of these published tags (their
+# first copy), Hugging Face repos (made from the folders of the same name in the working folder), and ml-cvnets
+# URLs of these tags (random state dicts in the key layout of tests/fixtures/cvnets). An example that loads
+# anything else fails with the DownloadError that lists what it tried: add it here.
+TIMM_TAGS = ("mobilevit_xxs.cvnets_in1k",)
+HF_REPOS = {
+    "apple/mobilevit-xx-small": "hf-mobilevit-xx-small",
+    "apple/deeplabv3-mobilevit-xx-small": "hf-deeplabv3-mobilevit-xx-small",
+}
+CVNETS_TAGS = {"ssdlite_mobilevit_xxs.cvnets_coco": "ssdlite_mobilevit_xxs_cvnets_v0.1"}
+# Linked into the working folder of every page; the examples only read them.
 WORKDIR_FILES = (
     "photo.jpg",
     "my_images",
@@ -249,14 +238,40 @@ WORKDIR_FILES = (
 
 
 @pytest.fixture(scope="module")
+def files(tmp_path_factory: pytest.TempPathFactory) -> Path:
+    """What the examples name, each made from random weights in its source's own layout."""
+    root = tmp_path_factory.mktemp("docs_files")
+    Image.fromarray(skimage_data.astronaut()).save(root / "photo.jpg")
+    write_image_folder(root / "my_images", per_class=16, val_per_class=4)
+    torch.manual_seed(0)
+    for tag in TIMM_TAGS:  # timm's own Hub layout, written by timm
+        timm.models._hub.save_for_hf(
+            timm.create_model(tag.split(".")[0]), root / f"timm-{tag}", safe_serialization=True
+        )
+    (root / "mobilevit_xxs.safetensors").write_bytes(
+        (root / "timm-mobilevit_xxs.cvnets_in1k/model.safetensors").read_bytes()
+    )
+    transformers.MobileViTForImageClassification(hf_config("mobilevit_xxs")).save_pretrained(
+        root / "hf-mobilevit-xx-small"
+    )
+    config = hf_config("mobilevit_xxs")
+    config.num_labels, config.output_stride = 21, 16
+    transformers.MobileViTForSemanticSegmentation(config).save_pretrained(root / "hf-deeplabv3-mobilevit-xx-small")
+    state = random_state(load_layout("deeplabv3_mobilevit_xxs_cvnets_v0.1"), seed=1)
+    (root / "deeplabv3_mobilevit_xxs.pt").write_bytes(_pt_bytes(state))
+    return root
+
+
+@pytest.fixture(scope="module")
 def hub(files: Path, tmp_path_factory: pytest.TempPathFactory):
-    """The local hub with every repo and URL the examples download from (HUB)."""
+    """The local hub with every repo and URL the examples download from."""
     with HubServer(tmp_path_factory.mktemp("docs_hub")) as server:
-        _serve_folder(server, "timm/mobilevit_xxs.cvnets_in1k", files / "timm-mobilevit_xxs")
-        _serve_folder(server, "apple/mobilevit-xx-small", files / "hf-mobilevit-xx-small")
-        _serve_folder(server, "apple/deeplabv3-mobilevit-xx-small", files / "hf-deeplabv3-mobilevit-xx-small")
-        detector = random_state(load_layout("ssdlite_mobilevit_xxs_cvnets_v0.1"), seed=2)
-        server.add_url_file(_cvnets_url("ssdlite_mobilevit_xxs.cvnets_coco"), _pt_bytes(detector))
+        for tag in TIMM_TAGS:
+            _serve_folder(server, f"timm/{tag}", files / f"timm-{tag}")
+        for repo_id, folder in HF_REPOS.items():
+            _serve_folder(server, repo_id, files / folder)
+        for seed, (tag, layout) in enumerate(CVNETS_TAGS.items()):
+            server.add_url_file(_cvnets_url(tag), _pt_bytes(random_state(load_layout(layout), seed=seed)))
         yield server
 
 
