@@ -4,11 +4,15 @@
   (``mobilevit.list_pretrained`` and ``mobilevit.models.pretrained.PUBLISHED_WEIGHTS``).
 - ``<!-- benchmarks -->`` becomes the benchmarks page, rendered from ``benchmarks/results/*.json`` by
   ``benchmarks/render.py`` (``render_page``).
+
+The API reference is rendered from the docstrings by mkdocstrings; their Sphinx cross-reference roles
+(``:func:`name```) are shown as the plain code they name.
 """
 
 from __future__ import annotations
 
 import importlib.util
+import re
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -21,6 +25,7 @@ ROOT = Path(__file__).resolve().parents[1]
 WEIGHTS_MARKER = "<!-- weights-table -->"
 BENCHMARKS_MARKER = "<!-- benchmarks -->"
 RESULTS = ROOT / "benchmarks" / "results"
+SPHINX_ROLE = re.compile(r":(?:func|class|meth|attr|data|mod|exc|obj):(<code>)~?")
 TASK_TITLES = {"classification": "Classification", "segmentation": "Segmentation", "detection": "Detection"}
 
 
@@ -69,3 +74,7 @@ def on_page_markdown(markdown: str, page: Any, **kwargs: Any) -> str:
     if BENCHMARKS_MARKER in markdown:
         markdown = markdown.replace(BENCHMARKS_MARKER, benchmarks_page())
     return markdown
+
+
+def on_page_content(html: str, **kwargs: Any) -> str:
+    return SPHINX_ROLE.sub(r"\1", html)
