@@ -138,6 +138,7 @@ def _cmd_eval(args: argparse.Namespace) -> int:
     task = task_for(model)
     if args.task and args.task != task.name:
         raise ValueError(f"--task {args.task}, but {source} holds a {task.name} model ({model.model_name})")
+    task.check_eval()
     dataset = task.dataset(args.data or task.default_data, args.split)
     classes = list(model.pretrained_cfg.get("label_names") or getattr(dataset, "classes", []))
     if classes and len(classes) != model.num_classes:

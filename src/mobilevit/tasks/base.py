@@ -18,6 +18,8 @@ import torch
 from PIL import Image
 from torch import nn
 
+from mobilevit.errors import require_extra
+
 Dataset = torch.utils.data.Dataset
 Forward = Callable[[torch.Tensor], Any]  # the model, or its exported file in a runtime
 Images = Iterable[tuple[str, str, Image.Image]]  # (path, unique stem, RGB image), see data.images
@@ -43,6 +45,7 @@ class Task:
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {}
     first_class: ClassVar[str | None] = "background"  # the name of class 0 when names are made up
     predict_dynamic: ClassVar[bool] = False
+    eval_needs: ClassVar[tuple[str, ...]] = ()  # modules of the [train] extra that the evaluation report uses
 
     # data
     def dataset(self, data: str, split: str) -> Dataset:
@@ -76,6 +79,11 @@ class Task:
 
     def evaluate(self, model: nn.Module, loader, num_classes: int, device: torch.device) -> dict[str, Any]:
         raise NotImplementedError
+
+    def check_eval(self) -> None:
+        """An ImportError naming ``pip install 'mobilevit[train]'`` when the report cannot be made: before
+        the evaluation runs, not after."""
+        require_extra("train", f"{self.name.capitalize()} evaluation", *self.eval_needs)
 
     def report(self, result: Mapping[str, Any], names: list[str], output_dir: Path) -> tuple[dict[str, Any], list[str]]:
         """What ``mobilevit eval`` shows of ``result``: a JSON-ready summary and the lines to print.

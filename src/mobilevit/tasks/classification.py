@@ -75,6 +75,7 @@ class Classification(Task):
     predict_dynamic = True  # batches of any size through one exported file
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {1000: imagenet_class_names}
     first_class = None
+    eval_needs = ("matplotlib",)  # confusion_matrix.png
 
     def dataset(self, data: str, split: str) -> Dataset:
         if data == classification_data.FASHION_MNIST:

@@ -119,6 +119,7 @@ class Detection(Task):
     metrics = ("map_50", "map")
     export_formats = ("onnx", "torchscript", "executorch", "litert")  # CoreML's check expects logits
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {81: coco_class_names}
+    eval_needs = ("torchmetrics", "pycocotools")  # COCO mAP
 
     def dataset(self, data: str, split: str) -> Dataset:
         return det_data.detection_dataset(data_root(data), split)
