@@ -132,13 +132,13 @@ def test_segmentation_onnx_matches_at_sizes_not_seen_at_export(segmenter, segmen
 
 
 def test_segmentation_torchscript_runs_at_any_size(segmenter, tmp_path):
-    from mobilevit.export.torchscript import run_torchscript
+    from mobilevit.export.torchscript import TorchScriptRunner
 
     report = export(segmenter, "torchscript", tmp_path / "seg.pt", img_size=(64, 64))
     assert report.max_abs_diff <= FP32_TOLERANCE
     x = structured_images(2, 96, 80, seed=6)
     with torch.no_grad():
-        torch.testing.assert_close(run_torchscript(report.path, x), segmenter(x), rtol=0, atol=FP32_TOLERANCE)
+        torch.testing.assert_close(TorchScriptRunner(report.path)(x), segmenter(x), rtol=0, atol=FP32_TOLERANCE)
 
 
 @pytest.fixture(scope="module")

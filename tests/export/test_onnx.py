@@ -24,7 +24,6 @@ from mobilevit.export.onnx import (
     OnnxRunner,
     int8_speed_note,
     quantize_onnx,
-    run_onnx,
     saturating_weights,
 )
 from mobilevit.testing import structured_images
@@ -132,7 +131,7 @@ def test_int8_agrees_with_fp32_on_top1(model, dynamic_export, tmp_path):
     ops = {n.op_type for n in onnx.load(path).graph.node}
     assert {"QuantizeLinear", "DequantizeLinear"} <= ops
     x = structured_images(32, 128, 128, seed=4)
-    reference, logits = model(x), run_onnx(path, x)
+    reference, logits = model(x), OnnxRunner(path)(x)
     # A random model's top-2 logits are close (median margin ~0.4), so int8 flips some of them (~22%
     # here; 0.9% on a trained Fashion-MNIST model); a broken quantization would agree by chance only.
     assert (logits.argmax(1) == reference.argmax(1)).float().mean() >= 0.6
@@ -231,7 +230,7 @@ def test_int8_export_agrees_on_a_cpu_without_vnni(int8_exports):
     model, images, report = int8_exports["mobilevitv2_050"]
     with torch.no_grad():
         reference = model(images)
-    here = torch.cat([run_onnx(report.path, x) for x in images.split(1)])
+    here = torch.cat([OnnxRunner(report.path)(x) for x in images.split(1)])
     emulated = run_on_emulated_cpu(report.path, images, CPU_WITHOUT_VNNI)
     assert (emulated.argmax(1) == reference.argmax(1)).float().mean() >= 7 / 8
     # integer kernels are exact on both; only the fp32 ops between them (LayerNorm, softmax) round differently

@@ -9,7 +9,7 @@ import pytest
 import torch
 
 from mobilevit.export import FP32_TOLERANCE, export
-from mobilevit.export.torchscript import run_torchscript
+from mobilevit.export.torchscript import TorchScriptRunner
 from mobilevit.testing import structured_images
 
 TRACED, OTHER = (1, 128, 160), (2, 224, 96)
@@ -49,7 +49,7 @@ def test_trace_matches_pytorch(classifiers, traced, name, shape):
     assert report.max_abs_diff <= FP32_TOLERANCE
     x = structured_images(*shape, seed=5)
     with torch.no_grad():
-        torch.testing.assert_close(run_torchscript(report.path, x), classifiers(name)(x), rtol=0, atol=FP32_TOLERANCE)
+        torch.testing.assert_close(TorchScriptRunner(report.path)(x), classifiers(name)(x), rtol=0, atol=FP32_TOLERANCE)
 
 
 def test_int8_is_refused(model, tmp_path):

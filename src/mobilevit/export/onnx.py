@@ -274,8 +274,3 @@ class OnnxRunner:
         outputs = self.session.run(None, {self.input_name: x.detach().cpu().float().contiguous().numpy()})
         tensors = tuple(torch.from_numpy(out) for out in outputs)
         return tensors[0] if len(tensors) == 1 else tensors
-
-
-def run_onnx(path: str | os.PathLike, x: torch.Tensor, threads: int | None = None) -> torch.Tensor:
-    """Logits of the ONNX model at ``path`` for the batch ``x`` (one-off; keep an OnnxRunner to reuse)."""
-    return OnnxRunner(path, threads)(x)

@@ -38,8 +38,3 @@ class TorchScriptRunner:
     def __call__(self, x: torch.Tensor) -> torch.Tensor:
         with torch.no_grad():
             return self.module(x)
-
-
-def run_torchscript(path: str | os.PathLike, x: torch.Tensor) -> torch.Tensor:
-    """Logits of the TorchScript module at ``path`` for the batch ``x``."""
-    return TorchScriptRunner(path)(x)

@@ -94,8 +94,8 @@ def detect(
     boxes, scores = forward(resized_input(image, (side, side))[None])
     options = (model.nms_thresh, model.detections_per_img, model.topk_candidates)
     (found,) = postprocess(boxes, scores, score_thresh, *options)
-    scale = torch.tensor([image.width / side, image.height / side] * 2)
-    return found["boxes"] * scale, found["labels"], found["scores"]
+    boxes = det_data.rescale_boxes(found["boxes"], (side, side), (image.height, image.width))
+    return boxes, found["labels"], found["scores"]
 
 
 def draw_detections(
