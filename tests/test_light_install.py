@@ -29,7 +29,7 @@ from mobilevit.testing import assert_matches, randomize_, structured_images
 tomllib = pytest.importorskip("tomllib", reason="reading pyproject.toml needs Python 3.11's tomllib")
 
 PYPROJECT = Path(__file__).parents[1] / "pyproject.toml"
-CORE = {"torch", "torchvision", "safetensors", "huggingface-hub", "numpy", "pyyaml", "tqdm"}
+CORE = {"torch", "torchvision", "safetensors", "huggingface-hub", "numpy", "pyyaml", "tqdm", "pillow"}
 TRAIN_STACK = ("tensorboard", "matplotlib", "torchmetrics", "pycocotools")  # import names = distribution names
 HINT = "pip install 'mobilevit[train]'"
 BLOCK = f"import sys\nfor name in {TRAIN_STACK!r}:\n    sys.modules[name] = None\n"
