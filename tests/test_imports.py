@@ -1,4 +1,4 @@
-"""The import structure (README, "Architecture"): no import cycles, imports inside functions only for
+"""The import structure (docs/architecture.md): no import cycles, imports inside functions only for
 optional extras, and ``import mobilevit`` stays light. The layer order itself is import-linter's
 contract in pyproject.toml, checked by ``lint-imports`` in scripts/test.sh."""
 

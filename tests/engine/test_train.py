@@ -456,7 +456,7 @@ def test_detection_images_without_objects_train(tmp_path):
 
 @pytest.mark.slow
 def test_shapes_recipes_learn_segmentation_then_detection(tmp_path, monkeypatch):
-    """The README's figures: DeepLabv3 from scratch reaches mIoU >= 0.7, then SSDLite on its backbone
+    """The shapes recipes of docs/segmentation-detection.md: DeepLabv3 from scratch reaches mIoU >= 0.7, then SSDLite on its backbone
     mAP@0.5 >= 0.5, on the built-in synthetic shapes (slow: two short training runs)."""
     from mobilevit.engine.config import load_config
     from mobilevit.engine.train import train
@@ -611,7 +611,7 @@ def summary(output: Path) -> dict:
 @needs_fashion_mnist
 def test_the_defaults_learn_a_small_real_dataset(fashion_cache, tmp_path, monkeypatch, capsys):
     """10 classes, 300 training images each: only --data, --model, --img-size and --epochs. Before
-    the defaults scaled with the run, this ended at chance (0.10); the README gives the measured score."""
+    the defaults scaled with the run, this ended at chance (0.10)."""
     data = write_fashion_folder(tmp_path / "data", range(10), per_class=300, val_per_class=50)
     monkeypatch.chdir(tmp_path)
     assert main(["train", "--data", str(data), *MODEL, "--epochs", "3"]) == 0
@@ -627,8 +627,7 @@ def test_the_defaults_learn_a_small_real_dataset(fashion_cache, tmp_path, monkey
 @needs_fashion_mnist
 def test_fine_tuning_a_model_trained_here_beats_training_from_scratch(fashion_cache, tmp_path, caplog):
     """A model trained on five Fashion-MNIST classes, then fine-tuned with --pretrained on the other
-    five, against the same run from scratch: equal epochs, the fine-tuning defaults (the README gives
-    the measured scores)."""
+    five, against the same run from scratch: equal epochs, the fine-tuning defaults."""
     first = write_fashion_folder(tmp_path / "first", range(0, 5), per_class=100, val_per_class=20)
     second = write_fashion_folder(tmp_path / "second", range(5, 10), per_class=60, val_per_class=40)
     small = [*MODEL, "--batch-size", "32", "--workers", "0"]

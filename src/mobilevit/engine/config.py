@@ -94,7 +94,7 @@ PAPER_BASE_SIZE, PAPER_MIN_SIZE, PAPER_MAX_SIZE, PAPER_SIZE_DIVISOR = 256, 160, 
 # 128: configs/voc_*.yaml, configs/coco_*.yaml), lr 0.0009 (under half the from-scratch 0.002, so the
 # pretrained features are adjusted rather than overwritten) after a 500-step warm-up from a tenth of
 # it (the new head starts at random), then cosine down to almost nothing. The warm-up cap applies.
-# A briefly trained, same-domain backbone has little to lose to a higher lr (README, "Fine-tuning").
+# A briefly trained, same-domain backbone has little to lose to a higher lr (docs/training.md, "Fine-tuning").
 FINE_TUNE_DEFAULTS: dict[str, Any] = {"lr": 0.0009, "min_lr": 0.000001, "warmup_lr": 0.00009, "warmup_steps": 500}
 
 

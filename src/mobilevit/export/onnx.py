@@ -210,7 +210,7 @@ def quantize_onnx(
     its CPU provider fuses into integer kernels (QLinearConv, QGemm, QLinearSigmoid...). ``portable``
     weights are 7-bit (reduce_range), so that the file computes the same on every CPU (see
     ``PORTABLE_WEIGHT_MAX``); ``portable=False`` keeps 8 bits, exact only on x86 CPUs with VNNI and on ARM
-    (:class:`OnnxRunner` refuses it elsewhere). The README gives what each costs. Activations are uint8
+    (:class:`OnnxRunner` refuses it elsewhere). benchmarks/int8.py measures what each costs. Activations are uint8
     because ONNX Runtime's fast x86 kernels multiply unsigned by signed bytes (int8 activations, S8S8,
     take slower ones). Min-max calibration: percentile and entropy calibration agree no better with fp32.
     """
