@@ -287,13 +287,29 @@ def _with_ratio(row: dict[str, Any] | None, units: dict[str, str]) -> str:
     return ms if row["vs timm"] is None else f"{ms} ({format_value(row['vs timm'], units['vs timm'])})"
 
 
+README = Path(__file__).resolve().parents[1] / "README.md"
+HEADLINE_START, HEADLINE_END = "<!-- headline:start -->", "<!-- headline:end -->"
+
+
+def with_headline(readme: str, table: str) -> str:
+    """``readme`` with ``table`` between its headline markers (what was there before is replaced)."""
+    start, end = readme.find(HEADLINE_START), readme.find(HEADLINE_END)
+    if start < 0 or end < start:
+        raise ResultsError(f"the README has no {HEADLINE_START} ... {HEADLINE_END} block to hold the headline table")
+    return readme[: start + len(HEADLINE_START)] + "\n" + table + readme[end:]
+
+
 def main(argv: list[str] | None = None) -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--results", type=Path, default=RESULTS, help="folder of result files")
     parser.add_argument("-o", "--output", type=Path, help="write the page here (default: print it)")
+    parser.add_argument("--readme", action="store_true", help="also put the headline table into README.md")
     args = parser.parse_args(argv)
     try:
         page = render_page(args.results)
+        if args.readme:
+            README.write_text(with_headline(README.read_text(), headline_table(args.results)))
+            print(f"wrote the headline table into {README}")
     except ResultsError as err:
         sys.exit(f"error: {err}")
     if args.output:

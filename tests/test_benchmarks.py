@@ -223,3 +223,22 @@ def test_no_results_yet(tmp_path):
     assert "No results yet" in render.render_page(tmp_path)
     with pytest.raises(render.ResultsError, match="backends.json does not exist; write it with"):
         render.headline_table(tmp_path)
+
+
+def test_headline_goes_between_the_readme_markers_and_replaces_what_was_there(runs):
+    headline = render.headline_table(runs["results"])
+    readme = f"intro\n{render.HEADLINE_START}\nan old table\n{render.HEADLINE_END}\nrest\n"
+    updated = render.with_headline(readme, headline)
+    assert updated == f"intro\n{render.HEADLINE_START}\n{headline}{render.HEADLINE_END}\nrest\n"
+    assert render.with_headline(updated, headline) == updated
+    with pytest.raises(render.ResultsError, match="no <!-- headline:start -->"):
+        render.with_headline("no markers\n", headline)
+
+
+def test_readme_headline_is_the_committed_results_table():
+    """The README's one table of figures is the one rendered from the committed backends.json, never typed."""
+    readme = render.README.read_text()
+    assert render.with_headline(readme, render.headline_table(render.RESULTS)) == readme, (
+        "README.md's headline table differs from benchmarks/results/backends.json: "
+        "run `python benchmarks/render.py --readme`"
+    )
