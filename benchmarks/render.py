@@ -34,6 +34,7 @@ FORMATS: dict[str, Callable[[Any], str]] = {
     "millions": lambda v: f"{v / 1e6:.2f}",
     "billions": lambda v: f"{v / 1e9:.2f}",
     "rate": lambda v: f"{v:.1f}",
+    "duration": lambda v: wall_time(v),  # seconds, as `2 min 57 s` (`8.4 s` under a minute)
     "count": lambda v: f"{v:,}",
     "text": str,
 }
@@ -99,6 +100,15 @@ SECTIONS = {
         "Forward, backward and AdamW step of our models against timm's, interleaved in rounds in one process "
         "(medians); then one epoch over the same images with the paper's multi-scale variable-batch sampler "
         "against a fixed-size schedule.",
+    ),
+    "recipes": Section(
+        "Training recipes",
+        "What the recipes in `configs/` reach when trained here from their YAML, as a user runs them, and how "
+        "long they take. Each final `model/` is scored by `mobilevit eval` on the recipe's whole validation "
+        "split (Fashion-MNIST's is its test set). *weights* says which weights `model/` kept: the trained "
+        "ones or their EMA, whichever scored better after the last epoch (`summary.json`). *step time* is "
+        "the optimizer steps alone (`epoch_time` in `metrics.csv`, summed); *wall time* is the whole "
+        "training, with each epoch's validation of both sets of weights and its checkpoint.",
     ),
 }
 PAGE_INTRO = (
