@@ -456,8 +456,8 @@ def test_detection_images_without_objects_train(tmp_path):
 
 @pytest.mark.slow
 def test_shapes_recipes_learn_segmentation_then_detection(tmp_path, monkeypatch):
-    """The shapes recipes of docs/segmentation-detection.md: DeepLabv3 from scratch reaches mIoU >= 0.7, then SSDLite on its backbone
-    mAP@0.5 >= 0.5, on the built-in synthetic shapes (slow: two short training runs)."""
+    """The shapes recipes of docs/segmentation-detection.md: DeepLabv3 from scratch reaches mIoU >= 0.7,
+    then SSDLite on its backbone mAP@0.5 >= 0.5, on the built-in synthetic shapes (slow: two short runs)."""
     from mobilevit.engine.config import load_config
     from mobilevit.engine.train import train
 
