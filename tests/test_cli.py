@@ -16,6 +16,7 @@ import torch
 
 from mobilevit import create_model
 from mobilevit.cli import main
+from mobilevit.export import FORMATS
 from mobilevit.models.summary import count_macs, count_params
 from mobilevit.testing import randomize_, write_image_folder
 
@@ -144,3 +145,11 @@ def test_a_source_that_cannot_be_fetched_is_an_error_not_a_traceback(hub_offline
     err = capsys.readouterr().err
     assert "runs/model: model.safetensors or pytorch_model.bin is not in the Hugging Face cache" in err
     assert "Traceback" not in err
+
+
+def test_help_names_every_export_format(capsys):
+    with pytest.raises(SystemExit) as exit_:
+        main(["--help"])
+    assert exit_.value.code == 0
+    described = capsys.readouterr().out.lower().replace(" ", "")
+    assert FORMATS and all(fmt in described for fmt in FORMATS), (FORMATS, described)

@@ -32,6 +32,12 @@ from mobilevit.predict import PREDICT_BACKENDS, predict
 from mobilevit.tasks import TASKS, get_task, task_for
 from mobilevit.tasks.detection import DEFAULT_SCORE_THRESH
 
+DESCRIPTION = (
+    "MobileViT, v2 and v3 as published: list the models and their published weights, train, evaluate and "
+    "predict (classification, segmentation, detection), export to ONNX, TorchScript, ExecuTorch, CoreML or "
+    "LiteRT (int8 too), and time them."
+)
+
 
 def _positive_size(value: str) -> int:
     size = int(value)
@@ -195,7 +201,9 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
-    p = sub.add_parser("export", help="export to ONNX, TorchScript, ExecuTorch or CoreML and check it against PyTorch")
+    p = sub.add_parser(
+        "export", help="export to ONNX, TorchScript, ExecuTorch, CoreML or LiteRT and check it against PyTorch"
+    )
     p.add_argument(
         "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
     )
@@ -305,7 +313,7 @@ def _add_bench_parser(sub: argparse._SubParsersAction) -> None:
 
 
 def build_parser() -> argparse.ArgumentParser:
-    parser = argparse.ArgumentParser(prog="mobilevit", description=__doc__)
+    parser = argparse.ArgumentParser(prog="mobilevit", description=DESCRIPTION)
     sub = parser.add_subparsers(dest="command", required=True)
 
     p = sub.add_parser("list", help="list the registered models, or their published weights")
