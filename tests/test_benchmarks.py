@@ -28,6 +28,7 @@ import torch
 import mobilevit
 from mobilevit.export import machine
 from mobilevit.models.summary import count_macs, count_params
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 BENCHMARKS = ROOT / "benchmarks"
@@ -49,15 +50,7 @@ SPEC = {
 }
 
 
-def _load_render():
-    spec = importlib.util.spec_from_file_location("benchmarks_render", BENCHMARKS / "render.py")
-    module = importlib.util.module_from_spec(spec)
-    sys.modules[spec.name] = module
-    spec.loader.exec_module(module)
-    return module
-
-
-render = _load_render()
+render = load_script(BENCHMARKS / "render.py", "benchmarks_render")
 
 
 @pytest.fixture(scope="module")

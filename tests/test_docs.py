@@ -19,7 +19,6 @@ The site build itself (``mkdocs build --strict``, with docs/hooks.py) runs in sc
 
 from __future__ import annotations
 
-import importlib.util
 import io
 import json
 import os
@@ -42,6 +41,7 @@ from hub_server import HubServer
 from mobilevit.hub import URL_MIRROR_ENV, HubFile
 from mobilevit.models.pretrained import PUBLISHED_WEIGHTS
 from mobilevit.testing import hf_config, write_image_folder
+from script_loader import load_script
 
 ROOT = Path(__file__).resolve().parents[1]
 PAGES = [ROOT / "README.md", *sorted((ROOT / "docs").rglob("*.md"))]
@@ -166,10 +166,7 @@ def test_skipped_blocks_are_exactly_the_allowed_ones():
 
 
 def _hooks():
-    spec = importlib.util.spec_from_file_location("docs_hooks", ROOT / "docs" / "hooks.py")
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(ROOT / "docs" / "hooks.py", "docs_hooks")
 
 
 def test_weights_table_is_generated_from_the_registry_with_every_tag_and_address():

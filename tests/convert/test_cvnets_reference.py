@@ -27,7 +27,6 @@ forward in its LayerNorms instead (``logits_plain_layer_norm``).
 from __future__ import annotations
 
 import functools
-import importlib.util
 import json
 import warnings
 
@@ -40,6 +39,7 @@ import mobilevit
 from cvnets_fixtures import FIXTURES, load_layout
 from mobilevit.convert import convert_state_dict
 from mobilevit.testing import structured_images
+from script_loader import load_script
 
 REFERENCE = FIXTURES / "reference"
 SCRIPT = FIXTURES.parents[2] / "scripts" / "cvnets_reference.py"
@@ -50,10 +50,7 @@ MODELS_OS8 = ["deeplabv3_mobilevitv2_050_ade20k_cvnets_main", "deeplabv3_mobilev
 
 
 def reference_script():
-    spec = importlib.util.spec_from_file_location("cvnets_reference", SCRIPT)
-    module = importlib.util.module_from_spec(spec)
-    spec.loader.exec_module(module)
-    return module
+    return load_script(SCRIPT, "cvnets_reference")
 
 
 def load_reference(name: str) -> tuple[dict, dict[str, torch.Tensor]]:
