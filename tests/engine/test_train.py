@@ -252,6 +252,46 @@ def test_ema_update_with_and_without_warmup():
     assert torch.allclose(ema[0], torch.full((3,), 0.1))  # late: the configured momentum
 
 
+def test_fused_adamw_takes_the_same_steps_as_the_plain_loop():
+    """build_optimizer's AdamW is fused on CPU and, given the same gradients, ends where torch's
+    one-parameter-at-a-time AdamW does, weight decay included; a device without a fused kernel gets
+    torch's default."""
+    from mobilevit.engine.config import TrainConfig
+    from mobilevit.engine.train import build_optimizer
+
+    cfg = TrainConfig(lr=0.01, weight_decay=0.05)
+    torch.manual_seed(0)
+    model = mobilevit.create_model("mobilevit_xxs", num_classes=3)
+    start = [p.detach().clone() for p in model.parameters()]
+    copy = [p.clone().requires_grad_() for p in start]
+    fused = build_optimizer(model, cfg, torch.device("cpu"))
+    plain = torch.optim.AdamW(
+        copy, lr=cfg.lr, betas=cfg.betas, weight_decay=cfg.weight_decay, foreach=False, fused=False
+    )
+    assert fused.param_groups[0]["fused"] is True
+    images = torch.randn(4, 3, 32, 32)
+    for step in range(3):
+        torch.nn.functional.cross_entropy(model(images), torch.tensor([0, 1, 2, step])).backward()
+        for p, c in zip(model.parameters(), copy, strict=True):
+            c.grad = p.grad.clone()
+        fused.step(), plain.step()
+        fused.zero_grad(), plain.zero_grad()
+    for (name, p), c in zip(model.named_parameters(), copy, strict=True):
+        torch.testing.assert_close(p, c, rtol=1e-6, atol=1e-7, msg=lambda m, name=name: f"{name}: {m}")
+    assert min((p - s).abs().max() for p, s in zip(model.parameters(), start, strict=True)) > 1e-3  # all stepped
+    meta = build_optimizer(torch.nn.Linear(2, 2, device="meta"), cfg, torch.device("meta"))
+    assert not meta.param_groups[0]["fused"]
+
+
+def test_loader_options_pin_memory_and_keep_workers_only_for_cuda():
+    from mobilevit.engine.train import loader_options
+
+    cuda, cpu = torch.device("cuda", 0), torch.device("cpu")
+    assert loader_options(cuda, 4) == {"num_workers": 4, "pin_memory": True, "persistent_workers": True}
+    assert loader_options(cuda, 0) == {"num_workers": 0, "pin_memory": True, "persistent_workers": False}
+    assert loader_options(cpu, 4) == {"num_workers": 4, "pin_memory": False, "persistent_workers": False}
+
+
 @needs_fashion_mnist
 def test_learns_real_fashion_mnist(tmp_path, monkeypatch):
     """A short run on 4,000 real Fashion-MNIST images, evaluated on 1,000 test images."""

@@ -26,10 +26,14 @@ Images = Iterable[tuple[str, str, Image.Image]]  # (path, unique stem, RGB image
 
 
 def to_device(targets: Any, device: torch.device) -> Any:
-    """Tensors, or lists of target dicts (detection), moved to ``device``."""
+    """Tensors, or lists of target dicts (detection), moved to ``device`` without waiting for the copy
+    (a blocking copy to a GPU would stall the host until the GPU catches up)."""
     if isinstance(targets, torch.Tensor):
-        return targets.to(device)
-    return [{k: v.to(device) if isinstance(v, torch.Tensor) else v for k, v in t.items()} for t in targets]
+        return targets.to(device, non_blocking=True)
+    return [
+        {k: v.to(device, non_blocking=True) if isinstance(v, torch.Tensor) else v for k, v in t.items()}
+        for t in targets
+    ]
 
 
 class Task:
