@@ -110,6 +110,15 @@ SECTIONS = {
         "the optimizer steps alone (`epoch_time` in `metrics.csv`, summed); *wall time* is the whole "
         "training, with each epoch's validation of both sets of weights and its checkpoint.",
     ),
+    "gpu_check": Section(
+        "GPU check",
+        "Ours and timm's model trained the same way on one CUDA GPU, interleaved in rounds in one process "
+        "(medians): one synthetic batch already on the GPU, channels_last, AdamW, in fp32, AMP bf16 and AMP "
+        "fp16 (with a GradScaler), each also under `torch.compile`. *peak MiB* is the most GPU memory the "
+        "model's training held: weights, optimizer state, batch and a step's activations and gradients. Then "
+        "the training engine itself (`mobilevit train`: DataLoader, copies to the GPU, EMA, validation), alone "
+        "and, on a machine with several GPUs, under `torchrun`.",
+    ),
 }
 PAGE_INTRO = (
     "Every figure on this page is read from a result file in `benchmarks/results/`, written by the script "
@@ -203,12 +212,16 @@ def header(headings: list[str]) -> list[str]:
 
 
 def machine_line(machine: dict[str, Any]) -> str:
-    """``AMD EPYC 7B13 (x86_64), AVX512 with VNNI, 2 threads, fp32 matmul peak 207 GFLOP/s``."""
+    """``AMD EPYC 7B13 (x86_64), AVX512 with VNNI, 2 threads, fp32 matmul peak 207 GFLOP/s``, then
+    ``; GPU NVIDIA H100 80GB HBM3`` when the run recorded one (``gpu``, and ``gpus`` when several)."""
     vnni = {True: " with VNNI", False: " without VNNI", None: ""}[machine["vnni"]]
+    gpu = f"; GPU {machine['gpu']}" if machine.get("gpu") else ""
+    if gpu and machine.get("gpus", 1) > 1:
+        gpu += f" ({machine['gpus']} visible)"
     return (
         f"{machine['cpu']} ({machine['arch']}), {machine['isa']}{vnni}, "
         f"{machine['threads']} thread{'s' if machine['threads'] != 1 else ''}, "
-        f"fp32 matmul peak {machine['fp32_matmul_peak_gflops']:.0f} GFLOP/s"
+        f"fp32 matmul peak {machine['fp32_matmul_peak_gflops']:.0f} GFLOP/s{gpu}"
     )
 
 
