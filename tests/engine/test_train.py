@@ -174,6 +174,38 @@ def test_non_finite_loss_stops_and_keeps_the_last_good_checkpoint(image_data, tm
     )
 
 
+def test_a_step_reads_the_loss_once_and_checks_it_before_the_weights_change(image_data, tmp_path, monkeypatch):
+    """Over three micro-batches the host reads one value from the device (the summed loss, for the
+    log and the finiteness check); a NaN in any micro-batch stops the step before the optimizer's."""
+    from mobilevit.engine.train import Trainer
+    from mobilevit.errors import NonFiniteLossError
+
+    trainer = Trainer(tiny_config(image_data, tmp_path / "run", ema=False, accum_steps=3, multi_scale=False))
+    micro_batches = [(torch.rand(4, 3, 32, 32), torch.tensor([0, 1, 0, 1])) for _ in range(3)]
+    reads = []
+
+    def counted(name):
+        original = getattr(torch.Tensor, name)
+
+        def read(tensor, *args, **kwargs):
+            reads.append(name)
+            return original(tensor, *args, **kwargs)
+
+        return read
+
+    with monkeypatch.context() as patch:
+        for name in ("item", "tolist", "__bool__", "__float__", "__int__"):  # what makes the host wait
+            patch.setattr(torch.Tensor, name, counted(name))
+        total, seen = trainer.train_step(micro_batches)
+    assert reads == ["item"] and seen == 12 and math.isfinite(total) and trainer.step == 1
+
+    micro_batches[1] = (torch.full((4, 3, 32, 32), float("nan")), torch.tensor([0, 1, 0, 1]))
+    before = {name: p.detach().clone() for name, p in trainer.model.named_parameters()}
+    with pytest.raises(NonFiniteLossError, match="loss is nan at epoch 1, step 1; the last good checkpoint"):
+        trainer.train_step(micro_batches)
+    assert trainer.step == 1 and all(torch.equal(before[name], p) for name, p in trainer.model.named_parameters())
+
+
 def test_unreadable_image_is_skipped_and_counted_or_stops_with_strict(image_data, tmp_path):
     import shutil
 
@@ -566,6 +598,69 @@ def test_two_processes_match_one_process_with_the_same_global_batch(tmp_path):
         assert abs(a["train_loss"] - b["train_loss"]) < 0.05 * a["train_loss"]
     assert not (ddp / "rank1").exists() and (ddp / "model" / "model.safetensors").exists()
     assert len(list((ddp / "checkpoints").glob("step-*.pt"))) == 2  # only rank 0 wrote checkpoints
+
+
+DDP_NO_SYNC_SCRIPT = textwrap.dedent(
+    """
+    import copy, sys
+    import torch, torch.distributed as dist
+    from mobilevit.engine.config import load_config
+    from mobilevit.engine.train import Trainer
+
+    out, data = sys.argv[1], sys.argv[2]
+    cfg = load_config(
+        model="mobilevit_xxs", data=data, output=out, img_size=32, batch_size=4, accum_steps=2,
+        multi_scale=False, warmup_steps=0, workers=0, ema=False, seed=0,
+    )
+    trainer = Trainer(cfg)
+    rank = trainer.dist.rank
+    generator = torch.Generator().manual_seed(rank)  # different images on each rank
+    micro_batches = [(torch.rand(4, 3, 32, 32, generator=generator), torch.tensor([0, 1, 0, 1])) for _ in range(2)]
+    trainer.train_model.train()
+
+    # The first micro-batch's gradients on this rank alone: no DDP, the same weights and dropout draws.
+    local, rng = copy.deepcopy(trainer.model), torch.get_rng_state()
+    (trainer.task.loss(local, *micro_batches[0], cfg.label_smoothing) / cfg.accum_steps).backward()
+    torch.set_rng_state(rng)
+
+    gradients, task_loss = [], trainer.task.loss
+    def loss_recording_gradients(*args):  # called at the start of each micro-batch
+        gradients.append({n: p.grad.clone() for n, p in trainer.model.named_parameters() if p.grad is not None})
+        return task_loss(*args)
+    trainer.task.loss = loss_recording_gradients
+    trainer.train_step(micro_batches)
+    torch.save(
+        {
+            "after_first": gradients[1],
+            "local": {n: p.grad for n, p in local.named_parameters()},
+            "params": dict(trainer.model.named_parameters()),
+        },
+        f"{out}/rank{rank}.pt",
+    )
+    dist.destroy_process_group()
+    """
+)
+
+
+def test_ddp_all_reduces_gradients_only_in_the_last_micro_batch(tmp_path):
+    """2 gloo processes, different images on each, --accum-steps 2: after the first micro-batch each
+    rank still holds its own gradients (``no_sync``: no all-reduce), and after the step both hold the
+    same weights (the last micro-batch all-reduced the sum)."""
+    data = write_image_folder(tmp_path / "data", per_class=4, val_per_class=2)
+    script = tmp_path / "no_sync.py"
+    script.write_text(DDP_NO_SYNC_SCRIPT)
+    out = tmp_path / "run"
+    out.mkdir()
+    torchrun = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
+    run_script([*torchrun, str(script), str(out), str(data)], tmp_path)
+    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    for rank in ranks:
+        assert rank["after_first"].keys() == rank["local"].keys()
+        for name, gradient in rank["after_first"].items():
+            torch.testing.assert_close(gradient, rank["local"][name], msg=lambda m, name=name: f"{name}: {m}")
+    # Different images give different gradients, so an all-reduce after the first micro-batch would show.
+    assert not all(torch.allclose(ranks[0]["local"][n], ranks[1]["local"][n]) for n in ranks[0]["local"])
+    assert all(torch.equal(ranks[0]["params"][n], ranks[1]["params"][n]) for n in ranks[0]["params"])
 
 
 DDP_TASK_SCRIPT = textwrap.dedent(

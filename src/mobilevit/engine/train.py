@@ -18,6 +18,7 @@ import os
 import random
 import re
 import time
+from contextlib import nullcontext
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
@@ -196,9 +197,9 @@ class Trainer:
             if cfg.ema
             else None
         )
-        self.train_model: nn.Module = self.model
-        if self.dist.world_size > 1:
-            self.train_model = nn.parallel.DistributedDataParallel(self.model)
+        # Kept apart from train_model, which --compile wraps: train_step needs its no_sync().
+        self.ddp = nn.parallel.DistributedDataParallel(self.model) if self.dist.world_size > 1 else None
+        self.train_model: nn.Module = self.model if self.ddp is None else self.ddp
         if cfg.compile:
             self.train_model = torch.compile(self.train_model)
         self.optimizer = build_optimizer(self.model, cfg, self.dist.device)
@@ -340,26 +341,34 @@ class Trainer:
         return torch.autocast(self.dist.device.type, dtype=dtype, enabled=dtype is not None)
 
     def train_step(self, micro_batches: list[tuple[torch.Tensor, Any]]) -> tuple[float, int]:
-        """One optimizer step over ``accum_steps`` micro-batches; returns their summed loss and image count."""
-        cfg = self.cfg
+        """One optimizer step over ``accum_steps`` micro-batches; returns their summed loss and image count.
+
+        The host waits for the device once: the loss is summed on the device and read after the last
+        backward, both for the log and to stop before a non-finite loss reaches the weights. Under DDP
+        the gradients are all-reduced once, in the last micro-batch's backward (``no_sync`` before it).
+        """
+        cfg, device = self.cfg, self.dist.device
         lr = get_lr(self.step, cfg, self.total_steps, self.warmup_steps)
         for group in self.optimizer.param_groups:
             group["lr"] = lr
-        loss_sum, seen = 0.0, 0
-        for images, targets in micro_batches:
-            images, targets = images.to(self.dist.device), to_device(targets, self.dist.device)
+        loss_sum, seen = torch.zeros((), device=device), 0
+        for i, (images, targets) in enumerate(micro_batches):
+            images, targets = images.to(device, non_blocking=True), to_device(targets, device)
             if cfg.channels_last:
                 images = images.contiguous(memory_format=torch.channels_last)
-            with self._autocast():
-                loss = self.task.loss(self.train_model, images, targets, cfg.label_smoothing)
-            if not torch.isfinite(loss):
-                raise NonFiniteLossError(
-                    f"loss is {loss.item()} at epoch {self.epoch + 1}, step {self.step}; the last good "
-                    f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
-                )
-            self.scaler.scale(loss / cfg.accum_steps).backward()  # gradients accumulate over micro-batches
-            loss_sum += loss.item() * len(images)
+            last = i == len(micro_batches) - 1
+            with nullcontext() if self.ddp is None or last else self.ddp.no_sync():
+                with self._autocast():
+                    loss = self.task.loss(self.train_model, images, targets, cfg.label_smoothing)
+                self.scaler.scale(loss / cfg.accum_steps).backward()  # gradients accumulate over micro-batches
+            loss_sum += loss.detach().float() * len(images)
             seen += len(images)
+        total = loss_sum.item()
+        if not math.isfinite(total):
+            raise NonFiniteLossError(
+                f"loss is {total / seen} at epoch {self.epoch + 1}, step {self.step}; the last good "
+                f"checkpoint in {self.ckpt_dir} is kept. Lower --lr, enable --grad-clip or use --amp none."
+            )
         if cfg.grad_clip:
             self.scaler.unscale_(self.optimizer)
             nn.utils.clip_grad_norm_(self.model.parameters(), cfg.grad_clip)
@@ -369,7 +378,7 @@ class Trainer:
         if self.ema:
             self.ema.update_parameters(self.model)
         self.step += 1
-        return loss_sum, seen
+        return total, seen
 
     def train_epoch(self) -> dict[str, float]:
         """Optimizer steps over the epoch's batches (from a resumed position), saving every
