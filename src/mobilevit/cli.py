@@ -15,7 +15,7 @@ from torch import nn
 
 from mobilevit.data.calibration import calibration_images
 from mobilevit.engine.config import TrainConfig, load_config
-from mobilevit.engine.train import better_weights, train
+from mobilevit.engine.train import choose_weights, train
 from mobilevit.errors import TrainingError
 from mobilevit.export import FORMATS, FP32_TOLERANCE, INT8_FORMATS, check_task, export
 from mobilevit.export.bench import BENCH_BACKENDS, bench
@@ -96,10 +96,9 @@ def _cmd_train(args: argparse.Namespace) -> int:
     metrics = train(config)
     if metrics:
         headline = get_task(config.task).metrics[0]
-        kept = better_weights(metrics[-1], headline)  # what model/ holds
-        weights = "EMA" if kept == "val_ema_" else "trained"
-        score = metrics[-1][f"{kept}{headline}"]
-        print(f"final val {headline} {score:.4f} ({weights} weights, saved in {config.output}/model)")
+        kept = choose_weights(metrics, headline)  # what the trainer saved in model/
+        weights = "EMA" if kept.weights == "ema" else "trained"
+        print(f"final val {headline} {kept.score:.4f} ({weights} weights, saved in {config.output}/model)")
     return 0
 
 

@@ -372,6 +372,45 @@ def test_model_is_the_better_of_trained_and_ema_and_best_is_the_best_epoch(image
     assert "best/: epoch 1, trained (non-EMA) weights, val top1 0.9000" in caplog.text
 
 
+def test_choose_weights_takes_the_ema_on_a_tie_and_the_earliest_best_epoch():
+    from mobilevit.engine.train import Choice, choose_weights
+
+    rows = [
+        {"epoch": 1, "val_top1": 0.9, "val_ema_top1": 0.3},
+        {"epoch": 2, "val_top1": 0.5, "val_ema_top1": 0.6},
+        {"epoch": 3, "val_top1": 0.9, "val_ema_top1": 0.9},
+        {"epoch": 4, "val_top1": 0.7, "val_ema_top1": 0.95},
+    ]
+    assert choose_weights(rows[:2], "top1") == Choice("ema", 0.6, 1, "model", 0.9)
+    assert choose_weights(rows[:3], "top1") == Choice("ema", 0.9, 1, "model", 0.9)  # ties
+    assert choose_weights(rows, "top1") == Choice("ema", 0.95, 4, "ema", 0.95)  # the newest is the best
+    assert choose_weights([{"epoch": 1, "val_miou": 0.4}], "miou") == Choice("model", 0.4, 1, "model", 0.4)  # no EMA
+    with pytest.raises(ValueError, match="no epoch has been evaluated yet"):
+        choose_weights([], "top1")
+
+
+def test_resume_restores_the_python_rng_and_refuses_its_old_list_form(image_data, tmp_path):
+    import random
+
+    from mobilevit.engine.train import Trainer
+    from mobilevit.errors import CheckpointError
+
+    trainer = Trainer(tiny_config(image_data, tmp_path / "run"))
+    random.seed(1234)
+    random.gauss(0, 1)  # draws two normals and keeps the second in the state for the next call
+    path = trainer.save(batches_done=0)
+    expected = [random.random(), random.gauss(0, 1)]
+    random.seed(0)
+    trainer.resume(path)
+    assert [random.random(), random.gauss(0, 1)] == expected
+
+    state = torch.load(path, weights_only=True)
+    state["rng"]["python"] = list(state["rng"]["python"][1])  # as earlier development versions saved it
+    torch.save(state, path)
+    with pytest.raises(CheckpointError, match="earlier development version of mobilevit .* without --resume"):
+        trainer.resume(path)
+
+
 def test_without_ema_only_the_trained_weights_are_evaluated(image_data, tmp_path):
     from mobilevit.engine.train import train
 
@@ -384,14 +423,15 @@ def test_warmup_is_capped_at_a_fraction_of_the_run_and_logged(image_data, tmp_pa
     import logging
     from dataclasses import replace
 
-    from mobilevit.engine.train import Trainer, lr_factor
+    from mobilevit.engine.train import Trainer, get_lr
 
     options = dict(epochs=2, multi_scale=False, warmup_steps=3000, lr=0.002, warmup_lr=0.0002)
     with caplog.at_level(logging.INFO, logger="mobilevit.engine.train"):
         trainer = Trainer(tiny_config(image_data, tmp_path / "a", warmup_max_fraction=0.5, **options))
     assert (trainer.total_steps, trainer.warmup_steps) == (8, 4)  # 32 images in batches of 8, 2 epochs
     assert "warm-up shortened from 3000 to 4 steps: at most 0.5 of the run's 8 steps" in caplog.text
-    assert [round(lr_factor(s, trainer.cfg, 8), 4) for s in (0, 2, 4)] == [0.1, 0.55, 1.0]  # reaches the peak
+    # From warmup_lr, up to the peak lr at step 4, then down to min_lr at the run's end.
+    assert [round(get_lr(s, trainer.cfg, 8), 6) for s in (0, 2, 4, 8)] == [0.0002, 0.0011, 0.002, trainer.cfg.min_lr]
     caplog.clear()
     with caplog.at_level(logging.INFO, logger="mobilevit.engine.train"):
         # None (a recipe's `warmup_max_fraction: null`, as the paper's recipes have) turns the cap off.

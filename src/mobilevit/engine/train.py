@@ -44,6 +44,10 @@ if TYPE_CHECKING:
 log = logging.getLogger(__name__)
 CHECKPOINT_PATTERN = re.compile(r"^step-(\d+)\.pt$")
 FUSED_ADAMW_DEVICES = ("cpu", "cuda")  # where torch >= 2.4 (the floor in pyproject.toml) has a fused AdamW
+# The weights evaluated each epoch, by their name in summary.json (and --weights): the prefix of their
+# metrics (val_top1, val_ema_top1...) and their name in the log.
+METRIC_PREFIXES = {"model": "val_", "ema": "val_ema_"}
+LOG_NAMES = {"model": "trained (non-EMA)", "ema": "EMA"}
 
 
 @dataclass
@@ -105,21 +109,14 @@ def warmup_steps(cfg: TrainConfig, total_steps: int) -> int:
     return min(cfg.warmup_steps, int(cfg.warmup_max_fraction * total_steps))
 
 
-def lr_factor(step: int, cfg: TrainConfig, total_steps: int, warmup: int | None = None) -> float:
-    """Linear warm-up from warmup_lr to lr over ``warmup`` steps (default: :func:`warmup_steps`),
-    then cosine down to min_lr (as a factor of lr)."""
+def get_lr(step: int, cfg: TrainConfig, total_steps: int, warmup: int | None = None) -> float:
+    """The learning rate of optimizer step ``step``: linear warm-up from warmup_lr to lr over ``warmup``
+    steps (default: :func:`warmup_steps`), then cosine down to min_lr at ``total_steps``."""
     warmup = warmup_steps(cfg, total_steps) if warmup is None else warmup
     if step < warmup:
-        lr = cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
-    else:
-        progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
-        lr = cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
-    return lr / cfg.lr
-
-
-def get_lr(step: int, cfg: TrainConfig, total_steps: int, warmup: int) -> float:
-    """The learning rate of optimizer step ``step`` (see :func:`lr_factor`)."""
-    return cfg.lr * lr_factor(step, cfg, total_steps, warmup)
+        return cfg.warmup_lr + (cfg.lr - cfg.warmup_lr) * step / warmup
+    progress = min(1.0, (step - warmup) / max(1, total_steps - warmup))
+    return cfg.min_lr + 0.5 * (cfg.lr - cfg.min_lr) * (1 + math.cos(math.pi * progress))
 
 
 def ema_update(momentum: float, warmup: bool):
@@ -159,11 +156,46 @@ def pretrained_label_names(pretrained: str | os.PathLike) -> list[str] | None:
     return list(names) if isinstance(names, list) else None
 
 
-def better_weights(row: dict[str, Any], metric: str, prefixes: tuple[str, ...] = ("val_", "val_ema_")) -> str:
-    """The prefix (``val_`` or ``val_ema_``) of the better weights in an epoch's metrics ``row``,
-    the EMA on a tie: the weights ``model/`` keeps."""
-    present = [p for p in prefixes if f"{p}{metric}" in row]
-    return max(reversed(present), key=lambda p: row[f"{p}{metric}"])
+@dataclass(frozen=True)
+class Choice:
+    """The weights a run keeps (``"model"`` or ``"ema"``, see :data:`METRIC_PREFIXES`): ``model/`` the
+    better set after the last epoch, ``best/`` the better set of the epoch that scored highest."""
+
+    weights: str
+    score: float
+    best_epoch: int
+    best_weights: str
+    best_score: float
+
+
+def _better(row: dict[str, Any], metric: str) -> tuple[str, float]:
+    """The better weights of an epoch's metrics ``row`` and their score; the EMA on a tie (the first
+    maximum counts)."""
+    scores = {w: row[f"{p}{metric}"] for w, p in reversed(METRIC_PREFIXES.items()) if f"{p}{metric}" in row}
+    weights = max(scores, key=scores.__getitem__)
+    return weights, scores[weights]
+
+
+def choose_weights(metrics: list[dict[str, Any]], metric: str) -> Choice:
+    """What ``model/`` and ``best/`` hold, from the epochs' validation ``metrics`` (rows of
+    ``metrics.csv``) and the task's headline ``metric``: the better weights of the last epoch, and of
+    the epoch whose better weights scored highest (the earliest on a tie)."""
+    if not metrics:
+        raise ValueError("no epoch has been evaluated yet: there are no weights to choose from")
+    best = max(metrics, key=lambda row: (_better(row, metric)[1], -row["epoch"]))
+    return Choice(*_better(metrics[-1], metric), best["epoch"], *_better(best, metric))
+
+
+def _summary(row: dict[str, Any], weights: str, metric: str) -> dict[str, Any]:
+    """``summary.json``'s entry for the ``weights`` kept from the epoch of ``row``, with what both scored."""
+    scores = {f"{p}{metric}": row[f"{p}{metric}"] for p in METRIC_PREFIXES.values() if f"{p}{metric}" in row}
+    return {
+        "epoch": row["epoch"],
+        "weights": weights,
+        "metric": metric,
+        "score": row[f"{METRIC_PREFIXES[weights]}{metric}"],
+        **scores,
+    }
 
 
 def latest_checkpoint(directory: Path) -> Path | None:
@@ -298,7 +330,7 @@ class Trainer:
             "optimizer": self.optimizer.state_dict(),
             "scaler": self.scaler.state_dict(),
             "sampler": self.sampler.state_dict(batches_done=batches_done),
-            "rng": {"torch": torch.get_rng_state(), "python": list(random.getstate()[1])},
+            "rng": {"torch": torch.get_rng_state(), "python": random.getstate()},
             "step": self.step,
             "epoch": self.epoch,
             "config": self.cfg.to_dict(),
@@ -323,6 +355,12 @@ class Trainer:
 
     def resume(self, path: Path) -> None:
         state = load_pickle(path)
+        if not isinstance(state["rng"]["python"], tuple):  # random.getstate() as it was saved
+            raise CheckpointError(
+                f"cannot resume from {path}: an earlier development version of mobilevit wrote it, with "
+                "its Python RNG state in a form this version does not read. Start the run again without "
+                "--resume, or finish it with the version that wrote the checkpoint."
+            )
         load_state_dict_checked(self.model, state["model"], context=f" (resuming from {path})")
         if self.ema and state.get("ema"):
             self.ema.load_state_dict(state["ema"])
@@ -330,7 +368,7 @@ class Trainer:
         self.scaler.load_state_dict(state["scaler"])
         self.sampler.load_state_dict(state["sampler"])
         torch.set_rng_state(state["rng"]["torch"])
-        random.setstate((3, tuple(state["rng"]["python"]), None))
+        random.setstate(state["rng"]["python"])
         self.step, self.epoch = state["step"], state["epoch"]
         self.metrics = state.get("metrics", [])
         log.info("resumed from %s at epoch %d, step %d", path, self.epoch, self.step)
@@ -439,38 +477,8 @@ class Trainer:
         return totals.tolist()
 
     def eval_models(self) -> dict[str, nn.Module]:
-        """The weights evaluated each epoch, by the prefix of their metrics: ``val_`` and ``val_ema_``."""
-        models = {"val_": self.model}
-        if self.ema:
-            models["val_ema_"] = self.ema.module
-        return models
-
-    def _score(self, row: dict[str, Any], prefix: str) -> float:
-        return row[f"{prefix}{self.task.metrics[0]}"]
-
-    def _better(self, row: dict[str, Any]) -> str:
-        return better_weights(row, self.task.metrics[0], tuple(self.eval_models()))
-
-    def _weights_name(self, prefix: str) -> str:
-        return "EMA" if prefix == "val_ema_" else "trained (non-EMA)"
-
-    def _summary(self, row: dict[str, Any]) -> dict[str, Any]:
-        """Which weights of the epoch's ``row`` are kept ("ema" or "model") and what both scored."""
-        prefix = self._better(row)
-        headline = self.task.metrics[0]
-        return {
-            "epoch": row["epoch"],
-            "weights": "ema" if prefix == "val_ema_" else "model",
-            "metric": headline,
-            "score": self._score(row, prefix),
-            **{f"{p}{headline}": self._score(row, p) for p in self.eval_models()},
-        }
-
-    def _best_row(self) -> dict[str, Any] | None:
-        """The epoch whose better weights scored highest so far (the earliest on a tie)."""
-        if not self.metrics:
-            return None
-        return max(self.metrics, key=lambda row: (self._score(row, self._better(row)), -row["epoch"]))
+        """The weights evaluated each epoch, by name (:data:`METRIC_PREFIXES`): ``model`` and ``ema``."""
+        return {"model": self.model} if self.ema is None else {"model": self.model, "ema": self.ema.module}
 
     def fit(self) -> list[dict[str, Any]]:
         from torch.utils.tensorboard import SummaryWriter  # the train extra, checked by __init__
@@ -503,30 +511,26 @@ class Trainer:
         if not self.metrics:  # nothing trained (epochs already done before a resume, say)
             next(reversed(models.values())).save_pretrained(self.out / "model")
             return
-        last = self.metrics[-1]
-        prefix = self._better(last)
-        models[prefix].save_pretrained(self.out / "model")
-        headline = self.task.metrics[0]
-        others = ", ".join(f"{self._weights_name(p)} {self._score(last, p):.4f}" for p in models if p != prefix)
+        metric, last = self.task.metrics[0], self.metrics[-1]
+        kept = choose_weights(self.metrics, metric)
+        models[kept.weights].save_pretrained(self.out / "model")
+        others = [f"{LOG_NAMES[w]} {last[f'{METRIC_PREFIXES[w]}{metric}']:.4f}" for w in models if w != kept.weights]
+        others_text = f" ({', '.join(others)})" if others else ""
         log.info(
-            "final model/: the %s weights, val %s %.4f%s",
-            self._weights_name(prefix),
-            headline,
-            self._score(last, prefix),
-            f" ({others})" if others else "",
+            "final model/: the %s weights, val %s %.4f%s", LOG_NAMES[kept.weights], metric, kept.score, others_text
         )
-        best = self._best_row()
-        summary = {"model": self._summary(last), "best": self._summary(best)}
         log.info(
             "best/: epoch %d, %s weights, val %s %.4f",
-            best["epoch"],
-            self._weights_name(self._better(best)),
-            headline,
-            self._score(best, self._better(best)),
+            kept.best_epoch,
+            LOG_NAMES[kept.best_weights],
+            metric,
+            kept.best_score,
         )
+        best = next(row for row in self.metrics if row["epoch"] == kept.best_epoch)
+        summary = {"model": _summary(last, kept.weights, metric), "best": _summary(best, kept.best_weights, metric)}
         text = json.dumps(summary, indent=2) + "\n"
         atomic_write(self.out / "summary.json", lambda tmp: Path(tmp).write_text(text))
-        scores = [f"{p}{m}" for p in models for m in self.task.metrics]
+        scores = [f"{METRIC_PREFIXES[w]}{m}" for w in models for m in self.task.metrics]
         plot_curves(self.metrics, self.out / "curves.png", scores)
 
     def _run_epochs(self, writer: SummaryWriter | None) -> None:
@@ -537,17 +541,17 @@ class Trainer:
             self._average_buffers()
             row = {"epoch": self.epoch + 1, "step": self.step, "lr": self.optimizer.param_groups[0]["lr"]}
             row.update(train_metrics)
-            for prefix, model in self.eval_models().items():
+            for weights, model in self.eval_models().items():
                 val = self.task.evaluate(model, self.val_loader, self.num_classes, self.dist.device)
-                row.update({f"{prefix}{name}": val[name] for name in self.task.metrics})
+                row.update({f"{METRIC_PREFIXES[weights]}{name}": val[name] for name in self.task.metrics})
             self.epoch += 1
-            previous_best = self._best_row()
             self.metrics.append(row)
             if writer is not None:
                 self._log_epoch(row, writer)
-            if self.dist.is_main and self._best_row() is not previous_best:
+            kept = choose_weights(self.metrics, self.task.metrics[0])
+            if self.dist.is_main and kept.best_epoch == row["epoch"]:
                 # Before the checkpoint: a run killed in between redoes this epoch and writes it again.
-                self.eval_models()[self._better(row)].save_pretrained(self.out / "best")
+                self.eval_models()[kept.best_weights].save_pretrained(self.out / "best")
             self.save(batches_done=0)
 
     def _log_epoch(self, row: dict[str, Any], writer: SummaryWriter) -> None:
