@@ -381,9 +381,10 @@ class Trainer:
     def train_step(self, micro_batches: list[tuple[torch.Tensor, Any]]) -> tuple[float, int]:
         """One optimizer step over ``accum_steps`` micro-batches; returns their summed loss and image count.
 
-        The host waits for the device once: the loss is summed on the device and read after the last
-        backward, both for the log and to stop before a non-finite loss reaches the weights. Under DDP
-        the gradients are all-reduced once, in the last micro-batch's backward (``no_sync`` before it).
+        The loss is read from the device once per step, not per micro-batch: summed on the device and
+        read after the last backward, both for the log and to stop before a non-finite loss reaches the
+        weights. Under DDP the gradients are all-reduced once, in the last micro-batch's backward
+        (``no_sync`` before it).
         """
         cfg, device = self.cfg, self.dist.device
         lr = get_lr(self.step, cfg, self.total_steps, self.warmup_steps)
