@@ -15,6 +15,7 @@ from torchvision.models import ResNet50_Weights
 
 from mobilevit.data import classification as classification_data
 from mobilevit.data.images import preprocess
+from mobilevit.data.memory import InMemoryEval, InMemoryMultiScale, image_tensor
 from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
 from mobilevit.plots import plot_confusion
 from mobilevit.tasks.base import Dataset, Forward, Images, Task
@@ -83,9 +84,16 @@ class Classification(Task):
         return classification_data.image_folder(data, split)
 
     def train_dataset(self, dataset: Dataset, cfg: Any, num_classes: int) -> Dataset:
+        """Held in memory and augmented a batch at a time when the dataset is one array (Fashion-MNIST)."""
+        held = image_tensor(dataset)
+        if held is not None:
+            return InMemoryMultiScale(*held, scale=cfg.crop_scale, erasing=cfg.random_erasing)
         return MultiScaleDataset(dataset, cfg.crop_scale, cfg.strict, cfg.random_erasing)
 
     def val_dataset(self, dataset: Dataset, img_size: int, num_classes: int) -> Dataset:
+        held = image_tensor(dataset)
+        if held is not None:
+            return InMemoryEval(*held, img_size)
         return TransformedDataset(dataset, eval_transform(img_size))
 
     def eval_dataset(self, dataset: Dataset, model: nn.Module, img_size: int) -> Dataset:
