@@ -1,0 +1,109 @@
+"""The thread governor: /proc/stat accounting, the rule, and a real busy process beside it."""
+
+from __future__ import annotations
+
+import logging
+import os
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+import torch
+
+from mobilevit.engine.threads import ThreadGovernor, busy_seconds, threads_for
+
+HAS_PROC_STAT = Path("/proc/stat").is_file()
+BUSY_LOOP = "import time\nend = time.time() + 30\nwhile time.time() < end:\n    pass\n"
+
+
+def test_threads_are_the_cores_left_at_least_one():
+    assert threads_for(2, 0.0) == 2
+    assert threads_for(2, 0.3) == 2
+    assert threads_for(2, 0.9) == 1
+    assert threads_for(2, 3.0) == 1
+    assert threads_for(8, 2.2) == 6
+
+
+def test_busy_seconds_reads_only_the_given_cores(tmp_path):
+    stat = tmp_path / "stat"
+    hz = os.sysconf("SC_CLK_TCK")
+    # user nice system idle iowait irq softirq steal guest guest_nice
+    stat.write_text(
+        f"cpu  {9 * hz} 0 0 0 0 0 0 0 0 0\n"
+        f"cpu0 {2 * hz} 0 {hz} {50 * hz} {hz} 0 0 0 {hz} 0\n"
+        f"cpu1 {4 * hz} 0 0 {50 * hz} 0 0 0 0 0 0\n"
+        f"cpu2 {3 * hz} 0 0 0 0 0 0 0 0 0\n"
+    )
+    assert busy_seconds([0], stat) == pytest.approx(3.0)  # guest time is already in user; iowait is idle
+    assert busy_seconds([0, 1], stat) == pytest.approx(7.0)
+    assert busy_seconds([0], tmp_path / "missing") is None
+
+
+def test_without_proc_stat_the_governor_keeps_the_thread_count(monkeypatch, tmp_path):
+    monkeypatch.setattr("mobilevit.engine.threads.PROC_STAT", tmp_path / "missing")
+    governor = ThreadGovernor(interval=0.0)
+    assert not governor.enabled and governor.update() == torch.get_num_threads()
+
+
+class FakeMachine:
+    """The clocks the governor reads: wall time, this process's CPU time, and every process's busy time."""
+
+    def __init__(self, monkeypatch) -> None:
+        self.wall = self.own = self.busy = 0.0
+        monkeypatch.setattr("mobilevit.engine.threads.time.monotonic", lambda: self.wall)
+        monkeypatch.setattr("mobilevit.engine.threads.time.process_time", lambda: self.own)
+        monkeypatch.setattr("mobilevit.engine.threads.busy_seconds", lambda cores: self.busy)
+
+    def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
+        self.wall += seconds
+        self.own += seconds * own_cores
+        self.busy += seconds * (own_cores + other_cores)
+
+
+def test_the_governor_follows_the_cores_others_use(monkeypatch, caplog):
+    caplog.set_level(logging.INFO, logger="mobilevit.engine.threads")
+    previous = torch.get_num_threads()
+    torch.set_num_threads(2)
+    machine = FakeMachine(monkeypatch)
+    try:
+        governor = ThreadGovernor(interval=2.0, cores=[0, 1])
+        machine.run(1.0, own_cores=1.0, other_cores=1.0)
+        assert governor.update() == 2  # not yet: an interval has not passed
+        machine.run(1.5, own_cores=1.0, other_cores=1.0)
+        assert governor.update() == 1 and torch.get_num_threads() == 1
+        assert "compute threads 2 -> 1: other processes keep 1.0 of 2 cores busy" in caplog.text
+        machine.run(3.0, own_cores=1.0, other_cores=0.1)
+        assert governor.update() == 2 and torch.get_num_threads() == 2
+        machine.run(3.0, own_cores=2.0, other_cores=0.2)  # our own threads do not count
+        assert governor.update() == 2
+    finally:
+        torch.set_num_threads(previous)
+
+
+def test_the_governor_never_exceeds_torchs_own_thread_count(monkeypatch):
+    previous = torch.get_num_threads()
+    torch.set_num_threads(1)  # as OMP_NUM_THREADS=1 or one physical core would set it
+    machine = FakeMachine(monkeypatch)
+    try:
+        governor = ThreadGovernor(interval=1.0, cores=[0, 1, 2, 3])
+        machine.run(2.0, own_cores=1.0, other_cores=0.0)
+        assert governor.update() == 1
+    finally:
+        torch.set_num_threads(previous)
+
+
+@pytest.mark.skipif(not HAS_PROC_STAT, reason="no /proc/stat: the governor is off on this system")
+def test_a_busy_process_is_measured_as_others():
+    """A real process spinning on a core shows up in /proc/stat as the other processes' time (other
+    tests running beside this one can only add to it)."""
+    governor = ThreadGovernor(interval=0.5)
+    hog = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    try:
+        time.sleep(1.5)
+        others = governor.others()
+    finally:
+        hog.kill()
+        hog.wait()
+    assert others is not None and others >= 0.5, others
