@@ -79,13 +79,14 @@ def _add_train_options(parser: argparse.ArgumentParser) -> None:
     for f in fields(TrainConfig):
         flag = "--" + f.name.replace("_", "-")
         default = f.default if f.default is not MISSING else None
-        if isinstance(default, bool):
+        kind_name = str(f.type).split(" |")[0].strip("'")
+        if isinstance(default, bool) or kind_name == "bool":
             parser.add_argument(flag, dest=f.name, action=argparse.BooleanOptionalAction, default=None)
         elif isinstance(default, tuple):
             kind = str if isinstance(default[0], str) else float
             parser.add_argument(flag, dest=f.name, nargs=len(default), type=kind, default=None)
         else:
-            kind = {"int": int, "float": float}.get(str(f.type).split(" |")[0].strip("'"), str)
+            kind = {"int": int, "float": float}.get(kind_name, str)
             parser.add_argument(flag, dest=f.name, type=kind, default=None, help=f"default: {default}")
 
 

@@ -17,6 +17,7 @@ from PIL import Image
 from torch import nn
 
 from mobilevit.convert import convert_state_dict
+from mobilevit.data.classification import fashion_mnist
 from mobilevit.data.synthetic import structured_images as structured_images  # re-exported for tests
 from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
@@ -98,6 +99,26 @@ def write_image_folder(root: Path, per_class: int = 48, val_per_class: int = 8, 
             for i in range(count):
                 noise = torch.randint(-40, 40, (size, size, 3), generator=gen)
                 Image.fromarray((noise + level).clamp(0, 255).to(torch.uint8).numpy()).save(folder / f"{i}.png")
+    return root
+
+
+def write_fashion_folder(root: Path, classes: range, per_class: int, val_per_class: int) -> Path:
+    """A small real ImageFolder: the first ``per_class`` training and ``val_per_class`` test images of
+    each of Fashion-MNIST's ``classes``, read by the package's own loader and written as
+    ``root/{train,val}/<class>/<n>.png`` (32x32 RGB). Returns ``root``."""
+    for split, count, train in (("train", per_class, True), ("val", val_per_class, False)):
+        dataset = fashion_mnist(train=train)
+        taken = dict.fromkeys(classes, 0)
+        for i, label in enumerate(dataset.targets.tolist()):
+            if taken.get(label, count) >= count:
+                continue
+            folder = root / split / dataset.classes[label].replace("/", "-")
+            folder.mkdir(parents=True, exist_ok=True)
+            image = Image.fromarray(dataset.data[i].numpy()).resize((32, 32), Image.BILINEAR).convert("RGB")
+            image.save(folder / f"{i}.png")
+            taken[label] += 1
+            if min(taken.values()) >= count:
+                break
     return root
 
 

@@ -7,16 +7,27 @@ from pathlib import Path
 import pytest
 
 from mobilevit.cli import build_parser
-from mobilevit.engine.config import TrainConfig, load_config, save_config
+from mobilevit.engine.config import (
+    AUTO_BATCH_RANGE,
+    MIN_STEPS_PER_EPOCH,
+    TrainConfig,
+    auto_batch_size,
+    auto_multi_scale,
+    choose_for_data,
+    load_config,
+    save_config,
+    scaled_lr,
+)
 
 CONFIGS = sorted((Path(__file__).parents[2] / "configs").glob("*.yaml"))
 
 
 def test_defaults_are_the_papers_recipe():
     cfg = TrainConfig()
-    assert (cfg.lr, cfg.min_lr, cfg.warmup_lr, cfg.warmup_steps) == (0.002, 0.0002, 0.0002, 3000)
+    assert (cfg.min_lr, cfg.warmup_lr, cfg.warmup_steps) == (0.0002, 0.0002, 3000)
     assert (cfg.weight_decay, cfg.label_smoothing, cfg.ema_momentum) == (0.01, 0.1, 0.0005)
-    assert (cfg.img_size, cfg.batch_size) == (256, 128)
+    assert cfg.img_size == 256
+    assert (cfg.batch_size, cfg.lr, cfg.multi_scale) == (None, None, None)  # chosen from the data
     # At the paper's 256x256 the derived multi-scale range is the paper's.
     resolved = load_config(model="mobilevit_xxs")
     assert (resolved.min_size, resolved.max_size, resolved.size_divisor) == (160, 320, 32)
@@ -61,7 +72,7 @@ def test_pretrained_takes_fine_tuning_defaults_unless_given():
     assert (cfg.lr, cfg.warmup_steps) == (0.0009, 500)
     cfg = load_config(model="mobilevit_xxs", pretrained="weights.safetensors", lr=0.003)
     assert (cfg.lr, cfg.min_lr) == (0.003, FINE_TUNE_DEFAULTS["min_lr"])
-    assert load_config(model="mobilevit_xxs").lr == 0.002  # from scratch: the paper's
+    assert load_config(model="mobilevit_xxs").lr is None  # from scratch: chosen from the batch
 
 
 def test_paper_recipes_keep_their_settings_under_the_new_defaults():
@@ -117,3 +128,53 @@ def test_unknown_option_and_bad_values(tmp_path):
         load_config(random_erasing=2.0)
     with pytest.raises(FileNotFoundError, match="recipe not found"):
         load_config(tmp_path / "missing.yaml")
+
+
+def test_the_batch_size_gives_a_short_run_enough_steps():
+    assert auto_batch_size(1_281_167, world_size=8) == 128  # ImageNet: the paper's per-GPU batch
+    assert auto_batch_size(60_000) == 128
+    assert auto_batch_size(3000) == 64  # 46 steps per epoch
+    assert auto_batch_size(1400) == 32  # 43
+    assert auto_batch_size(1400, world_size=2) == 16
+    assert auto_batch_size(100) == 16  # the smallest, even with fewer steps
+    for n in (200, 1400, 5000, 20000):
+        batch = auto_batch_size(n)
+        assert n // batch >= MIN_STEPS_PER_EPOCH or batch == AUTO_BATCH_RANGE[0]
+        assert batch == AUTO_BATCH_RANGE[1] or n // (2 * batch) < MIN_STEPS_PER_EPOCH  # the largest that does
+
+
+def test_the_learning_rate_follows_the_square_root_of_the_global_batch():
+    assert scaled_lr(32) == pytest.approx(0.002)
+    assert scaled_lr(16) == pytest.approx(0.002 / 2**0.5)
+    assert scaled_lr(128) == pytest.approx(0.004)
+    assert scaled_lr(1024) == 0.004  # capped
+
+
+def test_multi_scale_is_on_only_for_long_runs_at_large_sizes():
+    assert auto_multi_scale(256, 300)  # the paper's
+    assert not auto_multi_scale(32, 300)
+    assert not auto_multi_scale(256, 16)
+
+
+def test_choices_fill_only_what_was_not_given_and_say_why():
+    cfg = load_config(model="mobilevit_xxs", img_size=32, epochs=8)
+    reasons = choose_for_data(cfg, 1400, world_size=1)
+    assert (cfg.batch_size, cfg.lr, cfg.multi_scale) == (32, 0.002, False)
+    assert [r.split()[0] for r in reasons] == ["batch_size", "lr", "multi_scale"]
+    assert "1400 training images" in reasons[0] and "43" in reasons[0]
+    cfg = load_config(model="mobilevit_xxs", img_size=32, epochs=8, batch_size=64, accum_steps=2)
+    reasons = choose_for_data(cfg, 1400, world_size=2)
+    assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.004)  # global batch 256
+    assert [r.split()[0] for r in reasons] == ["lr", "multi_scale"]
+    cfg = load_config(Path(CONFIGS[0]).parent / "imagenet_mobilevit_s.yaml")
+    assert choose_for_data(cfg, 1_281_167, world_size=8) == []  # the paper's recipe sets everything
+    assert (cfg.batch_size, cfg.lr, cfg.multi_scale) == (128, 0.002, True)
+
+
+def test_saved_config_names_the_choices_and_reads_back(tmp_path):
+    cfg = load_config(model="mobilevit_xxs", img_size=32, epochs=8)
+    reasons = choose_for_data(cfg, 1400)
+    save_config(cfg, tmp_path / "config.yaml", notes=reasons)
+    text = (tmp_path / "config.yaml").read_text()
+    assert text.startswith("# batch_size 32: ")
+    assert load_config(tmp_path / "config.yaml") == cfg

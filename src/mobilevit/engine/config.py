@@ -10,7 +10,9 @@ at that scale are derived from the run instead (``resolve_config``):
   shortens ``warmup_steps``);
 * the EMA warms up (``ema_warmup``), so that a short run's average is not its initialisation;
 * with ``pretrained`` and no explicit value, ``FINE_TUNE_DEFAULTS`` replace the from-scratch
-  learning rates and warm-up.
+  learning rates and warm-up;
+* once the data is read (``choose_for_data``), the batch size follows the number of training images,
+  the learning rate follows the batch, and the multi-scale sampler is on only at larger sizes.
 
 A YAML recipe (``configs/*.yaml``) overrides the defaults, and command-line flags override the
 recipe; the resolved config is saved in the run directory.
@@ -43,9 +45,9 @@ class TrainConfig:
     pretrained: str | None = None  # any checkpoint create_model accepts; a new head for the data's classes
     output: str = "runs/train"
     epochs: int = 300
-    batch_size: int = 128  # per process, at img_size; the multi-scale sampler scales it per size
+    batch_size: int | None = None  # per process, at img_size (the sampler scales it per size); None: auto_batch_size
     img_size: int = 256
-    multi_scale: bool = True
+    multi_scale: bool | None = None  # None: auto_multi_scale (on from MULTI_SCALE_MIN_SIZE, as the paper's 256)
     min_size: int | None = None  # None: img_size * 160/256 (the paper's ratio), at least the model's 32
     max_size: int | None = None  # None: img_size * 320/256
     num_scales: int = 5
@@ -55,7 +57,9 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before the crop
     ssd_augment: bool = False  # detection: torchvision's SSD zoom-out and IoU crops
     transformer_dropout: float | None = None  # None: the model's published rate (0.05 xxs, 0.1 xs and s)
-    lr: float = 0.002
+    lr: float | None = (
+        None  # None: scaled_lr of the batch (LR_BASE at LR_BASE_BATCH, FINE_TUNE_LR_BASE with pretrained)
+    )
     min_lr: float = 0.0002
     warmup_lr: float = 0.0002
     warmup_steps: int = 3000
@@ -71,7 +75,8 @@ class TrainConfig:
     accum_steps: int = 1
     channels_last: bool = False
     compile: bool = False
-    workers: int = 2
+    workers: int | None = None  # DataLoader workers; None: 0 for data held in memory, else DEFAULT_WORKERS
+    threads: int | None = None  # compute threads on CPU; None: the cores other processes leave free (ThreadGovernor)
     seed: int = 0
     deterministic: bool = False
     save_every: int = 0  # optimizer steps between mid-epoch checkpoints; 0 = only at epoch ends
@@ -96,6 +101,64 @@ PAPER_BASE_SIZE, PAPER_MIN_SIZE, PAPER_MAX_SIZE, PAPER_SIZE_DIVISOR = 256, 160, 
 # it (the new head starts at random), then cosine down to almost nothing. The warm-up cap applies.
 # A briefly trained, same-domain backbone has little to lose to a higher lr (docs/training.md, "Fine-tuning").
 FINE_TUNE_DEFAULTS: dict[str, Any] = {"lr": 0.0009, "min_lr": 0.000001, "warmup_lr": 0.00009, "warmup_steps": 500}
+
+
+# Defaults chosen from the data when not given (docs/training.md, "Defaults that suit the data";
+# measured by benchmarks/small_data.py). The ImageNet, VOC and COCO recipes set all of them.
+AUTO_BATCH_RANGE = (16, 128)  # powers of two; 128 is the paper's batch per GPU
+MIN_STEPS_PER_EPOCH = 40  # a short run on a few thousand images still makes hundreds of steps
+LR_BASE, LR_BASE_BATCH = 0.002, 32  # timm's lr_base and lr_base_size: lr = LR_BASE * sqrt(batch / LR_BASE_BATCH)
+LR_MAX = 0.004  # reached at batch 128; the Fashion-MNIST recipe's rate (the paper's recipes set 0.002 at 1024)
+# Multi-scale by default only in runs like the paper's (256x256, 300 epochs), where it reports a gain;
+# every shorter or smaller run measured here lost accuracy to it (docs/training.md).
+MULTI_SCALE_MIN_SIZE, MULTI_SCALE_MIN_EPOCHS = 128, 100
+DEFAULT_WORKERS = 2
+
+
+def auto_batch_size(num_samples: int, world_size: int = 1) -> int:
+    """The largest power of two in :data:`AUTO_BATCH_RANGE` that still gives an epoch of
+    ``num_samples`` at least :data:`MIN_STEPS_PER_EPOCH` optimizer steps (the smallest one if none does)."""
+    batch, smallest = AUTO_BATCH_RANGE[1], AUTO_BATCH_RANGE[0]
+    while batch > smallest and num_samples / (batch * world_size) < MIN_STEPS_PER_EPOCH:
+        batch //= 2
+    return batch
+
+
+def scaled_lr(global_batch: int) -> float:
+    """timm's ``lr_base`` rule with its square-root scaling for adaptive optimizers such as AdamW, at
+    most :data:`LR_MAX`."""
+    return min(LR_MAX, LR_BASE * math.sqrt(global_batch / LR_BASE_BATCH))
+
+
+def auto_multi_scale(img_size: int, epochs: int) -> bool:
+    """On for runs at least :data:`MULTI_SCALE_MIN_SIZE` pixels and :data:`MULTI_SCALE_MIN_EPOCHS` long."""
+    return img_size >= MULTI_SCALE_MIN_SIZE and epochs >= MULTI_SCALE_MIN_EPOCHS
+
+
+def choose_for_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> list[str]:
+    """Fill in ``batch_size``, ``lr`` and ``multi_scale`` where they are None, from the number of
+    training images and processes; one line per choice says what was chosen and why."""
+    reasons = []
+    if cfg.batch_size is None:
+        cfg.batch_size = auto_batch_size(num_samples, world_size)
+        steps = num_samples // (cfg.batch_size * world_size)
+        reasons.append(
+            f"batch_size {cfg.batch_size}: the largest power of two in {list(AUTO_BATCH_RANGE)} that gives "
+            f"{num_samples} training images at least {MIN_STEPS_PER_EPOCH} steps per epoch ({steps})"
+        )
+    if cfg.lr is None:
+        global_batch = cfg.batch_size * world_size * cfg.accum_steps
+        cfg.lr = round(scaled_lr(global_batch), 6)
+        reasons.append(
+            f"lr {cfg.lr:g}: {LR_BASE:g} x sqrt(global batch {global_batch} / {LR_BASE_BATCH}), at most {LR_MAX:g}"
+        )
+    if cfg.multi_scale is None:
+        cfg.multi_scale = auto_multi_scale(cfg.img_size, cfg.epochs)
+        reasons.append(
+            f"multi_scale {'on' if cfg.multi_scale else 'off'}: on by default from img_size {MULTI_SCALE_MIN_SIZE} "
+            f"and {MULTI_SCALE_MIN_EPOCHS} epochs (this run: {cfg.img_size}, {cfg.epochs})"
+        )
+    return reasons
 
 
 def multi_scale_range(cfg: TrainConfig) -> tuple[int, int, int]:
@@ -144,7 +207,7 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
     config.data = config.data or get_task(config.task).default_data
     if config.amp not in ("none", "bf16", "fp16"):
         raise ValueError(f"amp must be none, bf16 or fp16, got {config.amp!r}")
-    if config.accum_steps < 1 or config.epochs < 1 or config.batch_size < 1:
+    if config.accum_steps < 1 or config.epochs < 1 or (config.batch_size is not None and config.batch_size < 1):
         raise ValueError("epochs, batch_size and accum_steps must be at least 1")
     if config.warmup_max_fraction is not None and not 0 <= config.warmup_max_fraction <= 1:
         raise ValueError(f"warmup_max_fraction must be in [0, 1], got {config.warmup_max_fraction}")
@@ -153,6 +216,8 @@ def load_config(recipe: str | os.PathLike | None = None, **overrides: Any) -> Tr
     return resolve_config(config)
 
 
-def save_config(config: TrainConfig, path: Path) -> None:
-    text = yaml.safe_dump(config.to_dict())
+def save_config(config: TrainConfig, path: Path, notes: list[str] = ()) -> None:
+    """The config as YAML that ``--config`` reads back; ``notes`` (why the defaults chose what they
+    did) go first, as comments."""
+    text = "".join(f"# {note}\n" for note in notes) + yaml.safe_dump(config.to_dict())
     atomic_write(path, lambda tmp: Path(tmp).write_text(text))

@@ -31,7 +31,8 @@ from tqdm import tqdm
 
 from mobilevit.checkpoint_io import CONFIG_FILE, atomic_write, load_pickle, read_json
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.engine.config import TrainConfig, multi_scale_range, save_config
+from mobilevit.engine.config import DEFAULT_WORKERS, TrainConfig, choose_for_data, multi_scale_range, save_config
+from mobilevit.engine.threads import ThreadGovernor
 from mobilevit.errors import CheckpointError, NonFiniteLossError, require_extra
 from mobilevit.models.factory import create_model
 from mobilevit.models.weights import load_state_dict_checked
@@ -213,6 +214,7 @@ class Trainer:
         require_extra("train", "Training", "tensorboard", "matplotlib", "torchmetrics", "pycocotools")
         self.cfg = cfg
         self.dist = setup_distributed()
+        self.governor = self._thread_governor()
         if cfg.amp == "fp16" and self.dist.device.type != "cuda":
             raise ValueError("--amp fp16 needs a GPU; on CPU use --amp bf16")
         if cfg.deterministic:
@@ -250,14 +252,35 @@ class Trainer:
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
 
+    def _thread_governor(self) -> ThreadGovernor | None:
+        """``--threads N`` fixes the compute threads; otherwise on CPU (unless ``OMP_NUM_THREADS`` fixes
+        them) they follow the cores that other processes leave free."""
+        if self.cfg.threads:
+            torch.set_num_threads(self.cfg.threads)
+            return None
+        if self.dist.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+            return None
+        return ThreadGovernor()
+
     def _build_data(self) -> None:
         cfg = self.cfg
         train_set, val_set, self.classes = build_data(cfg, self.task)
         self.num_classes = len(self.classes)
+        self.choices = choose_for_data(cfg, len(train_set), self.dist.world_size)
+        train_data = self.task.train_dataset(train_set, cfg, self.num_classes)
+        if cfg.workers is None:
+            in_memory = getattr(train_data, "in_memory", False)
+            cfg.workers = 0 if in_memory else DEFAULT_WORKERS
+            self.choices.append(
+                f"workers {cfg.workers}: " + ("batches are made in memory" if in_memory else "the default")
+            )
+        if self.dist.is_main:
+            for choice in self.choices:
+                log.info("chose %s", choice)
         self.sampler = self._sampler(len(train_set))
         options = loader_options(self.dist.device, cfg.workers)
         self.train_loader = torch.utils.data.DataLoader(
-            self.task.train_dataset(train_set, cfg, self.num_classes),
+            train_data,
             batch_sampler=self.sampler,
             collate_fn=self.task.collate,
             # Its own generator: creating an epoch's iterator must not draw from the global RNG,
@@ -438,6 +461,8 @@ class Trainer:
                 continue
             step_loss, step_seen = self.train_step(micro_batches)
             micro_batches = []
+            if self.governor:
+                self.governor.update()
             loss_sum, seen = loss_sum + step_loss, seen + step_seen
             if cfg.save_every and self.step % cfg.save_every == 0:
                 self.save(batches_done)
@@ -494,7 +519,7 @@ class Trainer:
         writer = None
         if self.dist.is_main:
             self.out.mkdir(parents=True, exist_ok=True)
-            save_config(cfg, self.out / "config.yaml")
+            save_config(cfg, self.out / "config.yaml", notes=[f"chose {choice}" for choice in self.choices])
             writer = SummaryWriter(str(self.out / "tensorboard"))
         try:
             self._run_epochs(writer)
