@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import logging
 import os
+import signal
 import subprocess
 import sys
 import time
@@ -12,10 +13,9 @@ from pathlib import Path
 import pytest
 import torch
 
-from mobilevit.engine.threads import ThreadGovernor, busy_seconds, threads_for
+from mobilevit.engine.threads import ThreadGovernor, busy_seconds, own_seconds, threads_for
 
 HAS_PROC_STAT = Path("/proc/stat").is_file()
-BUSY_LOOP = "import time\nend = time.time() + 30\nwhile time.time() < end:\n    pass\n"
 
 
 def test_threads_are_the_cores_left_at_least_one():
@@ -53,7 +53,7 @@ class FakeMachine:
     def __init__(self, monkeypatch) -> None:
         self.wall = self.own = self.busy = 0.0
         monkeypatch.setattr("mobilevit.engine.threads.time.monotonic", lambda: self.wall)
-        monkeypatch.setattr("mobilevit.engine.threads.time.process_time", lambda: self.own)
+        monkeypatch.setattr("mobilevit.engine.threads.own_seconds", lambda: self.own)
         monkeypatch.setattr("mobilevit.engine.threads.busy_seconds", lambda cores: self.busy)
 
     def run(self, seconds: float, own_cores: float, other_cores: float) -> None:
@@ -94,16 +94,38 @@ def test_the_governor_never_exceeds_torchs_own_thread_count(monkeypatch):
         torch.set_num_threads(previous)
 
 
+def spin(seconds: float) -> subprocess.Popen:
+    """A child process that keeps a core busy for ``seconds``."""
+    loop = f"import time\nend = time.time() + {seconds}\nwhile time.time() < end:\n    pass\n"
+    return subprocess.Popen([sys.executable, "-c", loop])
+
+
 @pytest.mark.skipif(not HAS_PROC_STAT, reason="no /proc/stat: the governor is off on this system")
 def test_a_busy_process_is_measured_as_others():
-    """A real process spinning on a core shows up in /proc/stat as the other processes' time (other
-    tests running beside this one can only add to it)."""
+    """A process that is not ours, spinning on a core, shows up in /proc/stat as the other processes'
+    time (other tests running beside this one can only add to it)."""
     governor = ThreadGovernor(interval=0.5)
-    hog = subprocess.Popen([sys.executable, "-c", BUSY_LOOP])
+    # Started by a shell that exits at once, so that it is not a child of this process.
+    started = subprocess.run(
+        ["sh", "-c", f"{sys.executable} -c 'while True: pass' >/dev/null 2>&1 & echo $!"],
+        capture_output=True,
+        text=True,
+        check=True,
+    )
     try:
         time.sleep(1.5)
         others = governor.others()
     finally:
-        hog.kill()
-        hog.wait()
+        os.kill(int(started.stdout), signal.SIGKILL)
     assert others is not None and others >= 0.5, others
+
+
+@pytest.mark.skipif(not HAS_PROC_STAT, reason="no /proc/stat: the governor is off on this system")
+def test_children_such_as_dataloader_workers_count_as_ours():
+    """A child process's CPU time is this process's own, while it runs and after it has ended."""
+    before, wall = own_seconds(), time.monotonic()
+    child = spin(1.0)
+    time.sleep(0.6)
+    assert own_seconds() - before >= 0.25  # at least part of a core, however busy the machine
+    child.wait()
+    assert own_seconds() - before >= 0.4 * (time.monotonic() - wall)

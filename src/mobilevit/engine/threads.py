@@ -2,8 +2,8 @@
 
 OpenMP threads spin while they wait for each other. When another busy process holds a core, one of
 ours is descheduled and the other spins through its time slice: on 2 cores, two trainings side by
-side each fell to about a tenth of their speed alone (benchmarks/contention.py). With one thread
-each, both ran at 85% of their speed alone. So while training on CPU, :class:`ThreadGovernor`
+side each fell to a small fraction of their speed alone, and with one thread each both ran almost as
+fast as one alone (benchmarks/contention.py). So while training on CPU, :class:`ThreadGovernor`
 measures every few seconds how much CPU the other processes used and keeps ``torch``'s intra-op
 threads at the cores left over: all of them on an idle machine, fewer beside other work.
 """
@@ -47,6 +47,28 @@ def busy_seconds(cores: list[int], stat: Path | None = None) -> float | None:
     return ticks / os.sysconf("SC_CLK_TCK")
 
 
+def process_seconds(pid: int | str) -> float:
+    """CPU seconds (user and system) of the live process ``pid``, 0 once it is gone."""
+    try:
+        fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    except (OSError, IndexError):
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")  # utime, stime (fields 14, 15)
+
+
+def own_seconds() -> float:
+    """CPU seconds of this process and its children (DataLoader workers are ours, not others'): the
+    live ones read from ``/proc``, the ended ones from ``os.times()`` once they are reaped."""
+    times = os.times()
+    total = times.user + times.system + times.children_user + times.children_system
+    for children in Path("/proc/self/task").glob("*/children"):
+        try:
+            total += sum(process_seconds(pid) for pid in children.read_text().split())
+        except OSError:
+            continue
+    return total
+
+
 def threads_for(cores: int, others: float) -> int:
     """The threads to use when other processes keep ``others`` cores busy: the cores left, rounded
     to the nearest, at least one."""
@@ -66,14 +88,15 @@ class ThreadGovernor:
         self._mark()
 
     def _mark(self) -> None:
-        self._wall, self._own, self._busy = time.monotonic(), time.process_time(), busy_seconds(self.cores)
+        self._wall, self._own, self._busy = time.monotonic(), own_seconds(), busy_seconds(self.cores)
 
     def others(self) -> float | None:
-        """Cores that other processes kept busy since the last look; None before ``interval`` passed."""
+        """Cores that other processes (not this one or its children) kept busy since the last look; None
+        before ``interval`` passed."""
         wall = time.monotonic() - self._wall
         if not self.enabled or wall < self.interval:
             return None
-        busy, own = busy_seconds(self.cores), time.process_time() - self._own
+        busy, own = busy_seconds(self.cores), own_seconds() - self._own
         others = max(0.0, (busy - self._busy - own) / wall)
         self._mark()
         return others
