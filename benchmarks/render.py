@@ -110,6 +110,22 @@ SECTIONS = {
         "the optimizer steps alone (`epoch_time` in `metrics.csv`, summed); *wall time* is the whole "
         "training, with each epoch's validation of both sets of weights and its checkpoint.",
     ),
+    "small_data": Section(
+        "Training defaults on a small dataset",
+        "The common fine-tuning case, a few thousand images or fewer: `mobilevit train` with only `--data`, "
+        "`--model`, `--img-size` and `--epochs` (*defaults*) against the same run with other settings, on a "
+        "small ImageFolder written from Fashion-MNIST. *ImageNet's* is the batch of 128 and the multi-scale "
+        "sampler that were the defaults before they followed the data. The rules the defaults follow are in "
+        "[Training](training.md#defaults-that-scale-with-the-run).",
+    ),
+    "contention": Section(
+        "Training on a busy machine",
+        "A training alone, beside a second identical training, and beside a numpy matmul loop, each in its "
+        "own process. *fixed threads* is torch's own choice, one compute thread per core whatever else runs; "
+        "*governed* is the default, compute threads that follow the cores other processes leave free "
+        "([Training](training.md#a-shared-cpu)). *vs alone* is the speed over the same setting alone; *vs "
+        "before* is governed over fixed threads in the same scenario.",
+    ),
     "gpu_check": Section(
         "GPU check",
         "Ours and timm's model trained the same way on one CUDA GPU, interleaved in rounds in one process "
