@@ -160,12 +160,14 @@ def test_choices_fill_only_what_was_not_given_and_say_why():
     cfg = load_config(model="mobilevit_xxs", img_size=32, epochs=8)
     reasons = choose_for_data(cfg, 1400, world_size=1)
     assert (cfg.batch_size, cfg.lr, cfg.multi_scale) == (32, 0.002, False)
-    assert [r.split()[0] for r in reasons] == ["batch_size", "lr", "multi_scale"]
+    assert [r.split()[0] for r in reasons] == ["batch_size", "lr", "multi_scale", "workers"]
     assert "1400 training images" in reasons[0] and "43" in reasons[0]
+    assert cfg.workers == 2 and "files" in reasons[3]
     cfg = load_config(model="mobilevit_xxs", img_size=32, epochs=8, batch_size=64, accum_steps=2)
-    reasons = choose_for_data(cfg, 1400, world_size=2)
+    reasons = choose_for_data(cfg, 1400, world_size=2, in_memory=True)
     assert cfg.batch_size == 64 and cfg.lr == pytest.approx(0.004)  # global batch 256
-    assert [r.split()[0] for r in reasons] == ["lr", "multi_scale"]
+    assert [r.split()[0] for r in reasons] == ["lr", "multi_scale", "workers"]
+    assert cfg.workers == 0
     cfg = load_config(Path(CONFIGS[0]).parent / "imagenet_mobilevit_s.yaml")
     assert choose_for_data(cfg, 1_281_167, world_size=8) == []  # the paper's recipe sets everything
     assert (cfg.batch_size, cfg.lr, cfg.multi_scale) == (128, 0.002, True)

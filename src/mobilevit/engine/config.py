@@ -135,9 +135,10 @@ def auto_multi_scale(img_size: int, epochs: int) -> bool:
     return img_size >= MULTI_SCALE_MIN_SIZE and epochs >= MULTI_SCALE_MIN_EPOCHS
 
 
-def choose_for_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> list[str]:
-    """Fill in ``batch_size``, ``lr`` and ``multi_scale`` where they are None, from the number of
-    training images and processes; one line per choice says what was chosen and why."""
+def choose_for_data(cfg: TrainConfig, num_samples: int, world_size: int = 1, in_memory: bool = False) -> list[str]:
+    """Fill in ``batch_size``, ``lr``, ``multi_scale`` and ``workers`` where they are None, from the
+    number of training images and processes and whether the data is held in memory; one line per
+    choice says what was chosen and why."""
     reasons = []
     if cfg.batch_size is None:
         cfg.batch_size = auto_batch_size(num_samples, world_size)
@@ -158,6 +159,10 @@ def choose_for_data(cfg: TrainConfig, num_samples: int, world_size: int = 1) -> 
             f"multi_scale {'on' if cfg.multi_scale else 'off'}: on by default from img_size {MULTI_SCALE_MIN_SIZE} "
             f"and {MULTI_SCALE_MIN_EPOCHS} epochs (this run: {cfg.img_size}, {cfg.epochs})"
         )
+    if cfg.workers is None:
+        cfg.workers = 0 if in_memory else DEFAULT_WORKERS
+        reason = "the batches are made in memory" if in_memory else "the default for data read from files"
+        reasons.append(f"workers {cfg.workers}: {reason}")
     return reasons
 
 

@@ -118,3 +118,14 @@ class ThreadGovernor:
             torch.set_num_threads(threads)
             self.threads = threads
         return threads
+
+
+def thread_governor(threads: int | None, device: torch.device) -> ThreadGovernor | None:
+    """``threads`` (``--threads``) fixes the compute threads; otherwise on CPU, unless
+    ``OMP_NUM_THREADS`` fixes them, a :class:`ThreadGovernor` makes them follow the free cores."""
+    if threads:
+        torch.set_num_threads(threads)
+        return None
+    if device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
+        return None
+    return ThreadGovernor()

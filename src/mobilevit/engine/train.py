@@ -31,8 +31,8 @@ from tqdm import tqdm
 
 from mobilevit.checkpoint_io import CONFIG_FILE, atomic_write, load_pickle, read_json
 from mobilevit.data.sampler import MultiScaleBatchSampler
-from mobilevit.engine.config import DEFAULT_WORKERS, TrainConfig, choose_for_data, multi_scale_range, save_config
-from mobilevit.engine.threads import ThreadGovernor
+from mobilevit.engine.config import TrainConfig, choose_for_data, multi_scale_range, save_config
+from mobilevit.engine.threads import thread_governor
 from mobilevit.errors import CheckpointError, NonFiniteLossError, require_extra
 from mobilevit.models.factory import create_model
 from mobilevit.models.weights import load_state_dict_checked
@@ -214,7 +214,7 @@ class Trainer:
         require_extra("train", "Training", "tensorboard", "matplotlib", "torchmetrics", "pycocotools")
         self.cfg = cfg
         self.dist = setup_distributed()
-        self.governor = self._thread_governor()
+        self.governor = thread_governor(cfg.threads, self.dist.device)
         if cfg.amp == "fp16" and self.dist.device.type != "cuda":
             raise ValueError("--amp fp16 needs a GPU; on CPU use --amp bf16")
         if cfg.deterministic:
@@ -252,28 +252,13 @@ class Trainer:
         self.epoch = 0
         self.metrics: list[dict[str, Any]] = []
 
-    def _thread_governor(self) -> ThreadGovernor | None:
-        """``--threads N`` fixes the compute threads; otherwise on CPU (unless ``OMP_NUM_THREADS`` fixes
-        them) they follow the cores that other processes leave free."""
-        if self.cfg.threads:
-            torch.set_num_threads(self.cfg.threads)
-            return None
-        if self.dist.device.type != "cpu" or "OMP_NUM_THREADS" in os.environ:
-            return None
-        return ThreadGovernor()
-
     def _build_data(self) -> None:
         cfg = self.cfg
         train_set, val_set, self.classes = build_data(cfg, self.task)
         self.num_classes = len(self.classes)
-        self.choices = choose_for_data(cfg, len(train_set), self.dist.world_size)
         train_data = self.task.train_dataset(train_set, cfg, self.num_classes)
-        if cfg.workers is None:
-            in_memory = getattr(train_data, "in_memory", False)
-            cfg.workers = 0 if in_memory else DEFAULT_WORKERS
-            self.choices.append(
-                f"workers {cfg.workers}: " + ("batches are made in memory" if in_memory else "the default")
-            )
+        in_memory = getattr(train_data, "in_memory", False)
+        self.choices = choose_for_data(cfg, len(train_set), self.dist.world_size, in_memory)
         if self.dist.is_main:
             for choice in self.choices:
                 log.info("chose %s", choice)
