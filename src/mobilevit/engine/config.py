@@ -47,7 +47,7 @@ class TrainConfig:
     epochs: int = 300
     batch_size: int | None = None  # per process, at img_size (the sampler scales it per size); None: auto_batch_size
     img_size: int = 256
-    multi_scale: bool | None = None  # None: auto_multi_scale (on from MULTI_SCALE_MIN_SIZE, as the paper's 256)
+    multi_scale: bool | None = None  # None: auto_multi_scale (on only for runs like the paper's)
     min_size: int | None = None  # None: img_size * 160/256 (the paper's ratio), at least the model's 32
     max_size: int | None = None  # None: img_size * 320/256
     num_scales: int = 5
@@ -57,9 +57,7 @@ class TrainConfig:
     scale_range: tuple[float, float] = (0.5, 2.0)  # segmentation: random rescale before the crop
     ssd_augment: bool = False  # detection: torchvision's SSD zoom-out and IoU crops
     transformer_dropout: float | None = None  # None: the model's published rate (0.05 xxs, 0.1 xs and s)
-    lr: float | None = (
-        None  # None: scaled_lr of the batch (LR_BASE at LR_BASE_BATCH, FINE_TUNE_LR_BASE with pretrained)
-    )
+    lr: float | None = None  # None: scaled_lr of the global batch (with pretrained: FINE_TUNE_DEFAULTS)
     min_lr: float = 0.0002
     warmup_lr: float = 0.0002
     warmup_steps: int = 3000
