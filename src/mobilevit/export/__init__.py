@@ -193,8 +193,9 @@ def _export(
         notes.append(f"frozen trace; runs at any batch size{sizes}")
         return TorchScriptRunner(path)
     if fmt == "executorch":
-        export_executorch(model, path, example, int8=int8, calibration=calibration)
+        _, where = export_executorch(model, path, example, int8=int8, calibration=calibration)
         notes.append(f"XNNPACK, {'int8' if int8 else 'fp32'}, fixed input shape {tuple(example.shape)}")
+        notes.append(str(where))
         return lambda x: run_executorch(path, x)
     if fmt == "litert":
         runner = LiteRTRunner(export_litert(model, path, example, calibration if int8 else None))

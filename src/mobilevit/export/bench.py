@@ -31,7 +31,7 @@ from mobilevit.models.factory import create_model
 from mobilevit.models.mobilevit import MODEL_CONFIGS
 from mobilevit.models.mobilevitv2 import V2_CONFIGS
 from mobilevit.models.summary import count_macs
-from mobilevit.testing import hf_config, hf_v2_config
+from mobilevit.testing import hf_config, hf_v2_config, randomize_
 
 BENCH_BACKENDS = ("eager", "optimized", "compile", "onnxruntime", "executorch", "int8", "litert", "litert-int8")
 PEERS = ("timm", "hf")
@@ -64,18 +64,21 @@ class _HFLogits(nn.Module):
 
 
 def peer_model(peer: str, name: str) -> nn.Module:
-    """timm's or Hugging Face's ``name`` (v1 or v2) with random weights (speed does not depend on them)."""
+    """timm's or Hugging Face's ``name`` (v1 or v2) with every weight random. Not their default init:
+    timm zeroes the last BatchNorm scale of each residual block, and converters (LiteRT's) then remove
+    those blocks from the file, which no trained model allows."""
     if peer == "timm":
         import timm
 
-        return timm.create_model(name).eval()
+        return randomize_(timm.create_model(name)).eval()
     if peer == "hf":
-        return _HFLogits(name).eval()
+        return randomize_(_HFLogits(name)).eval()
     raise ValueError(f"unknown peer {peer!r}; choose from {', '.join(PEERS)}")
 
 
-def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir: Path) -> Runner:
-    """``model`` prepared for ``backend`` at the shape of ``example``, as a tensor-in tensor-out call."""
+def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir: Path, ours: bool = True) -> Runner:
+    """``model`` prepared for ``backend`` at the shape of ``example``, as a tensor-in tensor-out call;
+    a peer's (``ours=False``) is lowered to ExecuTorch by the standard recipe, without our rewrite."""
     model = model.eval()
     if backend == "eager":
         return model
@@ -91,7 +94,7 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
             path = quantize_onnx(path, workdir / "model-int8.onnx", calibration)
         return OnnxRunner(path, threads=torch.get_num_threads())
     if backend == "executorch":
-        return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example))
+        return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example, rewrite=ours)[0])
     if backend in ("litert", "litert-int8"):
         path = export_litert(model, workdir / "model.tflite", example, calibration)
         return LiteRTRunner(path, threads=torch.get_num_threads())
@@ -160,7 +163,7 @@ def bench(
         for impl, impl_backend, network in entries:
             workdir = Path(tmp) / f"{impl}-{impl_backend}"
             workdir.mkdir()
-            runners[impl, impl_backend] = build_runner(network, impl_backend, x, workdir)
+            runners[impl, impl_backend] = build_runner(network, impl_backend, x, workdir, ours=impl == "mobilevit")
         times = time_interleaved(runners, x, rounds, iters)
     peak = peak_gflops or matmul_peak_gflops()
     ours = statistics.median(times["mobilevit", backend])

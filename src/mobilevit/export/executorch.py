@@ -2,13 +2,17 @@
 post-training quantization), and a runner on the ExecuTorch Python runtime.
 
 Shapes are static: a program runs at the input shape it was exported with (MobileViT's resize of
-odd-sized feature maps is then decided once, at export). LayerNorm has no XNNPACK kernel and runs on
-ExecuTorch's portable kernels between the delegated parts.
+odd-sized feature maps is then decided once, at export). The model is exported in XNNPACK's own ops
+(:func:`mobilevit.export.xnnpack.for_xnnpack`), so the whole program is one XNNPACK partition and nothing
+runs on ExecuTorch's portable kernels, its slow reference implementations; :class:`Placement` says where
+each op went.
 """
 
 from __future__ import annotations
 
 import os
+from collections import Counter
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -17,6 +21,10 @@ from torch import nn
 from mobilevit.checkpoint_io import atomic_write
 from mobilevit.data.calibration import fixed_size_batches
 from mobilevit.errors import require_extra
+from mobilevit.export.xnnpack import for_xnnpack
+
+# The delegate's outputs are read with getitem, which runs no kernel: not a fallback.
+_NO_KERNEL = {"getitem"}
 
 
 def _require_executorch() -> None:
@@ -48,6 +56,38 @@ def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Te
     return convert_pt2e(prepared)
 
 
+@dataclass(frozen=True)
+class Placement:
+    """Where a lowered program's ops run: ``partitions`` XNNPACK subgraphs holding ``delegated`` ops, and
+    the ops left ``outside`` (op name -> count), which ExecuTorch runs on its portable kernels."""
+
+    partitions: int
+    delegated: int
+    outside: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        plural = "s" if self.partitions != 1 else ""
+        where = f"{self.partitions} XNNPACK partition{plural} holding {self.delegated} ops"
+        if not self.outside:
+            return f"{where}, none outside"
+        return f"{where}; outside, on portable kernels: " + ", ".join(f"{op} x{n}" for op, n in self.outside.items())
+
+
+def placement(lowered_module: torch.fx.GraphModule) -> Placement:
+    """The :class:`Placement` of an edge program's graph after ``to_edge_transform_and_lower``."""
+    from executorch.devtools.backend_debug import get_delegation_info
+
+    info = get_delegation_info(lowered_module)
+    outside = Counter(
+        {
+            op.removeprefix("aten_"): breakdown.non_delegated
+            for op, breakdown in info.delegation_by_operator.items()
+            if breakdown.non_delegated and op not in _NO_KERNEL
+        }
+    )
+    return Placement(info.num_delegated_subgraphs, info.num_delegated_nodes, dict(outside.most_common()))
+
+
 def export_executorch(
     model: nn.Module,
     path: str | os.PathLike,
@@ -55,25 +95,31 @@ def export_executorch(
     *,
     int8: bool = False,
     calibration: torch.Tensor | None = None,
-) -> Path:
-    """Export ``model`` (switched to eval mode) to an ExecuTorch program at ``path`` for inputs of
-    ``example``'s shape, delegated to XNNPACK; ``int8`` quantizes it first, calibrated on
-    ``calibration`` [N, C, H, W]. The file is written atomically."""
+    rewrite: bool = True,
+) -> tuple[Path, Placement]:
+    """Export ``model`` (a copy, in eval mode and XNNPACK's ops) to an ExecuTorch program at ``path`` for
+    inputs of ``example``'s shape, delegated to XNNPACK; ``int8`` quantizes it first, calibrated on
+    ``calibration`` [N, C, H, W]. The file is written atomically. Returns it and where its ops run.
+
+    ``rewrite=False`` lowers the model as it is, ExecuTorch's standard recipe: how the benchmarks
+    lower timm's model, the yardstick."""
     _require_executorch()
     from executorch.backends.xnnpack.partition.xnnpack_partitioner import XnnpackPartitioner
     from executorch.exir import to_edge_transform_and_lower
 
     if int8 and calibration is None:
         raise ValueError("int8 export needs calibration images: static quantization measures activation ranges")
-    model = model.eval()
+    model = for_xnnpack(model) if rewrite else model.eval()
     with torch.no_grad():
         if int8:
             model = quantize_int8(model, example, calibration)
         exported = torch.export.export(model, (example,))
-    program = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()]).to_executorch()
+    lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
+    where = placement(lowered.exported_program().graph_module)
+    program = lowered.to_executorch()
     path = Path(path)
     atomic_write(path, lambda tmp: Path(tmp).write_bytes(program.buffer))
-    return path
+    return path, where
 
 
 class ExecuTorchRunner:

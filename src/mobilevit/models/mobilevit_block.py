@@ -101,18 +101,22 @@ class Transformer(nn.Module):
         return self.norm(x).reshape(sequences, tokens, dim)  # [S, N, d]
 
 
-def unfold(x: torch.Tensor, patch_size: int) -> torch.Tensor:
+def unfold(x: torch.Tensor, patch_size: int, by_slices: bool = True) -> torch.Tensor:
     """[B, d, H, W] -> [B*P, N, d]: P = patch_size**2 pixel positions, N = H*W/P patches.
 
     Pixel position (i, j) of every patch is the strided slice ``[i::p, j::p]`` of the map seen as
     [B, H, W, d] (a view, free when ``x`` is channels_last); stacking the P slices is the one copy.
     Written this way, ONNX Runtime runs it as a layout change and P block copies of d-vectors, which
     it does much faster than the equivalent single 6-D transpose (``pixel_unshuffle`` + transpose).
+    ``by_slices=False`` is that transpose, for backends that take no strided slice (XNNPACK).
     """
     batch, dim, height, width = x.shape
     p = patch_size
     x = x.permute(0, 2, 3, 1)  # [B, H, W, d]
-    x = torch.stack([x[:, i::p, j::p] for i in range(p) for j in range(p)], dim=1)  # [B, P, h, w, d]
+    if by_slices:
+        x = torch.stack([x[:, i::p, j::p] for i in range(p) for j in range(p)], dim=1)  # [B, P, h, w, d]
+    else:
+        x = x.reshape(batch, height // p, p, width // p, p, dim).permute(0, 2, 4, 1, 3, 5)  # [B, p, p, h, w, d]
     return x.reshape(batch * p * p, (height // p) * (width // p), dim)  # [B*P, N, d]
 
 
@@ -152,6 +156,8 @@ class MobileViTBlock(nn.Module):
     Feature maps whose sides are not multiples of the patch size are bilinearly resized up to the
     next multiple before unfolding and back after folding, as the official implementation does.
     """
+
+    unfold_by_slices = True  # see :func:`unfold`; an export for XNNPACK sets it False on its copy
 
     @staticmethod
     def config_options(cfg: Any, dilation: int) -> dict[str, Any]:
@@ -201,7 +207,7 @@ class MobileViTBlock(nn.Module):
         p = self.patch_size
         x, resize = resize_to_patches(local, p, align_corners=False)  # [B, d, H', W']
         new_h, new_w = x.shape[-2:]
-        x = self.global_rep(unfold(x, p))  # [B*P, N, d]
+        x = self.global_rep(unfold(x, p, self.unfold_by_slices))  # [B*P, N, d]
         x = fold(x, p, new_h, new_w, channels_last)  # [B, d, H', W']
         if resize:
             x = F.interpolate(x, size=(height, width), mode="bilinear", align_corners=False)

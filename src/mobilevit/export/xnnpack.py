@@ -1,0 +1,152 @@
+"""The same network written only in ops that XNNPACK delegates whole (ExecuTorch's and LiteRT's CPU backend).
+
+XNNPACK has no LayerNorm, GroupNorm, reduction over one axis or strided slice, and ExecuTorch decomposes
+``scaled_dot_product_attention`` into masking ops XNNPACK does not take either. Each of those cuts the
+delegated graph, and the pieces between run on slow reference kernels. :func:`for_xnnpack` swaps them for
+equivalent arithmetic (matrix products, means over a 4-D map's spatial axes, element-wise ops), with
+constants folded into the weights next to them, so the exported program is one XNNPACK graph that computes
+what the model computes (to float rounding).
+"""
+
+from __future__ import annotations
+
+import copy
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention
+from mobilevit.models.mobilevitv2 import LinearSelfAttention
+
+
+class RowLayerNorm(nn.Module):
+    """LayerNorm over the last axis of [M, d] rows, with the means as products with a [1, d] vector of 1/d."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        (dim,) = norm.normalized_shape
+        self.register_buffer("average", torch.full((1, dim), 1.0 / dim))
+        self.register_buffer("eps", torch.tensor(norm.eps))
+        self.register_buffer("weight", norm.weight.detach().clone())
+        self.register_buffer("bias", norm.bias.detach().clone())
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - F.linear(x, self.average)  # [M, d] - [M, 1]
+        variance = F.linear(centred * centred, self.average)  # [M, 1]
+        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+
+
+class MapGroupNorm(nn.Module):
+    """GroupNorm(1) of [B, d, H, W] maps: each mean is a spatial mean ([B, d, 1, 1]), then a 1x1 conv
+    with weights 1/d for the mean over channels ([B, 1, 1, 1])."""
+
+    def __init__(self, norm: nn.GroupNorm) -> None:
+        super().__init__()
+        if norm.num_groups != 1:
+            raise ValueError(f"only GroupNorm(1) is rewritten, got {norm.num_groups} groups")
+        dim = norm.num_channels
+        self.register_buffer("average", torch.full((1, dim, 1, 1), 1.0 / dim))
+        self.register_buffer("eps", torch.tensor(norm.eps))
+        self.register_buffer("weight", norm.weight.detach().clone().reshape(1, dim, 1, 1))
+        self.register_buffer("bias", norm.bias.detach().clone().reshape(1, dim, 1, 1))
+
+    def _mean(self, x: torch.Tensor) -> torch.Tensor:
+        return F.conv2d(x.mean(dim=(2, 3), keepdim=True), self.average)  # [B, 1, 1, 1]
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - self._mean(x)
+        return centred * torch.rsqrt(self._mean(centred * centred) + self.eps) * self.weight + self.bias
+
+
+class BatchedMatmulAttention(nn.Module):
+    """:class:`MultiHeadAttention` as two batched matrix products around a softmax; the 1/sqrt(d/heads)
+    scale is folded into the query rows of the qkv projection."""
+
+    def __init__(self, attention: MultiHeadAttention) -> None:
+        super().__init__()
+        self.num_heads = attention.num_heads
+        dim = attention.qkv.in_features
+        scale = (dim // self.num_heads) ** -0.5
+        self.query, self.key, self.value = (_linear_rows(attention.qkv, i * dim, dim) for i in range(3))
+        self.query.weight.data.mul_(scale)
+        self.query.bias.data.mul_(scale)
+        self.proj = copy.deepcopy(attention.proj)
+
+    def _heads(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        """[S*N, d] -> [S*heads, N, d/heads]"""
+        dim = x.shape[-1]
+        x = x.reshape(-1, tokens, self.num_heads, dim // self.num_heads).permute(0, 2, 1, 3)
+        return x.reshape(-1, tokens, dim // self.num_heads)
+
+    def forward(self, x: torch.Tensor, tokens: int) -> torch.Tensor:
+        """[S*N, d] -> [S*N, d]"""
+        dim = x.shape[-1]
+        q, k, v = (self._heads(f(x), tokens) for f in (self.query, self.key, self.value))
+        attention = torch.softmax(torch.bmm(q, k.transpose(1, 2)), dim=-1)  # [S*heads, N, N]
+        x = torch.bmm(attention, v)  # [S*heads, N, d/heads]
+        x = x.reshape(-1, self.num_heads, tokens, dim // self.num_heads).permute(0, 2, 1, 3)  # [S, N, heads, d/h]
+        return self.proj(x.reshape(-1, dim))
+
+
+class SpatialMeanSelfAttention(nn.Module):
+    """:class:`LinearSelfAttention` with the query, keys and values as three 1x1 convs (no split), and
+    the context's sum over the N patches as N times the spatial mean of the [B, d*P, 1, N] view."""
+
+    def __init__(self, attention: LinearSelfAttention) -> None:
+        super().__init__()
+        dim = attention.dim
+        rows = ((0, 1), (1, dim), (1 + dim, dim))  # query, keys, values
+        self.query, self.key, self.value = (_conv_rows(attention.qkv_proj, start, n) for start, n in rows)
+        self.out_proj = copy.deepcopy(attention.out_proj)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        batch, dim, positions, patches = x.shape
+        # the softmax sees a 3-D view: XNNPACK's programs run convs channels-last, and ExecuTorch (1.5)
+        # then applies a softmax over the last axis of their 4-D output to the wrong axis
+        scores = torch.softmax(self.query(x).reshape(batch, positions, patches), dim=-1)
+        scores = scores.reshape(batch, 1, positions, patches)  # [B, 1, P, N]
+        weighted = (self.key(x) * scores).reshape(batch, dim * positions, 1, patches)
+        context = weighted.mean(dim=(2, 3), keepdim=True).reshape(batch, dim, positions, 1) * float(patches)
+        return self.out_proj(F.relu(self.value(x)) * context)  # [B, d, P, N]
+
+
+def _linear_rows(linear: nn.Linear, start: int, rows: int) -> nn.Linear:
+    out = nn.Linear(linear.in_features, rows)
+    out.weight.data.copy_(linear.weight.detach()[start : start + rows])
+    out.bias.data.copy_(linear.bias.detach()[start : start + rows])
+    return out
+
+
+def _conv_rows(conv: nn.Conv2d, start: int, rows: int) -> nn.Conv2d:
+    out = nn.Conv2d(conv.in_channels, rows, 1)
+    out.weight.data.copy_(conv.weight.detach()[start : start + rows])
+    out.bias.data.copy_(conv.bias.detach()[start : start + rows])
+    return out
+
+
+_REWRITES = {
+    nn.LayerNorm: RowLayerNorm,
+    nn.GroupNorm: MapGroupNorm,
+    MultiHeadAttention: BatchedMatmulAttention,
+    LinearSelfAttention: SpatialMeanSelfAttention,
+}
+
+
+def for_xnnpack(model: nn.Module) -> nn.Module:
+    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring."""
+    model = copy.deepcopy(model).eval()
+    _rewrite_children(model)
+    for module in model.modules():
+        if isinstance(module, MobileViTBlock):
+            module.unfold_by_slices = False
+    return model
+
+
+def _rewrite_children(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        rewrite = _REWRITES.get(type(child))
+        if rewrite is not None:
+            setattr(module, name, rewrite(child).eval())
+        else:
+            _rewrite_children(child)
