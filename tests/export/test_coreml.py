@@ -12,6 +12,7 @@ import torch
 ct = pytest.importorskip("coremltools")
 
 from mobilevit import create_model  # noqa: E402
+from mobilevit.cli import main  # noqa: E402
 from mobilevit.export import export  # noqa: E402
 from mobilevit.export.coreml import program_ops, validate_coreml  # noqa: E402
 from mobilevit.tasks import get_task  # noqa: E402
@@ -147,6 +148,16 @@ def test_detection_exports_boxes_and_scores_before_nms(tmp_path):
         assert report.max_abs_diff < 5e-2
     else:
         assert report.max_abs_diff is None
+
+
+def test_cli_exports_a_segmenter_and_prints_what_the_spec_holds(tmp_path, capsys):
+    path = tmp_path / "seg.mlpackage"
+    argv = ["export", "--model", "deeplabv3_mobilevit_xxs", "--format", "coreml", "--img-size", "64", "64"]
+    assert main([*argv, "--precision", "fp32", "-o", str(path)]) == 0
+    out = capsys.readouterr().out
+    assert "output 'logits' [1, 21, 64, 64]; fp32 compute" in out and "op types: add, concat, conv," in out
+    assert ("need macOS" in out) != (sys.platform == "darwin")
+    assert path.is_dir()
 
 
 def _retype_ops(spec, old: str, new: str, count: int | None = None):

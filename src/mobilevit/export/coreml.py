@@ -145,7 +145,7 @@ def program_ops(spec: Any) -> list[Any]:
 
 
 def tensor_types(op: Any) -> list[Any]:
-    """The tensor types of an op's outputs (its other outputs are lists, tuples or states)."""
+    """The tensor types of an op's outputs (an op may also output lists or tuples)."""
     return [out.type.tensorType for out in op.outputs if out.type.HasField("tensorType")]
 
 
@@ -162,10 +162,10 @@ def _check_interface(
     got_in = (image.height, image.width, FeatureTypes_pb2.ImageFeatureType.ColorSpace.Name(image.colorSpace))
     want_in = (*input_shape[-2:], "RGB")
     (function_input,) = spec.mlProgram.functions["main"].inputs
-    batch = tuple(d.constant.size for d in function_input.type.tensorType.dimensions)
-    if got_in != want_in or batch != input_shape:
+    tensor_shape = tuple(d.constant.size for d in function_input.type.tensorType.dimensions)
+    if got_in != want_in or tensor_shape != input_shape:
         raise ValueError(
-            f"{path}: input image {got_in} of a {list(batch)} tensor, expected {want_in} of {list(input_shape)}"
+            f"{path}: input image {got_in} of a {list(tensor_shape)} tensor, expected {want_in} of {list(input_shape)}"
         )
     got_out = {o.name: tuple(o.type.multiArrayType.shape) for o in spec.description.output}
     if list(got_out.items()) != list(outputs.items()):
