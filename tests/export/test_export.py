@@ -198,8 +198,6 @@ def test_postprocess_options_are_the_models(detector):
 @pytest.mark.parametrize(
     ("model_name", "kwargs", "message"),
     [
-        ("deeplabv3_mobilevit_xxs", {"fmt": "coreml"}, "coreml export does not support segmentation models; use onnx"),
-        ("ssdlite_mobilevit_xxs", {"fmt": "coreml"}, "does not support detection models; use onnx, torchscript"),
         ("deeplabv3_mobilevit_xxs", {"fmt": "onnx", "int8": True}, "int8 export is for classifiers only"),
         ("ssdlite_mobilevit_xxs", {"fmt": "onnx", "dynamic": True}, "a detection export has a fixed 320x320 input"),
         ("ssdlite_mobilevit_xxs", {"fmt": "onnx", "img_size": (256, 256)}, "detects on 320x320 inputs"),

@@ -117,7 +117,7 @@ class Detection(Task):
     name = "detection"
     default_data = SHAPES
     metrics = ("map_50", "map")
-    export_formats = ("onnx", "torchscript", "executorch", "litert")  # CoreML's check expects logits
+    export_formats = ("onnx", "torchscript", "executorch", "coreml", "litert")
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {81: coco_class_names}
     eval_needs = ("torchmetrics", "pycocotools")  # COCO mAP
 

@@ -109,7 +109,7 @@ class Segmentation(Task):
     name = "segmentation"
     default_data = SHAPES
     metrics = ("miou", "pixel_acc", "loss")
-    export_formats = ("onnx", "torchscript", "executorch", "litert")  # CoreML's check expects a classifier's output
+    export_formats = ("onnx", "torchscript", "executorch", "coreml", "litert")
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {
         21: lambda: list(seg_data.VOC_CLASSES),
         150: lambda: list(seg_data.ADE20K_CLASSES),
