@@ -14,7 +14,8 @@ import torch
 
 from mobilevit import create_model
 from mobilevit.export import FP32_TOLERANCE, export
-from mobilevit.export.executorch import ExecuTorchRunner, Placement, export_executorch, placement, run_executorch
+from mobilevit.export.executorch import ExecuTorchRunner, export_executorch, placement, run_executorch
+from mobilevit.export.xnnpack import Placement
 from mobilevit.testing import randomize_, structured_images
 
 
@@ -66,7 +67,7 @@ def test_placement_sees_ops_left_to_portable_kernels():
     lowered = to_edge_transform_and_lower(exported, partitioner=[XnnpackPartitioner()])
     where = placement(lowered.exported_program().graph_module)
     assert where == Placement(2, 2, {"native_layer_norm_default": 1})
-    assert "outside, on portable kernels: native_layer_norm_default x1" in str(where)
+    assert "outside XNNPACK: native_layer_norm_default x1" in str(where)
 
 
 def test_run_rejects_another_shape(program_256):

@@ -1,6 +1,7 @@
 """LiteRT export (mobilevit.export.litert): fp32 parity with PyTorch in the LiteRT interpreter at two
-input sizes, the NHWC layout of the file, a non-default class count, int8 (top-1 agreement, integer
-kernels), segmentation and detection, what LiteRT refuses, the missing-extra message."""
+input sizes, the NHWC layout of the file, a non-default class count, every op inside one XNNPACK partition,
+int8 (top-1 agreement, integer kernels), segmentation and detection, what LiteRT refuses, the
+missing-extra message."""
 
 from __future__ import annotations
 
@@ -12,7 +13,7 @@ import torch
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.export import FP32_TOLERANCE, export
-from mobilevit.export.litert import LiteRTRunner, export_litert
+from mobilevit.export.litert import LiteRTRunner, export_litert, placement
 from mobilevit.testing import randomize_, structured_images
 
 pytest.importorskip("litert_torch", reason="the litert extra: pip install 'mobilevit[litert]'")
@@ -36,6 +37,8 @@ def test_fp32_matches_pytorch_at_two_sizes(seven_classes, tmp_path, size):
         expected = seven_classes(x)
     assert runner(x).shape == (1, 7)  # the new head survived the conversion
     assert (runner(x) - expected).abs().max().item() <= FP32_TOLERANCE
+    where = runner.placement()
+    assert (where.partitions, where.outside) == (1, {}) and str(where) in report.notes
     if size == (64, 64):
         _check_nhwc_layout(report.path, seven_classes, x)
         with pytest.raises(ValueError, match=r"exported for inputs of shape \(1, 3, 64, 64\)"):
@@ -48,6 +51,28 @@ def test_export_of_every_family_matches_pytorch(classifiers, tmp_path, name):
     """The v2 and v3 families at full depth (v1 is covered above): separable attention and v3's fusion."""
     report = export(classifiers(name), "litert", tmp_path / f"{name}.tflite", img_size=(64, 64))
     assert report.max_abs_diff <= FP32_TOLERANCE
+    assert "1 XNNPACK partition" in report.notes[-1] and report.notes[-1].endswith("none outside")
+
+
+class _Strided(torch.nn.Module):
+    """A strided slice between two convs: LiteRT's builtin kernel runs it, outside XNNPACK."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.first, self.second = torch.nn.Conv2d(3, 8, 1), torch.nn.Conv2d(8, 8, 1)
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return self.second(self.first(x)[:, :, ::2, ::2])
+
+
+def test_placement_sees_ops_outside_xnnpack(tmp_path):
+    """The check above could not fail if ``placement`` missed fallbacks: here one op splits the file."""
+    path = export_litert(_Strided().eval(), tmp_path / "strided.tflite", structured_images(1, 16, 16))
+    interpreter = Interpreter(model_path=str(path))
+    interpreter.allocate_tensors()
+    where = placement(interpreter)
+    assert (where.partitions, where.outside) == (2, {"STRIDED_SLICE": 2})  # one per axis
+    assert str(where).endswith("outside XNNPACK: STRIDED_SLICE x2")
 
 
 def _check_nhwc_layout(path, model, x):
@@ -70,6 +95,8 @@ def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier,
     report = export(model, "litert", tmp_path / "int8.tflite", img_size=(64, 64), int8=True, calibration=calibration)
     assert report.top1_agreement is not None and any("LiteRT int8" in note for note in report.notes)
     runner = LiteRTRunner(report.path)
+    where = runner.placement()
+    assert (where.partitions, where.outside) == (1, {})
     with torch.no_grad():
         fp32 = model(images).argmax(1)
     int8 = torch.cat([runner(x) for x in images.split(1)]).argmax(1)

@@ -209,6 +209,7 @@ def _export(
             notes.append(f"input int8 = round(RGB in [0, 1] / {scale:.6g}) {offset}; outputs int8 too")
         else:
             notes.append(f"LiteRT fp32, {layout} RGB in [0, 1], fixed shape")
+        notes.append(str(runner.placement()))
         return runner
     cfg = getattr(model, "pretrained_cfg", {})
     export_coreml(

@@ -12,7 +12,6 @@ from __future__ import annotations
 
 import os
 from collections import Counter
-from dataclasses import dataclass, field
 from pathlib import Path
 
 import torch
@@ -21,7 +20,7 @@ from torch import nn
 from mobilevit.checkpoint_io import atomic_write
 from mobilevit.data.calibration import fixed_size_batches
 from mobilevit.errors import require_extra
-from mobilevit.export.xnnpack import for_xnnpack
+from mobilevit.export.xnnpack import Placement, for_xnnpack
 
 # The delegate's outputs are read with getitem, which runs no kernel: not a fallback.
 _NO_KERNEL = {"getitem"}
@@ -54,23 +53,6 @@ def quantize_int8(model: nn.Module, example: torch.Tensor, calibration: torch.Te
         for chunk in fixed_size_batches(calibration, example.shape[0]):
             prepared(chunk)
     return convert_pt2e(prepared)
-
-
-@dataclass(frozen=True)
-class Placement:
-    """Where a lowered program's ops run: ``partitions`` XNNPACK subgraphs holding ``delegated`` ops, and
-    the ops left ``outside`` (op name -> count), which ExecuTorch runs on its portable kernels."""
-
-    partitions: int
-    delegated: int
-    outside: dict[str, int] = field(default_factory=dict)
-
-    def __str__(self) -> str:
-        plural = "s" if self.partitions != 1 else ""
-        where = f"{self.partitions} XNNPACK partition{plural} holding {self.delegated} ops"
-        if not self.outside:
-            return f"{where}, none outside"
-        return f"{where}; outside, on portable kernels: " + ", ".join(f"{op} x{n}" for op, n in self.outside.items())
 
 
 def placement(lowered_module: torch.fx.GraphModule) -> Placement:

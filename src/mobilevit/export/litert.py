@@ -7,6 +7,11 @@ image APIs (``Bitmap``, MediaPipe's ``MPImage``, LiteRT's ``TensorImage``) hand 
 are NHWC as well (a segmenter's [1, H, W, K]), logits stay [1, K]. The transposes are in the graph
 (``litert_torch.to_channel_last_io``). Shapes are static: one file per input size.
 
+The model is converted with its attention and unfold in XNNPACK's ops (:func:`~mobilevit.export.xnnpack.
+for_xnnpack`, norms kept: the converter writes those as ops XNNPACK takes). Unfold's strided slices would
+otherwise stay outside the delegate and cut the file into 4 XNNPACK partitions; :func:`placement` reports
+them.
+
 int8: static post-training quantization by PT2E with litert-torch's own quantizer (int8 per-channel
 symmetric weights, int8 per-tensor activations from histogram-calibrated ranges), which the converter
 lowers to LiteRT's int8 convolutions and fully connected layers; ops without an int8 form stay float
@@ -17,6 +22,7 @@ file.
 from __future__ import annotations
 
 import os
+from collections import Counter
 from pathlib import Path
 from typing import Any
 
@@ -25,6 +31,7 @@ from torch import nn
 
 from mobilevit.data.calibration import fixed_size_batches
 from mobilevit.errors import require_extra
+from mobilevit.export.xnnpack import Placement, for_xnnpack
 
 _INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16}  # numpy's names -> torch's
 
@@ -48,6 +55,7 @@ def export_litert(
     with torch.no_grad():
         outputs = model(example)
     dense = isinstance(outputs, torch.Tensor) and outputs.ndim == 4  # a segmenter's [B, K, H, W]
+    model = for_xnnpack(model, norms=False)
     nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else []).eval()
     example = _nhwc(example)
     if calibration is None:
@@ -104,6 +112,10 @@ class LiteRTRunner:
         self.outputs = self.run.get_output_details()
         self.input_shape = tuple(int(s) for s in self.input["shape"])  # (B, H, W, C)
 
+    def placement(self) -> Placement:
+        """Where the file's ops run once the interpreter has applied its XNNPACK delegate."""
+        return placement(self.interpreter)
+
     def __call__(self, x: torch.Tensor) -> torch.Tensor | tuple[torch.Tensor, ...]:
         nhwc = _nhwc(x.detach().cpu().float())
         if tuple(nhwc.shape) != self.input_shape:
@@ -131,3 +143,29 @@ def _quantize(x: torch.Tensor, detail: dict) -> torch.Tensor:
 def _dequantize(q: torch.Tensor, detail: dict) -> torch.Tensor:
     scale, zero_point = detail["quantization"]
     return (q.float() - zero_point) * scale if scale else q
+
+
+def placement(interpreter: Any) -> Placement:
+    """The :class:`~mobilevit.export.xnnpack.Placement` of an interpreter's ops after its default XNNPACK
+    delegate replaced what it takes. Its op list (``_get_ops_details``, the interpreter's one view of the
+    graph) still holds the replaced ops beside the DELEGATE nodes, so the ops that run outside are found
+    by walking back from the outputs: a tensor that no DELEGATE node writes is written by an op outside."""
+    ops = interpreter._get_ops_details()
+    delegates = [op for op in ops if op["op_name"] == "DELEGATE"]
+    writer = {int(t): op for op in ops if op["op_name"] != "DELEGATE" for t in op["outputs"]}
+    writer |= {int(t): op for op in delegates for t in op["outputs"]}  # a delegate's outputs are its own
+    outside: dict[int, dict] = {}
+    pending = [int(t["index"]) for t in interpreter.get_output_details()]
+    seen: set[int] = set()
+    while pending:
+        tensor = pending.pop()
+        op = writer.get(tensor)
+        if tensor in seen or op is None:  # a graph input or a constant
+            continue
+        seen.add(tensor)
+        if op["op_name"] != "DELEGATE":
+            outside[op["index"]] = op
+        pending.extend(int(t) for t in op["inputs"] if t >= 0)
+    inside = len(ops) - len(delegates) - len(outside)
+    counts = Counter(op["op_name"] for op in outside.values())
+    return Placement(len(delegates), inside, dict(counts.most_common()))

@@ -11,6 +11,7 @@ what the model computes (to float rounding).
 from __future__ import annotations
 
 import copy
+from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
@@ -18,6 +19,24 @@ from torch import nn
 
 from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention
 from mobilevit.models.mobilevitv2 import LinearSelfAttention
+
+
+@dataclass(frozen=True)
+class Placement:
+    """Where an exported program's ops run: ``partitions`` XNNPACK subgraphs holding ``delegated`` ops,
+    and the ops left ``outside`` (op name -> count), which the runtime runs on its own, slower kernels
+    (ExecuTorch's portable ones, LiteRT's builtin ones) with a copy across each boundary."""
+
+    partitions: int
+    delegated: int
+    outside: dict[str, int] = field(default_factory=dict)
+
+    def __str__(self) -> str:
+        plural = "s" if self.partitions != 1 else ""
+        where = f"{self.partitions} XNNPACK partition{plural} holding {self.delegated} ops"
+        if not self.outside:
+            return f"{where}, none outside"
+        return f"{where}; outside XNNPACK: " + ", ".join(f"{op} x{n}" for op, n in self.outside.items())
 
 
 class RowLayerNorm(nn.Module):
@@ -133,20 +152,28 @@ _REWRITES = {
 }
 
 
-def for_xnnpack(model: nn.Module) -> nn.Module:
-    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring."""
+_NORMS = (nn.LayerNorm, nn.GroupNorm)
+
+
+def for_xnnpack(model: nn.Module, norms: bool = True) -> nn.Module:
+    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring.
+
+    ``norms=False`` keeps LayerNorm and GroupNorm: LiteRT's converter writes them as its own mean and
+    rsqrt ops, which its XNNPACK delegate takes, and there the rewrite would only add work.
+    """
     model = copy.deepcopy(model).eval()
-    _rewrite_children(model)
+    rewrites = {kind: rewrite for kind, rewrite in _REWRITES.items() if norms or kind not in _NORMS}
+    _rewrite_children(model, rewrites)
     for module in model.modules():
         if isinstance(module, MobileViTBlock):
             module.unfold_by_slices = False
     return model
 
 
-def _rewrite_children(module: nn.Module) -> None:
+def _rewrite_children(module: nn.Module, rewrites: dict[type, type]) -> None:
     for name, child in module.named_children():
-        rewrite = _REWRITES.get(type(child))
+        rewrite = rewrites.get(type(child))
         if rewrite is not None:
             setattr(module, name, rewrite(child).eval())
         else:
-            _rewrite_children(child)
+            _rewrite_children(child, rewrites)
