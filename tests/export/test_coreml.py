@@ -60,3 +60,12 @@ def test_missing_extra_names_the_install(model, tmp_path, monkeypatch):
     monkeypatch.setitem(sys.modules, "coremltools", None)
     with pytest.raises(ImportError, match=r"pip install 'mobilevit\[coreml\]'"):
         export(model, "coreml", tmp_path / "m.mlpackage", img_size=(64, 64))
+
+
+@pytest.mark.parametrize(("precision", "written"), [(None, "fp16"), ("fp32", "fp32")])
+def test_precision_defaults_to_fp16_and_the_package_size_is_reported(model, tmp_path, precision, written):
+    """CoreML's own default is fp16 (the other formats' is fp32); the size is that of the package's files."""
+    report = export(model, "coreml", tmp_path / "m.mlpackage", img_size=(64, 64), precision=precision)
+    assert any(note.startswith(f"ML Program, {written},") for note in report.notes)
+    files = [f for f in report.path.rglob("*") if f.is_file()]
+    assert report.size_mb == sum(f.stat().st_size for f in files) / 1e6 > 0
