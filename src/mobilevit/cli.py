@@ -17,9 +17,8 @@ from mobilevit.data.calibration import calibration_images
 from mobilevit.engine.config import TrainConfig, load_config
 from mobilevit.engine.train import choose_weights, train
 from mobilevit.errors import TrainingError
-from mobilevit.export import FORMATS, FP32_TOLERANCE, INT8_FORMATS, check_task, export
+from mobilevit.export import FORMATS, INT8_FORMATS, PRECISIONS, check_task, export
 from mobilevit.export.bench import BENCH_BACKENDS, bench
-from mobilevit.export.coreml import PRECISIONS
 from mobilevit.export.machine import describe as describe_machine
 from mobilevit.export.machine import machine_info
 from mobilevit.hub import DownloadError
@@ -169,7 +168,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.model, untagged_random=True)
     cfg = model.pretrained_cfg
     img_size = tuple(args.img_size or cfg["input_size"][1:])
-    check_task(model, args.format, img_size, args.dynamic, args.int8)  # before loading calibration images
+    # refuse what cannot be exported before loading calibration images
+    check_task(model, args.format, img_size, args.dynamic, args.int8, args.precision)
     calibration = None
     if args.int8 and args.format in INT8_FORMATS:
         if args.calibration is None:
@@ -190,13 +190,18 @@ def _cmd_export(args: argparse.Namespace) -> int:
     print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
     for note in report.notes:
         print(f"  {note}")
-    if report.top1_agreement is not None:
+    if args.int8 and report.top1_agreement is not None:
         print(f"  max abs diff vs PyTorch fp32: {report.max_abs_diff:.3g} (int8: informational)")
         agreement = 100 * report.top1_agreement
         print(f"  top-1 agreement with fp32 on {len(calibration)} calibration images: {agreement:.1f}%")
     elif report.max_abs_diff is not None:
-        bound = "informational" if report.format == "coreml" else f"tolerance {FP32_TOLERANCE:g}"
+        bound = "informational" if report.tolerance is None else f"tolerance {report.tolerance:.3g}"
         print(f"  max abs diff vs PyTorch: {report.max_abs_diff:.3g} ({bound})")
+        if report.top1_agreement is not None:  # fp16
+            agreement = 100 * report.top1_agreement
+            print(f"  top-1 agreement with PyTorch on the structured check images: {agreement:.1f}%")
+    if report.size_mb is not None:
+        print(f"  file size: {report.size_mb:.2f} MB")
     return 0
 
 
@@ -220,7 +225,11 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--calibration", help="int8 calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
     p.add_argument("--calibration-images", type=int, default=64, help="number of calibration images (default: 64)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
-    p.add_argument("--precision", choices=PRECISIONS, default="fp16", help="CoreML compute precision (default: fp16)")
+    p.add_argument(
+        "--precision",
+        choices=PRECISIONS,
+        help="fp16: fp16 weights, half the file (onnx, litert, coreml); default: fp16 for coreml, fp32 for the others",
+    )
     p.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite)")
     p.set_defaults(func=_cmd_export)
 

@@ -229,3 +229,12 @@ def test_validate_rejects_a_spec_that_differs(segmentation_exports, monkeypatch,
         monkeypatch.setattr(ct.utils, "load_spec", lambda _: changed)
     with pytest.raises(ValueError, match=message):
         validate_coreml(report.path, **{**expected, **{k: v for k, v in change.items() if k != "spec"}})
+
+
+@pytest.mark.parametrize(("precision", "written"), [(None, "fp16"), ("fp32", "fp32")])
+def test_precision_defaults_to_fp16_and_the_package_size_is_reported(model, tmp_path, precision, written):
+    """CoreML's own default is fp16 (the other formats' is fp32); the size is that of the package's files."""
+    report = export(model, "coreml", tmp_path / "m.mlpackage", img_size=(64, 64), precision=precision)
+    assert any(note.startswith("ML Program, ") and f"; {written} compute" in note for note in report.notes)
+    files = [f for f in report.path.rglob("*") if f.is_file()]
+    assert report.size_mb == sum(f.stat().st_size for f in files) / 1e6 > 0

@@ -1,5 +1,6 @@
 """``mobilevit.export.export`` (mobilevit/export/__init__.py) and ``mobilevit export``, its command
-line: argument checks, the parity check that guards every export, the formats of task models
+line: argument checks, the parity check that guards every export (fp32, and fp16's tolerance and
+top-1 agreement), the formats of task models
 (segmentation and detection: ONNX parity at sizes the export never saw, raw predictions + Python NMS
 for detection) and what they cannot be exported as, and the command as a user runs it (checkpoints,
 default sizes, printed checks and errors). Each format's own exporter is tested in test_<format>.py."""
@@ -7,6 +8,7 @@ default sizes, printed checks and errors). Each format's own exporter is tested 
 from __future__ import annotations
 
 import contextlib
+import copy
 import io
 import re
 import sys
@@ -19,7 +21,7 @@ from torch import nn
 import mobilevit.export as mexport
 from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.export import FP32_TOLERANCE, ExportCheckError, export
+from mobilevit.export import FP16_TOLERANCE, FP32_TOLERANCE, ExportCheckError, export
 from mobilevit.export.onnx import OnnxRunner
 from mobilevit.models.detection import postprocess
 from mobilevit.tasks import get_task
@@ -41,6 +43,13 @@ def require_onnx() -> None:
             {"fmt": "onnx", "int8": True, "calibration": structured_images(2, 64, 64)},
             r"calibration images are \(64, 64\), the export is \(128, 128\)",
         ),
+        ({"fmt": "onnx", "precision": "bf16"}, "unknown precision 'bf16'; choose one of fp32, fp16"),
+        ({"fmt": "torchscript", "precision": "fp16"}, "fp16 is not supported for torchscript; use one of onnx, coreml"),
+        ({"fmt": "executorch", "precision": "fp16"}, "fp16 is not supported for executorch"),
+        (
+            {"fmt": "onnx", "precision": "fp16", "int8": True, "calibration": structured_images(2, 128, 128)},
+            "fp16 and int8 cannot be combined",
+        ),
     ],
 )
 def test_bad_arguments_are_refused(model, tmp_path, kwargs, message):
@@ -52,6 +61,49 @@ def test_a_file_that_differs_from_pytorch_is_an_error(model, tmp_path, monkeypat
     monkeypatch.setattr(mexport, "_export", lambda model, *args: lambda x: model(x) + 1e-3)
     with pytest.raises(ExportCheckError, match=r"max abs difference 0.001 > 0.0001 .* kept for inspection"):
         export(model, "onnx", tmp_path / "m.onnx", img_size=(64, 64))
+
+
+@pytest.mark.parametrize(("scale", "fails"), [(1.04, False), (1.06, True)])
+def test_fp16_is_held_to_a_share_of_the_largest_logit(model, tmp_path, monkeypatch, scale, fails):
+    """Logits off by 4% of their size pass, by 6% fail: the bound is 5% of the largest (above 1)."""
+    monkeypatch.setattr(mexport, "_export", lambda model, *args: lambda x: model(x) * scale)
+    with torch.no_grad():
+        largest = model(structured_images(8, 64, 64, seed=1)).abs().max().item()  # export's check images
+    assert largest > 1
+    if fails:
+        message = r"\(onnx, fp16\) does not match PyTorch: .* \(0.05 of the largest PyTorch output, .*\) on inputs"
+        with pytest.raises(ExportCheckError, match=message):
+            export(model, "onnx", tmp_path / "m.onnx", img_size=(64, 64), precision="fp16")
+    else:
+        report = export(model, "onnx", tmp_path / "m.onnx", img_size=(64, 64), precision="fp16")
+        assert report.tolerance == pytest.approx(FP16_TOLERANCE * largest, rel=1e-4)
+        assert report.max_abs_diff == pytest.approx((scale - 1) * largest, rel=1e-3)
+        assert report.top1_agreement == 1
+
+
+def test_fp16_reports_a_near_tie_that_swaps_without_failing(model, tmp_path, monkeypatch):
+    """Within the tolerance, top-1 can only change where PyTorch's two best logits nearly tie: the
+    agreement says so, and the file passes."""
+    images = structured_images(8, 64, 64, seed=1)  # export's check images
+    tied = copy.deepcopy(model)
+    with torch.no_grad():
+        best, runner_up = model(images[:1])[0].topk(2).indices.tolist()
+        logits = model(images[:1])[0]
+        tied.get_classifier().bias[runner_up] += logits[best] - logits[runner_up] - 0.01  # 0.01 behind
+
+    def run(exported):
+        def swap_first(x):
+            out = exported(x)
+            if torch.equal(x, images[:1]):
+                out[0, runner_up] += 0.02  # now 0.01 ahead
+            return out
+
+        return swap_first
+
+    monkeypatch.setattr(mexport, "_export", lambda exported, *args: run(exported))
+    report = export(tied, "onnx", tmp_path / "m.onnx", img_size=(64, 64), precision="fp16")
+    assert report.top1_agreement == 7 / 8
+    assert report.max_abs_diff == pytest.approx(0.02, rel=1e-3)
 
 
 def test_int8_reports_top1_agreement_not_a_tolerance(model, tmp_path, monkeypatch):
@@ -131,6 +183,16 @@ def test_segmentation_onnx_matches_at_sizes_not_seen_at_export(segmenter, segmen
         torch.testing.assert_close(logits, expected, rtol=0, atol=FP32_TOLERANCE)
 
 
+def test_segmentation_fp16_is_checked_per_pixel(segmenter, tmp_path):
+    require_onnx()
+    report = export(segmenter, "onnx", tmp_path / "seg16.onnx", img_size=(64, 64), precision="fp16")
+    with torch.no_grad():
+        largest = segmenter(structured_images(8, 64, 64, seed=1)).abs().max().item()
+    assert report.tolerance == pytest.approx(FP16_TOLERANCE * largest, rel=1e-4)
+    assert FP32_TOLERANCE < report.max_abs_diff <= report.tolerance
+    assert 0.99 <= report.top1_agreement <= 1  # a pixel where two classes nearly tie may swap
+
+
 def test_segmentation_torchscript_runs_at_any_size(segmenter, tmp_path):
     from mobilevit.export.torchscript import TorchScriptRunner
 
@@ -201,6 +263,11 @@ def test_postprocess_options_are_the_models(detector):
         ("deeplabv3_mobilevit_xxs", {"fmt": "onnx", "int8": True}, "int8 export is for classifiers only"),
         ("ssdlite_mobilevit_xxs", {"fmt": "onnx", "dynamic": True}, "a detection export has a fixed 320x320 input"),
         ("ssdlite_mobilevit_xxs", {"fmt": "onnx", "img_size": (256, 256)}, "detects on 320x320 inputs"),
+        (
+            "ssdlite_mobilevit_xxs",
+            {"fmt": "litert", "precision": "fp16"},
+            "fp16 export is for classifiers and segmentation models; export the detection model in fp32",
+        ),
     ],
 )
 def test_what_task_models_cannot_be_exported_as(tmp_path, model_name, kwargs, message):
@@ -249,6 +316,7 @@ def test_torchscript_from_a_model_directory(checkpoint, tmp_path, capsys):
     assert "exported mobilevit_xxs at 64x64" in printed  # the checkpoint's input size
     diff = float(re.search(r"max abs diff vs PyTorch: (\S+) \(tolerance 0.0001\)", printed).group(1))
     assert diff <= 1e-4
+    assert f"file size: {out.stat().st_size / 1e6:.2f} MB" in printed
     assert torch.jit.load(str(out))(torch.rand(1, 3, 64, 64)).shape == (1, 10)  # the checkpoint's classes
 
 
@@ -266,6 +334,21 @@ def test_onnx_int8_from_a_folder_of_images(checkpoint, tmp_path, capsys):
     assert re.search(r"top-1 agreement with fp32 on 8 calibration images: \d+\.\d%", printed)
 
 
+def test_fp16_onnx_from_a_model_directory(checkpoint, tmp_path, capsys):
+    require_onnx()
+    out = tmp_path / "m.onnx"
+    assert (
+        main(["export", "--checkpoint", str(checkpoint), "--format", "onnx", "--precision", "fp16", "-o", str(out)])
+        == 0
+    )
+    printed = capsys.readouterr().out
+    assert "fp16 weights and activations, float32 input and outputs" in printed
+    diff, bound = map(float, re.search(r"max abs diff vs PyTorch: (\S+) \(tolerance (\S+)\)", printed).groups())
+    assert FP32_TOLERANCE < diff <= bound
+    assert re.search(r"top-1 agreement with PyTorch on the structured check images: \d+\.\d%", printed)
+    assert f"file size: {out.stat().st_size / 1e6:.2f} MB" in printed
+
+
 @pytest.mark.parametrize(
     ("args", "message"),
     [
@@ -275,6 +358,22 @@ def test_onnx_int8_from_a_folder_of_images(checkpoint, tmp_path, capsys):
         (["--checkpoint", "missing.pt", "--model", "mobilevit_xxs", "--format", "onnx"], "checkpoint not found"),
         (["--format", "onnx"], "pass --model NAME, --checkpoint PATH or both"),
         (["--model", "mobilevit_xxs", "--format", "onnx", "--opset", "13"], "opset 13 is too old"),
+        (["--model", "mobilevit_xxs", "--format", "torchscript", "--precision", "fp16"], "fp16 is not supported"),
+        (  # refused before the calibration images are looked for
+            [
+                "--model",
+                "mobilevit_xxs",
+                "--format",
+                "onnx",
+                "--precision",
+                "fp16",
+                "--int8",
+                "--calibration",
+                "nowhere",
+            ],
+            "fp16 and int8 cannot be combined",
+        ),
+        (["--model", "ssdlite_mobilevit_xxs", "--format", "onnx", "--precision", "fp16"], "fp16 export is for"),
     ],
 )
 def test_errors_exit_2_with_a_message(tmp_path, capsys, args, message):

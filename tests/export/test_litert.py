@@ -1,6 +1,6 @@
 """LiteRT export (mobilevit.export.litert): fp32 parity with PyTorch in the LiteRT interpreter at two
 input sizes, the NHWC layout of the file, a non-default class count, every op inside one XNNPACK partition,
-int8 (top-1 agreement, integer kernels), segmentation and detection, what LiteRT refuses, the
+fp16 weights, int8 (top-1 agreement, integer kernels), segmentation and detection, what LiteRT refuses, the
 missing-extra message."""
 
 from __future__ import annotations
@@ -12,7 +12,7 @@ import torch
 
 from mobilevit import create_model
 from mobilevit.cli import main
-from mobilevit.export import FP32_TOLERANCE, export
+from mobilevit.export import FP16_LITERT_NOTE, FP16_TOLERANCE, FP32_TOLERANCE, export
 from mobilevit.export.litert import LiteRTRunner, export_litert, placement
 from mobilevit.testing import randomize_, structured_images
 
@@ -88,6 +88,46 @@ def _check_nhwc_layout(path, model, x):
     assert (torch.from_numpy(interpreter.get_tensor(out["index"])) - expected).abs().max().item() <= FP32_TOLERANCE
 
 
+def test_fp16_halves_the_file_with_fp16_weights_and_keeps_top1(int8_classifier, tmp_path):
+    """Every weight of a convolution or fully connected layer stored in fp16 and dequantized once; the
+    input (NHWC float32) and logits as in the fp32 file; the check images' top-1 and logits kept."""
+    model, images = int8_classifier("mobilevit_xxs", size=64, transformer_depths=(1, 1, 1))
+    fp32 = export(model, "litert", tmp_path / "fp32.tflite", img_size=(64, 64))
+    fp16 = export(model, "litert", tmp_path / "fp16.tflite", img_size=(64, 64), precision="fp16")
+    assert fp16.size_mb == fp16.path.stat().st_size / 1e6
+    assert 0.45 < fp16.size_mb / fp32.size_mb < 0.6  # biases and norms stay fp32
+    assert FP16_LITERT_NOTE in fp16.notes
+    interpreter = Interpreter(model_path=str(fp16.path))
+    (inp,), (out,) = interpreter.get_input_details(), interpreter.get_output_details()
+    assert (inp["dtype"].__name__, tuple(inp["shape"])) == ("float32", (1, 64, 64, 3))
+    assert (out["dtype"].__name__, tuple(out["shape"])) == ("float32", (1, 8))
+    dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+    ops = interpreter._get_ops_details()
+    dequantized = {op["outputs"][0]: op["inputs"][0] for op in ops if op["op_name"] == "DEQUANTIZE"}
+    weighted = [op for op in ops if op["op_name"] in INTEGER_KERNELS]
+    assert {op["op_name"] for op in weighted} == INTEGER_KERNELS
+    assert all(dtypes[dequantized[op["inputs"][1]]] == "float16" for op in weighted)
+    with torch.no_grad():
+        reference = model(images)
+    runner = LiteRTRunner(fp16.path)
+    logits = torch.cat([runner(x) for x in images.split(1)])
+    assert logits.argmax(1).tolist() == reference.argmax(1).tolist() == list(range(8))
+    assert fp16.top1_agreement == 1
+    assert fp16.tolerance == pytest.approx(FP16_TOLERANCE * reference.abs().max().item(), rel=1e-4)
+    assert FP32_TOLERANCE < (logits - reference).abs().max().item() <= fp16.tolerance  # fp16 rounding shows
+
+
+def test_fp16_and_int8_are_one_or_the_other(seven_classes, tmp_path):
+    with pytest.raises(ValueError, match="either int8 .* or fp16, not both"):
+        export_litert(
+            seven_classes,
+            tmp_path / "x.tflite",
+            structured_images(1, 64, 64),
+            structured_images(2, 64, 64),
+            fp16=True,
+        )
+
+
 def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier, tmp_path):
     """int8 with int8 input and logits (their scale and zero point in the file), weights of one byte."""
     model, images = int8_classifier("mobilevit_xxs", size=64, transformer_depths=(1, 1, 1))
@@ -137,6 +177,7 @@ def test_detection_raw_predictions_match_pytorch(tmp_path):
     [
         ("mobilevit_xxs", {"dynamic": True}, "dynamic shapes are not supported for litert"),
         ("mobilevit_xxs", {"int8": True}, "int8 export needs calibration images"),
+        ("mobilevit_xxs", {"int8": True, "precision": "fp16"}, "fp16 and int8 cannot be combined"),
         ("ssdlite_mobilevit_xxs", {"img_size": (64, 64)}, "detects on 320x320 inputs"),
     ],
 )

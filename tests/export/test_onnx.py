@@ -1,5 +1,6 @@
 """ONNX export (mobilevit.export.onnx): fp32 parity for every family (v1, v2, v3 on v1, v3 on v2),
-dynamic batch and input size, opsets, graphs within Core ML's rank limit, int8 static quantization."""
+dynamic batch and input size, opsets, graphs within Core ML's rank limit, fp16 files, int8 static
+quantization."""
 
 from __future__ import annotations
 
@@ -17,7 +18,7 @@ pytest.importorskip("onnxruntime")
 
 import onnx
 
-from mobilevit.export import FP32_TOLERANCE, export, machine
+from mobilevit.export import FP16_ONNX_NOTE, FP16_TOLERANCE, FP32_TOLERANCE, export, machine
 from mobilevit.export.onnx import (
     PORTABLE_WEIGHT_MAX,
     Int8PortabilityError,
@@ -124,6 +125,53 @@ def test_graph_is_core_ml_friendly(dynamic_exports, name):
     assert {k: r for k, r in ranks.items() if r > MAX_RANK} == {}
     opsets = onnx.load(dynamic_exports(name).path).opset_import
     assert [o.version for o in opsets if o.domain in ("", "ai.onnx")] == [17]
+
+
+def float_types(path: Path) -> tuple[set[str], set[str], list[str]]:
+    """The float types of an ONNX file's initializers (its weights), of its inputs and outputs, and the
+    op types whose outputs are float32 (after shape inference): what an fp16 file stores and computes in."""
+    graph = onnx.shape_inference.infer_shapes(onnx.load(path)).graph
+    name = onnx.TensorProto.DataType.Name
+    floats = {onnx.TensorProto.FLOAT, onnx.TensorProto.FLOAT16}
+    weights = {name(t.data_type) for t in graph.initializer if t.data_type in floats}
+    io = {name(v.type.tensor_type.elem_type) for v in [*graph.input, *graph.output]}
+    typed = {v.name: v.type.tensor_type.elem_type for v in [*graph.value_info, *graph.output]}
+    fp32_ops = [n.op_type for n in graph.node if any(typed.get(o) == onnx.TensorProto.FLOAT for o in n.output)]
+    return weights, io, fp32_ops
+
+
+def test_fp16_halves_the_file_and_keeps_top1(int8_classifier, tmp_path):
+    """fp16 weights and activations between a float32 input and output; the check images' logits within
+    the tolerance and, with a head that gives each its own class, the same top-1."""
+    model, images = int8_classifier("mobilevit_xxs", size=64)  # export's 8 fp16 check images, fitted
+    fp32 = export(model, "onnx", tmp_path / "fp32.onnx", img_size=(64, 64))
+    fp16 = export(model, "onnx", tmp_path / "fp16.onnx", img_size=(64, 64), precision="fp16")
+    assert fp16.size_mb == fp16.path.stat().st_size / 1e6
+    assert 0.45 < fp16.size_mb / fp32.size_mb < 0.55
+    weights, io, fp32_ops = float_types(fp16.path)
+    assert weights == {"FLOAT16"} and io == {"FLOAT"}
+    assert fp32_ops == ["Cast"]  # only the output's cast back: every op computes in fp16
+    assert FP16_ONNX_NOTE in fp16.notes
+    with torch.no_grad():
+        reference = model(images)
+    logits = torch.cat([OnnxRunner(fp16.path)(x) for x in images.split(1)])
+    assert logits.argmax(1).tolist() == reference.argmax(1).tolist() == list(range(8))
+    assert fp16.top1_agreement == 1
+    assert fp16.tolerance == pytest.approx(FP16_TOLERANCE * reference.abs().max().item(), rel=1e-4)
+    diff = (logits - reference).abs().max().item()  # PyTorch on a batch here, on single images in export()
+    assert diff == pytest.approx(fp16.max_abs_diff, abs=1e-4) and FP32_TOLERANCE < diff <= fp16.tolerance
+
+
+@pytest.mark.slow
+def test_fp16_dynamic_runs_at_unseen_batch_and_sizes(classifiers, tmp_path):
+    """The dynamic graph's resizes keep their scales in fp32 (the converter knows Resize's inputs)."""
+    model = classifiers("mobilevit_xxs")
+    report = export(model, "onnx", tmp_path / "m.onnx", img_size=(128, 128), dynamic=True, precision="fp16")
+    assert float_types(report.path)[0] == {"FLOAT16"}
+    x = structured_images(2, 100, 130, seed=3)
+    with torch.no_grad():
+        reference = model(x)
+    assert (OnnxRunner(report.path)(x) - reference).abs().max().item() <= report.tolerance
 
 
 def test_int8_agrees_with_fp32_on_top1(model, dynamic_export, tmp_path):

@@ -17,6 +17,11 @@ symmetric weights, int8 per-tensor activations from histogram-calibrated ranges)
 lowers to LiteRT's int8 convolutions and fully connected layers; ops without an int8 form stay float
 between them. An int8 file's input and outputs are int8 too, with their scale and zero point in the
 file.
+
+fp16: the fp32 file's weights cast to fp16 by Google's AI Edge (LiteRT) Quantizer, each feeding its op
+through a DEQUANTIZE (weight-only float casting, the LiteRT form of float16 quantization). The input,
+outputs and activations stay fp32: the CPU interpreter (XNNPACK) turns the weights back into fp32 when
+it loads the file, and the GPU delegate can compute in fp16.
 """
 
 from __future__ import annotations
@@ -38,14 +43,22 @@ _INTEGER_TYPES = {"int8": torch.int8, "uint8": torch.uint8, "int16": torch.int16
 
 def require_litert() -> None:
     """Raise an ImportError with the install hint when the ``litert`` extra is missing."""
-    require_extra("litert", "LiteRT export", "litert_torch", "ai_edge_litert.interpreter")
+    require_extra("litert", "LiteRT export", "litert_torch", "ai_edge_litert.interpreter", "ai_edge_quantizer")
 
 
 def export_litert(
-    model: nn.Module, path: str | os.PathLike, example: torch.Tensor, calibration: torch.Tensor | None = None
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: torch.Tensor,
+    calibration: torch.Tensor | None = None,
+    *,
+    fp16: bool = False,
 ) -> Path:
     """Convert ``model`` for NCHW inputs shaped like ``example`` into a ``.tflite`` file taking NHWC;
-    int8 when ``calibration`` [N, 3, H, W] (images preprocessed like real inputs) is given."""
+    int8 when ``calibration`` [N, 3, H, W] (images preprocessed like real inputs) is given, with fp16
+    weights when ``fp16``."""
+    if fp16 and calibration is not None:
+        raise ValueError("a LiteRT file is either int8 (calibration images given) or fp16, not both")
     require_litert()
     os.environ.setdefault("LITERT_TORCH_SHOW_PROGRESS", "n")  # its per-pass progress lines; set "y" to see them
     import litert_torch
@@ -63,10 +76,30 @@ def export_litert(
     else:
         quantized, quant_config = _quantize_int8(nhwc, example, calibration)
         edge = litert_torch.convert(quantized, (example,), quant_config=quant_config)
+    content = edge.model_content()
+    if fp16:
+        content = _fp16_weights(content)
     partial = path.with_name(f".{path.name}.partial")
-    edge.export(str(partial))
+    partial.write_bytes(content)
     partial.replace(path)  # a killed export leaves no half-written file under the real name
     return path
+
+
+def _fp16_weights(content: bytes) -> bytes:
+    """The ``.tflite`` flatbuffer ``content`` with every op's float weights stored as fp16 (AI Edge
+    Quantizer's weight-only float casting; litert-torch's ``full_fp16_recipe`` runs the same recipe
+    but prints a progress bar and a report)."""
+    from ai_edge_quantizer import algorithm_manager, qtyping, quantizer
+
+    fp16 = quantizer.Quantizer(bytearray(content))
+    fp16.add_weight_only_config(
+        regex=".*",
+        operation_name=qtyping.TFLOperationName.ALL_SUPPORTED,
+        num_bits=16,
+        granularity=qtyping.QuantGranularity.TENSORWISE,
+        algorithm_key=algorithm_manager.AlgorithmName.FLOAT_CASTING,
+    )
+    return bytes(fp16.quantize(enable_progress_bar=False, enable_progress_report=False).quantized_model)
 
 
 def _nhwc(x: torch.Tensor) -> torch.Tensor:

@@ -53,14 +53,20 @@ def require_onnx() -> None:
 
 
 def export_onnx(
-    model: nn.Module, path: str | os.PathLike, example: torch.Tensor, *, dynamic: bool = False, opset: int = 17
+    model: nn.Module,
+    path: str | os.PathLike,
+    example: torch.Tensor,
+    *,
+    dynamic: bool = False,
+    opset: int = 17,
+    fp16: bool = False,
 ) -> Path:
     """Export ``model`` (in eval mode) to a single ONNX file with input ``input`` and output ``logits``
     (or the names in the module's ``output_names``, for one with several outputs).
 
     The dynamo exporter writes opset 18; an older ``opset`` is reached with ONNX's version converter
     after the exporter's graph optimisation (before it, some axes are not constants yet and the
-    conversion fails).
+    conversion fails). ``fp16`` then converts the graph with :func:`to_fp16`.
     """
     require_onnx()
     import onnx
@@ -86,11 +92,28 @@ def export_onnx(
     proto = program.model_proto
     if opset < EXPORTER_OPSET:
         proto = _strip_default_noop_attribute(_convert_version(proto, opset))
+    if fp16:
+        proto = to_fp16(proto)
     onnx.checker.check_model(proto, full_check=True)
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     onnx.save(proto, path)
     return path
+
+
+def to_fp16(proto):
+    """The graph with fp16 weights and activations, by ONNX Runtime's float16 conversion (what its
+    transformer optimizer's ``--float16`` runs: the converter, then Cast clean-up), with fp32 input and
+    outputs (``keep_io_types``): callers pass the same float32 images as to the fp32 file, for the cost
+    of one Cast at each end. The converter appends those Casts after the nodes that read them; the
+    nodes are sorted again, as ONNX's checker requires."""
+    from onnxruntime.transformers.onnx_model import OnnxModel
+
+    model = OnnxModel(proto)
+    # ONNX's shape inference: the symbolic one (for ONNX Runtime's fused ops) cannot follow a dynamic graph
+    model.convert_float_to_float16(use_symbolic_shape_infer=False, keep_io_types=True)
+    model.topological_sort()
+    return model.model
 
 
 def _convert_version(proto, opset: int):

@@ -46,6 +46,7 @@ class Task:
     metrics: ClassVar[tuple[str, ...]]
     export_formats: ClassVar[tuple[str, ...]]
     int8_export: ClassVar[bool] = False
+    fp16_export: ClassVar[bool] = False
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {}
     first_class: ClassVar[str | None] = "background"  # the name of class 0 when names are made up
     predict_dynamic: ClassVar[bool] = False
@@ -138,12 +139,18 @@ class Task:
         raise NotImplementedError
 
     # export
-    def check_export(self, model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool) -> None:
+    def check_export(
+        self, model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool, fp16: bool = False
+    ) -> None:
         """ValueErrors for what this task's model cannot be exported as."""
         if fmt not in self.export_formats:
             raise ValueError(f"{fmt} export does not support {self.name} models; use {', '.join(self.export_formats)}")
         if int8 and not self.int8_export:
             raise ValueError(f"int8 export is for classifiers only; export the {self.name} model in fp32")
+        if fp16 and not self.fp16_export:
+            raise ValueError(
+                f"fp16 export is for classifiers and segmentation models; export the {self.name} model in fp32"
+            )
 
     def export_notes(self, model: nn.Module) -> list[str]:
         """What a user of the exported file must know."""

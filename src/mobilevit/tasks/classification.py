@@ -73,6 +73,7 @@ class Classification(Task):
     metrics = ("top1", "top5", "loss")
     export_formats = ("onnx", "torchscript", "executorch", "coreml", "litert")
     int8_export = True
+    fp16_export = True
     predict_dynamic = True  # batches of any size through one exported file
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {1000: imagenet_class_names}
     first_class = None

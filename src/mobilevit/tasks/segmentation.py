@@ -110,6 +110,7 @@ class Segmentation(Task):
     default_data = SHAPES
     metrics = ("miou", "pixel_acc", "loss")
     export_formats = ("onnx", "torchscript", "executorch", "coreml", "litert")
+    fp16_export = True
     known_classes: ClassVar[Mapping[int, Callable[[], list[str]]]] = {
         21: lambda: list(seg_data.VOC_CLASSES),
         150: lambda: list(seg_data.ADE20K_CLASSES),
