@@ -10,6 +10,9 @@ each residual block, and LiteRT's converter then deletes those blocks) and is lo
 standard recipe; MobileViTv3 has no timm model. *partitions* and *outside* say where each file's ops run
 (:class:`mobilevit.export.xnnpack.Placement`): one XNNPACK partition and nothing outside is the goal.
 int8 is static post-training quantization calibrated on structured images, the same for every runtime.
+
+The second table puts each model's fp16 files (``--precision fp16``: ONNX and LiteRT) beside its fp32 ones,
+timed interleaved in their own run: latency, file size and the largest difference from PyTorch's logits.
 """
 
 from __future__ import annotations
@@ -36,6 +39,7 @@ MODELS = ["mobilevit_s", "mobilevit_xs", "mobilevit_xxs", "mobilevitv2_050", "mo
 CALIBRATION_IMAGES = 16
 UNITS = {"median ms": "ms", "vs ONNX Runtime": "ratio", "vs timm": "ratio", "partitions": "count", "MB": "rate"}
 UNITS |= {"outside": "text", "timm partitions": "count", "note": "text"}
+FP16_UNITS = {"median ms": "ms", "vs fp32": "ratio", "MB": "rate", "max abs diff": "error", "same top-1": "text"}
 
 
 def build(model: torch.nn.Module, runtime: str, example: torch.Tensor, calibration, workdir: Path, ours: bool):
@@ -108,6 +112,43 @@ def measure(name: str, precision: str, size: tuple[int, int], rounds: int, iters
     return rows
 
 
+def measure_fp16(name: str, size: tuple[int, int], rounds: int, iters: int, tmp: Path) -> list[dict]:
+    """fp32 and fp16 files of ``name`` on ONNX Runtime and LiteRT, timed interleaved in one run."""
+    model = randomize_(create_model(name)).eval()
+    example = structured_images(1, *size)
+    with torch.no_grad():
+        expected = model(example)
+    runners, files = {}, {}
+    for runtime in ("onnxruntime", "litert"):
+        for precision in ("fp32", "fp16"):
+            path = tmp / f"{name}-{precision}.{'onnx' if runtime == 'onnxruntime' else 'tflite'}"
+            fp16 = precision == "fp16"
+            if runtime == "onnxruntime":
+                runner = OnnxRunner(export_onnx(model, path, example, fp16=fp16), threads=torch.get_num_threads())
+            else:
+                runner = LiteRTRunner(export_litert(model, path, example, fp16=fp16), threads=torch.get_num_threads())
+            runners[runtime, precision], files[runtime, precision] = runner, path
+    times = time_interleaved(runners, example, rounds, iters)
+    medians = {key: statistics.median(values) * 1e3 for key, values in times.items()}
+    rows = []
+    for (runtime, precision), run in runners.items():
+        got = run(example)
+        rows.append(
+            {
+                "model": name,
+                "runtime": runtime,
+                "precision": precision,
+                "median ms": round(medians[runtime, precision], 2),
+                "vs fp32": medians[runtime, precision] / medians[runtime, "fp32"],
+                "MB": round(files[runtime, precision].stat().st_size / 1e6, 2),
+                "max abs diff": (got - expected).abs().max().item(),
+                "same top-1": "yes" if got.argmax(1).item() == expected.argmax(1).item() else "no",
+            }
+        )
+        print(rows[-1], flush=True)
+    return rows
+
+
 def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     """The issue's bars, checked on this run: ExecuTorch and LiteRT within 1.3x of ONNX Runtime, LiteRT at
     most 0.95x timm's, every file one XNNPACK partition."""
@@ -133,21 +174,33 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__, formatter_class=argparse.RawDescriptionHelpFormatter)
     parser.add_argument("--models", nargs="*", default=MODELS)
     parser.add_argument("--precisions", nargs="*", default=["fp32", "int8"], choices=["fp32", "int8"])
+    parser.add_argument("--fp16-models", nargs="*", default=MODELS[:3] + MODELS[4:5])
     parser.add_argument("--img-size", type=int, nargs=2, default=[256, 256])
     common.add_timing_args(parser)
     args = common.parse_timing_args(parser)
     machine = common.measured_on()
     size = tuple(args.img_size)
-    rows = []
+    rows, fp16_rows = [], []
     with tempfile.TemporaryDirectory() as tmp:
         for name in args.models:
             for precision in args.precisions:
                 rows += measure(name, precision, size, args.rounds, args.iters, Path(tmp))
+        for name in args.fp16_models:
+            fp16_rows += measure_fp16(name, size, args.rounds, args.iters, Path(tmp))
     caption = (
         f"Batch 1, {size[0]}x{size[1]}, {args.rounds} interleaved rounds of {args.iters} calls per model and "
         "precision, medians; ratios are our latency over ONNX Runtime's and over timm's on the same runtime"
     )
-    common.finish(run, args.json, [common.table("phone", rows, UNITS, caption, notes=verdicts(rows))], machine)
+    fp16_caption = (
+        f"Batch 1, {size[0]}x{size[1]}, fp32 and fp16 files of each model timed interleaved in one run "
+        f"({args.rounds} rounds of {args.iters} calls, medians); the difference is from PyTorch's logits on "
+        "a structured image, random weights"
+    )
+    tables = [
+        common.table("phone", rows, UNITS, caption, notes=verdicts(rows)),
+        common.table("fp16", fp16_rows, FP16_UNITS, fp16_caption),
+    ]
+    common.finish(run, args.json, tables, machine)
 
 
 if __name__ == "__main__":
