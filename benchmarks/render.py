@@ -72,6 +72,16 @@ SECTIONS = {
         "fp32 matmul, measured in the same run. The int8 rows are compared with our fp32 row on the same "
         "runtime.",
     ),
+    "phone": Section(
+        "The phone path",
+        "ExecuTorch and LiteRT, the runtimes phones run, on this CPU through XNNPACK, their CPU backend on "
+        "ARM and x86 alike: ours against ONNX Runtime and against timm's model converted the same way "
+        "(ExecuTorch's and LiteRT's standard recipes, every tensor of both models random), all files of "
+        "a model and precision timed interleaved in one process. *partitions* and *outside* say where each "
+        "file's ops run: one XNNPACK partition with nothing outside is the goal, as ops outside run on the "
+        "runtime's slower kernels with a copy at each boundary. The second table puts fp16 files beside "
+        "fp32 ones. These are proxies: [Timing on a real phone](phone.md) says how to measure on one.",
+    ),
     "parity": Section(
         "Parity with timm and Hugging Face",
         "Maximum absolute difference of the logits of our v1 and v2 classifiers against timm's and Hugging "

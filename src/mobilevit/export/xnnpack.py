@@ -152,17 +152,11 @@ _REWRITES = {
 }
 
 
-_NORMS = (nn.LayerNorm, nn.GroupNorm)
-
-
-def for_xnnpack(model: nn.Module, norms: bool = True) -> nn.Module:
-    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring.
-
-    ``norms=False`` keeps LayerNorm and GroupNorm: LiteRT's converter writes them as its own mean and
-    rsqrt ops, which its XNNPACK delegate takes, and there the rewrite would only add work.
-    """
+def for_xnnpack(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> nn.Module:
+    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring. Modules of the
+    types in ``keep`` stay as they are (for a converter that already writes them in ops XNNPACK takes)."""
     model = copy.deepcopy(model).eval()
-    rewrites = {kind: rewrite for kind, rewrite in _REWRITES.items() if norms or kind not in _NORMS}
+    rewrites = {kind: rewrite for kind, rewrite in _REWRITES.items() if kind not in keep}
     _rewrite_children(model, rewrites)
     for module in model.modules():
         if isinstance(module, MobileViTBlock):
