@@ -28,6 +28,11 @@ ml-cvnets' MobileViT v1 weights take BGR images, so the official model is fed ``
 ``x`` is the RGB image of ``mobilevit.testing.structured_images``: our converter flips the stem for
 the cvnets source by default, so ours(x) must equal official(x.flip(1)).
 
+The v0.1 models' weights are drawn with ``bn_gain`` 1.25 (see reference_state), as is the MobileViT v1 model of
+ml-cvnets main below: with gain 1 the outputs hardly depended on the image (the DeepLabv3's logits of
+two images differed by 1.5e-3, against the test's tolerance of 1e-4); with 1.25 they differ by 0.28 to
+1.8, and ours still equal ml-cvnets' within 3e-6.
+
 MobileViTv2 (``--cvnets-main DIR``: ml-cvnets main, 0c0f79822f0a, the newest stored commit of every file
 used; a subset like the v0.1 one, with main's ConvLayer2d, LinearSelfAttention, LinearAttnFFN,
 MobileViTBlockv2, InvertedResidual, ASPP, BaseSegHead/DeeplabV3, SegEncoderDecoder, SSD, SSDHead and
@@ -96,7 +101,7 @@ SEG_INPUTS_OS8 = {"192x224": (192, 224, 15), "136x168": (136, 168, 16)}
 # ml-cvnets main's LayerNorm takes a [B*P, N, C] patch tensor with N == C for channel-first (see
 # deeplabv3_v1_main): at 128x160 the stride-8 maps are 16x20, N = 8 * 10 = 80 = MobileViT-XXS layer4's dim
 SEG_INPUT_LN_QUIRK = {"128x160": (128, 160, 17)}
-V1_BN_GAIN = 1.25  # reference_state(..., bn_gain) of the v1 model at output stride 8 (see there)
+V1_BN_GAIN = 1.25  # reference_state(..., bn_gain) of every MobileViT v1 model (see there)
 
 COMMON_V01 = {
     "model.classification.name": "mobilevit",
@@ -258,9 +263,10 @@ def reference_state(layout: dict, seed: int = STATE_SEED, bn_gain: float = 1.0) 
     1 + N(0, 0.01), biases and running means N(0, 0.01), running variances U(0.5, 1.5). (random_state's
     N(0, 0.01) everywhere shrinks activations until the outputs hardly depend on the image, which
     would hide, e.g., a missing BGR flip.) ``bn_gain`` scales the weights of the convolutions' batch norms
-    (keys ``*.norm.weight``) after drawing: MobileViT v1's encoder at output stride 8 loses the image on
-    the way down with gain 1 (its Swish halves small activations; logits change by ~5e-4 from one image
-    to another), while gain 1.3 starts to blow up the residual sums."""
+    (keys ``*.norm.weight``) after drawing: MobileViT v1's encoder loses the image on the way down with
+    gain 1 (its Swish halves small activations; v0.1's DeepLabv3 logits change by 1.5e-3 from one image
+    to another at output stride 16, ~5e-4 at 8), while gain 1.3 starts to blow up the residual sums and
+    1.4 gives logits of ~25, where float32 rounding alone parts ours from ml-cvnets by 2.5e-5."""
     gen = torch.Generator().manual_seed(seed)
     state = {}
     for key, shape in layout["state_dict"]:
@@ -299,15 +305,16 @@ def namespace(options: dict) -> argparse.Namespace:
     return opts
 
 
-def fill_random(model: torch.nn.Module, layout_name: str) -> dict:
+def fill_random(model: torch.nn.Module, layout_name: str, bn_gain: float = 1.0) -> dict:
     """Load reference_state(layout) into the official model, after checking the layout is its state_dict."""
     layout = load_layout(layout_name)
     official = [(k, list(v.shape)) for k, v in model.state_dict().items()]
     expected = [(k, list(s)) for k, s in layout["state_dict"]]
     if official != expected:
         raise SystemExit(f"{layout_name}: the official state_dict differs from the layout fixture")
-    model.load_state_dict(reference_state(layout, seed=STATE_SEED), strict=True)
-    return {"layout": layout_name, "state_seed": STATE_SEED, "num_classes": layout["num_classes"]}
+    model.load_state_dict(reference_state(layout, seed=STATE_SEED, bn_gain=bn_gain), strict=True)
+    meta = {"layout": layout_name, "state_seed": STATE_SEED, "num_classes": layout["num_classes"]}
+    return {**meta, "state_bn_gain": bn_gain} if bn_gain != 1.0 else meta
 
 
 def fill_random_embedded(model: torch.nn.Module, num_classes: int, bn_gain: float = 1.0) -> dict:
@@ -333,7 +340,7 @@ def deeplabv3_v01(out: Path) -> None:
     from cvnets.models.segmentation import build_segmentation_model
 
     model = build_segmentation_model(namespace(SEG_V01)).eval()
-    meta = fill_random(model, "deeplabv3_mobilevit_xxs_cvnets_v0.1")
+    meta = fill_random(model, "deeplabv3_mobilevit_xxs_cvnets_v0.1", bn_gain=V1_BN_GAIN)
     captured = {}
     model.seg_head.classifier.classifier.register_forward_hook(lambda m, i, o: captured.update(logits=o))
     tensors = {}
@@ -360,7 +367,7 @@ def ssd_v01(out: Path) -> None:
     from cvnets.models.detection import build_detection_model
 
     model = build_detection_model(namespace(DET_V01)).eval()
-    meta = fill_random(model, "ssdlite_mobilevit_xxs_cvnets_v0.1")
+    meta = fill_random(model, "ssdlite_mobilevit_xxs_cvnets_v0.1", bn_gain=V1_BN_GAIN)
     tensors = {}
     for name, (h, w, seed) in DET_INPUTS.items():
         x = structured_images(2, h, w, seed=seed)

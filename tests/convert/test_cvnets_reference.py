@@ -4,7 +4,9 @@ and MobileViTv2-0.5 (ml-cvnets main).
 The fixtures in tests/fixtures/cvnets/reference are outputs of the official models (built with
 ml-cvnets' classes by scripts/cvnets_reference.py, random weights ``reference_state(layout, seed)``
 of that script, eval mode). Here the same random state is regenerated from the layout, converted with
-``convert_state_dict(state, "cvnets")`` and loaded strictly into our model.
+``convert_state_dict(state, "cvnets")`` and loaded strictly into our model. Each fixture's outputs for
+its two images differ by more than 100 times the tolerance they are checked with, the suite's rule
+for a reference (MobileViT v1's weights are drawn with the script's ``bn_gain`` for that).
 
 The official v1 model was fed BGR images ``x.flip(1)``: ml-cvnets' v1 weights were trained on BGR,
 and the converter flips the stem for the cvnets source by default, so ours(x) == official(x.flip(1)).
@@ -98,6 +100,44 @@ def test_reference_fixtures_are_small():
     names = sorted(f"{m}{ext}" for m in MODELS + MODELS_MAIN + MODELS_OS8 for ext in (".json", ".pt"))
     assert [p.name for p in files] == names
     assert all(p.stat().st_size < 600_000 for p in files)
+
+
+def tolerance(meta: dict, ref: dict[str, torch.Tensor], key: str) -> float | None:
+    """The tolerance the tests here compare the stored output ``key`` with: ATOL for each value, ATOL
+    times the number of values summed for a sum; None for the anchors, which do not depend on the image
+    (checked to 1e-5 as geometry)."""
+    size, kind = key.split(".", 1)
+    if kind == "anchors":
+        return None
+    per_value = ("logits", "logits_sub", "logits_plain_layer_norm", "resized_sub", "locations", "confidences_sub")
+    if kind in per_value:
+        return ATOL
+    summed = {
+        "resized_sum": meta["inputs"][size]["height"] * meta["inputs"][size]["width"],
+        "logits_class_sum": meta["num_classes"],
+        "confidences_anchor_sum": meta["num_classes"],
+        "confidences_class_sum": len(ref.get(f"{size}.anchors", ())),
+    }
+    return ATOL * summed[kind]  # a KeyError for an output this test does not know
+
+
+@pytest.mark.parametrize("name", MODELS + MODELS_MAIN + MODELS_OS8)
+def test_references_depend_on_the_input(name):
+    """The suite's rule for a reference (mobilevit.testing.assert_matches): each stored output of the
+    batch's two images differs between them by more than 100 times the tolerance it is checked with.
+    A reference that hardly depends on the input (activations collapsed by its random weights) would
+    match a model that ignores the image, or takes the channels in the wrong order."""
+    meta, ref = load_reference(name)
+    checked = 0
+    for key, value in ref.items():
+        tol = tolerance(meta, ref, key)
+        if tol is None:
+            continue
+        assert value.shape[0] == 2, key
+        spread = max_err(value[0], value[1])
+        assert spread > 100 * tol, f"{key}: the two images' outputs differ by {spread:.2e}, not > 100 x {tol:.0e}"
+        checked += 1
+    assert checked >= len(meta["inputs"]) * 3
 
 
 @torch.no_grad()

@@ -2,8 +2,12 @@
 
 The layouts (ordered keys and shapes of the official models' ``state_dict()``) are the fixtures that
 scripts/cvnets_layouts.py writes from ml-cvnets' sources: v0.1 (MobileViT v1) and main (MobileViTv2)
-DeepLabv3 and SSD. Every tensor gets a random value, so a key that lands on the wrong tensor of the
-same shape is caught by value, not only by name.
+DeepLabv3 and SSD. Every source tensor gets its own random values, distinct from every other's, and
+each converted tensor must equal, by value, its own source: the ml-cvnets tensor at the same place in
+the architecture. Both models build their layers in the same order, so that place is the same position
+in the two state dicts, which no renaming rule of the converter decides. A key that lands on another
+tensor of the same shape (two ASPP branches, a batch norm's weight and bias swapped) is caught by value,
+though the swapped state dict still loads strictly.
 """
 
 from __future__ import annotations
@@ -19,6 +23,7 @@ from cvnets_fixtures import LAYOUTS, load_layout, random_state
 from mobilevit.convert import convert_state_dict
 
 CVNETS_STEM = "encoder.conv_1.block.conv.weight"
+AUX_HEAD = "seg_head.aux_head."  # ml-cvnets main's auxiliary segmentation head: dropped by the converter
 
 
 def convert_quietly(state: dict[str, torch.Tensor], source: str) -> dict[str, torch.Tensor]:
@@ -45,35 +50,84 @@ def test_fixtures_cover_both_versions_of_both_tasks():
     ]
 
 
+def distinct_state(layout: dict) -> dict[str, torch.Tensor]:
+    """random_state with every tensor distinct from every other: the batch-norm counters, whose random
+    draws could meet, are numbered instead. A converted tensor can then equal one source only."""
+    state = random_state(layout)
+    counters = [k for k in state if k.endswith("num_batches_tracked")]
+    for i, key in enumerate(counters):
+        state[key] = torch.tensor(i + 1)
+    assert len({(tuple(v.shape), v.numpy().tobytes()) for v in state.values()}) == len(state)
+    return state
+
+
+def own_sources(state: dict[str, torch.Tensor], model: torch.nn.Module) -> dict[str, str]:
+    """Each key of our model's state dict with its own source: the ml-cvnets key at the same position
+    (ml-cvnets' order is the layout's, the auxiliary head left out). Both models register the same
+    sublayers in the same order, from the stem to the last head."""
+    sources = [k for k in state if not k.startswith(AUX_HEAD)]
+    return dict(zip(model.state_dict(), sources, strict=True))
+
+
+def misplaced(state: dict[str, torch.Tensor], ours: dict[str, torch.Tensor], model: torch.nn.Module) -> list[str]:
+    """Our keys whose converted tensor is not its own source's, by value (the stem flipped back to the
+    source's BGR order)."""
+    wrong = []
+    for key, source in own_sources(state, model).items():
+        value = ours[key].flip(1) if key.endswith("stem.conv.weight") else ours[key]
+        if not torch.equal(value, state[source]):
+            wrong.append(key)
+    return wrong
+
+
 @pytest.mark.parametrize("name", LAYOUTS)
 @pytest.mark.parametrize("source", ["auto", "cvnets"])
-def test_layout_loads_strictly_and_maps_every_tensor_once(models, name, source):
+def test_layout_loads_strictly_and_each_tensor_is_its_own_source(models, name, source):
     layout = load_layout(name)
     model = models[name]
-    state = random_state(layout)
+    state = distinct_state(layout)
     ours = convert_quietly(state, source)
 
     missing, unexpected = model.load_state_dict(ours, strict=False)
     assert (missing, unexpected) == ([], [])
     model.load_state_dict(ours, strict=True)  # shapes too
     assert sum(p.numel() for p in model.parameters()) <= layout["parameters"]
-
-    # A bijection by value: each converted tensor is exactly one source tensor (the stem flipped back
-    # to the source's BGR order), and each source tensor but the auxiliary head's is used once.
-    by_shape: dict[tuple[int, ...], list[str]] = {}
-    for key, value in state.items():
-        by_shape.setdefault(tuple(value.shape), []).append(key)
-    used = []
-    for key, value in ours.items():
-        if key.endswith("stem.conv.weight"):
-            value = value.flip(1)
-        sources = [k for k in by_shape[tuple(value.shape)] if torch.equal(state[k], value)]
-        assert len(sources) == 1, f"{key} equals {sources}"
-        used += sources
+    assert misplaced(state, ours, model) == []
     assert ours[_stem(ours)].flip(1).equal(state[CVNETS_STEM])
-    left = sorted(set(state) - set(used))
-    assert len(used) == len(set(used))
-    assert left == sorted(k for k in state if k.startswith("seg_head.aux_head."))  # v2 DeepLabv3's only
+
+
+# Pairs of our keys with tensors of the same shape, which a wrong renaming rule could swap.
+SWAPS = [
+    ("deeplabv3_mobilevit_xxs_cvnets_v0.1", "head.aspp.convs.1.conv.weight", "head.aspp.convs.2.conv.weight"),
+    ("deeplabv3_mobilevit_xxs_cvnets_v0.1", "head.aspp.convs.1.bn.weight", "head.aspp.convs.1.bn.bias"),
+    (
+        "deeplabv3_mobilevitv2_050_cvnets_main",
+        "backbone.stages.2.1.global_rep.layers.0.attn.qkv_proj.weight",
+        "backbone.stages.2.1.global_rep.layers.1.attn.qkv_proj.weight",
+    ),
+    (
+        "ssdlite_mobilevit_xxs_cvnets_v0.1",
+        "head.predictors.1.loc_cls.pw_conv.weight",
+        "head.predictors.2.loc_cls.pw_conv.weight",
+    ),
+    (
+        "ssdlite_mobilevitv2_050_cvnets_main",
+        "head.predictors.0.proj.bn.running_mean",
+        "head.predictors.0.proj.bn.running_var",
+    ),
+]
+
+
+@pytest.mark.parametrize(("name", "a", "b"), SWAPS)
+def test_a_swap_of_two_same_shaped_tensors_is_caught(models, name, a, b):
+    """A converter that swapped two tensors of the same shape still gives a state dict that loads
+    strictly, and maps each source tensor once; only the values tell the two tensors apart."""
+    state = distinct_state(load_layout(name))
+    ours = convert_quietly(state, "cvnets")
+    assert ours[a].shape == ours[b].shape
+    ours[a], ours[b] = ours[b], ours[a]
+    models[name].load_state_dict(ours, strict=True)
+    assert misplaced(state, ours, models[name]) == [a, b]
 
 
 def _stem(ours: dict[str, torch.Tensor]) -> str:
