@@ -26,6 +26,7 @@ OPTIONAL = {
     "torchao",
     "litert_torch",
     "ai_edge_litert",
+    "ai_edge_quantizer",  # comes with litert-torch (fp16 .tflite weights)
     "timm",
     "transformers",
     "tensorboard",
