@@ -217,7 +217,7 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "--format",
         required=True,
         choices=FORMATS,
-        help="segmentation and detection: onnx, torchscript, executorch, litert",
+        help="every task has every format; int8 is for classifiers, fp16 for classifiers and segmentation",
     )
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
