@@ -738,18 +738,23 @@ def run_script(args: list[str], tmp_path) -> None:
 TORCHRUN = [sys.executable, "-m", "torch.distributed.run", "--standalone", "--nproc_per_node", "2"]
 
 
+def run_on_two_ranks(tmp_path: Path, source: str, *args: str) -> tuple[Path, list[dict]]:
+    """Run the script ``source`` on 2 gloo processes as ``script OUT *args``; return OUT and what each
+    rank saved there as ``rank{r}.pt``."""
+    script = tmp_path / "ddp_script.py"
+    script.write_text(source)
+    out = tmp_path / "run"
+    out.mkdir()
+    run_script([*TORCHRUN, str(script), str(out), *args], tmp_path)
+    return out, [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+
+
 def test_two_processes_split_each_epoch_and_end_with_one_set_of_weights(tmp_path):
     """128 images in batches of 16 per rank: 4 steps per epoch, as one process with batches of 32;
     both ranks end with the same weights and only rank 0 writes. (That a step equals one process's,
     number for number, is the next test's.)"""
     data = write_image_folder(tmp_path / "data", per_class=64)
-    script = tmp_path / "train_ddp.py"
-    script.write_text(DDP_SCRIPT)
-    ddp = tmp_path / "ddp"
-    ddp.mkdir()
-    run_script([*TORCHRUN, str(script), str(ddp), str(data)], tmp_path)
-
-    rank0, rank1 = (torch.load(ddp / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    ddp, (rank0, rank1) = run_on_two_ranks(tmp_path, DDP_SCRIPT, str(data))
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
     run = json.loads((ddp / "metrics0.json").read_text())
     assert run["world_size"] == 2 and [m["step"] for m in run["metrics"]] == [4, 8]
@@ -814,12 +819,7 @@ def test_a_ddp_step_equals_one_process_averaging_each_ranks_gradients(tmp_path):
     average too: AdamW's step depends on the gradients' scale only through its epsilon, so the
     weights alone tell an average from a sum only where gradients are tiny."""
     data = write_image_folder(tmp_path / "data", per_class=4, val_per_class=2)
-    script = tmp_path / "ddp_step.py"
-    script.write_text(DDP_STEP_SCRIPT)
-    out = tmp_path / "run"
-    out.mkdir()
-    run_script([*TORCHRUN, str(script), str(out), str(data)], tmp_path)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    _, ranks = run_on_two_ranks(tmp_path, DDP_STEP_SCRIPT, str(data))
     for rank in ranks:
         assert rank["gradients"].keys() == ranks[0]["reference_gradients"].keys()
         for name, reference in ranks[0]["reference_gradients"].items():
@@ -878,12 +878,7 @@ def test_ddp_all_reduces_gradients_only_in_the_last_micro_batch(tmp_path):
     rank still holds its own gradients (``no_sync``: no all-reduce), and after the step both hold the
     same weights (the last micro-batch all-reduced the sum)."""
     data = write_image_folder(tmp_path / "data", per_class=4, val_per_class=2)
-    script = tmp_path / "no_sync.py"
-    script.write_text(DDP_NO_SYNC_SCRIPT)
-    out = tmp_path / "run"
-    out.mkdir()
-    run_script([*TORCHRUN, str(script), str(out), str(data)], tmp_path)
-    ranks = [torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1)]
+    _, ranks = run_on_two_ranks(tmp_path, DDP_NO_SYNC_SCRIPT, str(data))
     for rank in ranks:
         assert rank["after_first"].keys() == rank["local"].keys()
         for name, gradient in rank["after_first"].items():
@@ -917,12 +912,7 @@ DDP_TASK_SCRIPT = textwrap.dedent(
 @pytest.mark.parametrize("task", ["segmentation", "detection"])
 def test_segmentation_and_detection_train_under_ddp(tmp_path, task):
     data = make_shapes(tmp_path / "shapes", num_train=16, num_val=4, size=(64, 64))
-    script = tmp_path / "train_task.py"
-    script.write_text(DDP_TASK_SCRIPT)
-    out = tmp_path / "run"
-    out.mkdir()
-    run_script([*TORCHRUN, str(script), str(out), str(data), task], tmp_path)
-    rank0, rank1 = (torch.load(out / f"rank{r}.pt", weights_only=True) for r in (0, 1))
+    out, (rank0, rank1) = run_on_two_ranks(tmp_path, DDP_TASK_SCRIPT, str(data), task)
     assert all(torch.equal(rank0[k], rank1[k]) for k in rank0), "ranks ended with different weights"
     assert (out / "model" / "model.safetensors").exists()
 
