@@ -20,7 +20,6 @@ from __future__ import annotations
 import argparse
 import statistics
 import tempfile
-from collections.abc import Callable
 from pathlib import Path
 from typing import Any
 
@@ -64,18 +63,17 @@ def measure(name: str, precision: str, size: tuple[int, int], rounds: int, iters
     """One row per (implementation, runtime) of ``name`` at ``precision``, all timed in one interleaved run."""
     example = structured_images(1, *size)
     calibration = structured_images(CALIBRATION_IMAGES, *size, seed=5) if precision == "int8" else None
-    entries: list[tuple[str, str, Callable[[], torch.nn.Module]]] = [
-        ("mobilevit", runtime, lambda: randomize_(create_model(name)).eval())
-        for runtime in ("onnxruntime", "executorch", "litert")
-    ]
+    models = {"mobilevit": randomize_(create_model(name)).eval()}
+    entries = [("mobilevit", runtime) for runtime in ("onnxruntime", "executorch", "litert")]
     if name in PEER_MODELS:
-        entries += [("timm", runtime, lambda: peer_model("timm", name)) for runtime in ("executorch", "litert")]
+        models["timm"] = peer_model("timm", name)
+        entries += [("timm", runtime) for runtime in ("executorch", "litert")]
     runners, facts, notes = {}, {}, {}
-    for impl, runtime, make in entries:
+    for impl, runtime in entries:
         workdir = tmp / f"{name}-{precision}-{impl}-{runtime}"
         workdir.mkdir()
         try:
-            run, where, path = build(make(), runtime, example, calibration, workdir, ours=impl == "mobilevit")
+            run, where, path = build(models[impl], runtime, example, calibration, workdir, ours=impl == "mobilevit")
         except Exception as error:  # a peer that does not convert is a finding, not a crash
             if impl == "mobilevit":
                 raise
@@ -86,7 +84,7 @@ def measure(name: str, precision: str, size: tuple[int, int], rounds: int, iters
     times = time_interleaved(runners, example, rounds, iters)
     medians = {key: statistics.median(values) * 1e3 for key, values in times.items()}
     rows = []
-    for impl, runtime, _ in entries:
+    for impl, runtime in entries:
         key = (impl, runtime)
         if key not in medians:
             rows.append({"model": name, "precision": precision, "impl": impl, "runtime": runtime, "note": notes[key]})
