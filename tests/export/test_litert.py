@@ -9,6 +9,7 @@ import sys
 
 import pytest
 import torch
+from torch.utils._python_dispatch import TorchDispatchMode
 
 from mobilevit import create_model
 from mobilevit.cli import main
@@ -43,6 +44,29 @@ def test_fp32_matches_pytorch_at_two_sizes(seven_classes, tmp_path, size):
         _check_nhwc_layout(report.path, seven_classes, x)
         with pytest.raises(ValueError, match=r"exported for inputs of shape \(1, 3, 64, 64\)"):
             runner(structured_images(1, 96, 128))
+
+
+class _TorchOps(TorchDispatchMode):
+    """Records the torch ops run inside the block."""
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.ops: set[str] = set()
+
+    def __torch_dispatch__(self, func, types, args=(), kwargs=None):
+        self.ops.add(func.overloadpacket.__name__)
+        return func(*args, **(kwargs or {}))
+
+
+def test_runner_computes_nothing_in_torch(seven_classes, tmp_path):
+    """The layout change around the file runs in NumPy: a torch kernel there wakes torch's OpenMP workers,
+    which spin on the cores XNNPACK's threads need. Only views are allowed (detach, lift_fresh from NumPy,
+    the outputs' permute)."""
+    runner = LiteRTRunner(export_litert(seven_classes, tmp_path / "m.tflite", structured_images(1, 64, 64)))
+    x = structured_images(1, 64, 64, seed=3)
+    with _TorchOps() as seen:
+        runner(x)
+    assert seen.ops <= {"detach", "lift_fresh", "permute", "view", "alias"}, seen.ops
 
 
 @pytest.mark.slow
