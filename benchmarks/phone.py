@@ -54,7 +54,7 @@ def build(model: torch.nn.Module, runtime: str, example: torch.Tensor, calibrati
             model, workdir / "model.pte", example, int8=int8, calibration=calibration, rewrite=ours
         )
         return ExecuTorchRunner(path), where, path
-    path = export_litert(model, workdir / "model.tflite", example, calibration)
+    path = export_litert(model, workdir / "model.tflite", example, calibration, rewrite=ours)
     runner = LiteRTRunner(path, threads=torch.get_num_threads())
     return runner, runner.placement(), path
 

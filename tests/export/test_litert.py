@@ -14,7 +14,7 @@ from torch.utils._python_dispatch import TorchDispatchMode
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.export import FP16_LITERT_NOTE, FP16_TOLERANCE, FP32_TOLERANCE, export
-from mobilevit.export.litert import LiteRTRunner, export_litert, placement
+from mobilevit.export.litert import LiteRTRunner, SigmoidGate, export_litert, placement
 from mobilevit.testing import randomize_, structured_images
 
 pytest.importorskip("litert_torch", reason="the litert extra: pip install 'mobilevit[litert]'")
@@ -56,6 +56,11 @@ class _TorchOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.add(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
+
+
+def test_sigmoid_gate_is_silu():
+    x = structured_images(2, 16, 16, seed=4) * 8 - 4
+    assert torch.allclose(SigmoidGate()(x), torch.nn.functional.silu(x), atol=1e-6)
 
 
 def test_runner_computes_nothing_in_torch(seven_classes, tmp_path):
@@ -174,6 +179,15 @@ def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier,
     assert all(dtypes[op["inputs"][0]] == dtypes[op["inputs"][1]] == "int8" for op in weighted)  # int8 x int8
     params = sum(p.numel() for p in model.parameters())
     assert report.path.stat().st_size < 2 * params  # fp32 weights would take 4 bytes each
+    assert _logistic_dtypes(report.path) == {"int8"}  # SiLU runs in int8 (SigmoidGate)
+    standard = export_litert(model, tmp_path / "standard.tflite", images[:1], calibration, rewrite=False)
+    assert _logistic_dtypes(standard) == {"float32"}  # the converter's own recipe leaves SiLU in fp32
+
+
+def _logistic_dtypes(path) -> set[str]:
+    interpreter = Interpreter(model_path=str(path))
+    dtypes = {t["index"]: t["dtype"].__name__ for t in interpreter.get_tensor_details()}
+    return {dtypes[op["outputs"][0]] for op in interpreter._get_ops_details() if op["op_name"] == "LOGISTIC"}
 
 
 @pytest.mark.slow

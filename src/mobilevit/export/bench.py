@@ -78,7 +78,7 @@ def peer_model(peer: str, name: str) -> nn.Module:
 
 def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir: Path, ours: bool = True) -> Runner:
     """``model`` prepared for ``backend`` at the shape of ``example``, as a tensor-in tensor-out call;
-    a peer's (``ours=False``) is lowered to ExecuTorch by the standard recipe, without our rewrite."""
+    a peer's (``ours=False``) is lowered to ExecuTorch and LiteRT by the standard recipe, without our rewrites."""
     model = model.eval()
     if backend == "eager":
         return model
@@ -96,7 +96,7 @@ def build_runner(model: nn.Module, backend: str, example: torch.Tensor, workdir:
     if backend == "executorch":
         return ExecuTorchRunner(export_executorch(model, workdir / "model.pte", example, rewrite=ours)[0])
     if backend in ("litert", "litert-int8"):
-        path = export_litert(model, workdir / "model.tflite", example, calibration)
+        path = export_litert(model, workdir / "model.tflite", example, calibration, rewrite=ours)
         return LiteRTRunner(path, threads=torch.get_num_threads())
     raise ValueError(f"unknown backend {backend!r}; choose from {', '.join(BENCH_BACKENDS)}")
 

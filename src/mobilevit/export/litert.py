@@ -58,10 +58,13 @@ def export_litert(
     calibration: torch.Tensor | None = None,
     *,
     fp16: bool = False,
+    rewrite: bool = True,
 ) -> Path:
     """Convert ``model`` for NCHW inputs shaped like ``example`` into a ``.tflite`` file taking NHWC;
     int8 when ``calibration`` [N, 3, H, W] (images preprocessed like real inputs) is given, with fp16
-    weights when ``fp16``."""
+    weights when ``fp16``. ``rewrite`` (default) converts :func:`for_xnnpack`'s copy of the model and, for
+    int8, writes SiLU as :class:`SigmoidGate`; False converts the model as it is (the converter's standard
+    recipe, for comparing with other implementations)."""
     if fp16 and calibration is not None:
         raise ValueError("a LiteRT file is either int8 (calibration images given) or fp16, not both")
     require_litert()
@@ -73,7 +76,10 @@ def export_litert(
     with torch.no_grad():
         outputs = model(example)
     dense = isinstance(outputs, torch.Tensor) and outputs.ndim == 4  # a segmenter's [B, K, H, W]
-    model = for_xnnpack(model, keep=CONVERTER_WRITES)
+    if rewrite:
+        model = for_xnnpack(model, keep=CONVERTER_WRITES)
+        if calibration is not None:
+            _rewrite_silu(model)
     nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else []).eval()
     example = _nhwc(example)
     if calibration is None:
@@ -88,6 +94,23 @@ def export_litert(
     partial.write_bytes(content)
     partial.replace(path)  # a killed export leaves no half-written file under the real name
     return path
+
+
+class SigmoidGate(nn.Module):
+    """SiLU written as x * sigmoid(x), for int8 files. The int8 quantizer annotates sigmoid (fixed 1/256
+    output scale) and mul but not silu, so a SiLU module stays a float island: dequantize, LOGISTIC and MUL
+    in fp32, quantize, after nearly every conv. Written as two ops, both run in int8."""
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * torch.sigmoid(x)
+
+
+def _rewrite_silu(module: nn.Module) -> None:
+    for name, child in module.named_children():
+        if isinstance(child, nn.SiLU):
+            setattr(module, name, SigmoidGate())
+        else:
+            _rewrite_silu(child)
 
 
 def _fp16_weights(content: bytes) -> bytes:
