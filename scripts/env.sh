@@ -34,3 +34,8 @@ source .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check --upgrade pip
 extras="${1:-}"
 python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# The web page's runtime (onnxruntime-web, pinned and checked, from the npm registry) into the cache, where the
+# browser tests take it from: the tests themselves download nothing.
+if [ "$extras" = test ] && ! python -c "from mobilevit.export.web import runtime_dir; runtime_dir()"; then
+    echo "note: could not download onnxruntime-web: the browser tests skip" >&2
+fi

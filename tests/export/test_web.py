@@ -8,8 +8,9 @@ page is cross-origin isolated (WASM threads); served by plain ``http.server`` it
 Every request stays on 127.0.0.1. Without a browser: the runtime download (against a registry on 127.0.0.1),
 the server's headers and the CLI.
 
-The onnxruntime-web files come from the user's cache, downloaded once by :func:`runtime_dir` as
-``mobilevit export --format web`` does.
+The onnxruntime-web files come from the user's cache, where ``scripts/env.sh test`` downloads them as
+``mobilevit export --format web`` does; the tests download nothing (the download itself is tested against a
+registry on 127.0.0.1).
 """
 
 from __future__ import annotations
@@ -71,10 +72,11 @@ def browser(playwright):
 
 @pytest.fixture(scope="module")
 def ort_dist() -> Path:
+    """The runtime as scripts/env.sh downloaded it (tests download nothing)."""
     try:
-        return runtime_dir()
-    except DownloadError as err:
-        pytest.skip(f"onnxruntime-web could not be downloaded: {err}")
+        return runtime_dir(download=False)
+    except FileNotFoundError as err:
+        pytest.skip(f"the web page's runtime is missing (scripts/env.sh test downloads it): {err}")
 
 
 @contextlib.contextmanager
@@ -283,6 +285,7 @@ def test_page_preprocessing_is_torchvision_s(browser, classifier_page):
 # -- what goes wrong ------------------------------------------------------------------------------------------------
 
 
+@pytest.mark.slow
 def test_a_file_that_is_not_an_image_gets_a_message_and_the_next_photo_a_result(
     browser, classifier_page, photo, tmp_path
 ):
@@ -294,6 +297,7 @@ def test_a_file_that_is_not_an_image_gets_a_message_and_the_next_photo_a_result(
     assert "notes.png is not an image this browser can read" in message
 
 
+@pytest.mark.slow
 def test_a_huge_image_is_refused_with_the_limit(browser, classifier_page, tmp_path):
     Image.new("L", (8000, 7000), 90).save(tmp_path / "huge.png")  # 56 megapixels, a few kB of PNG
     with served(classifier_page) as url, opened(browser, url) as (page, _):
@@ -314,6 +318,7 @@ def page_without_model(page: Path, folder: Path, model: bytes | None) -> Path:
     return folder
 
 
+@pytest.mark.slow
 @pytest.mark.parametrize(
     ("damage", "expected"),
     [("missing", "model.onnx answered HTTP 404"), ("truncated", "The model could not be loaded")],
@@ -329,6 +334,7 @@ def test_a_model_that_cannot_be_loaded_is_said_so(browser, classifier_page, phot
     assert "mobilevit export --format web" in at_load
 
 
+@pytest.mark.slow
 def test_a_plain_static_server_runs_the_page_on_one_thread(browser, classifier_page, photo):
     with served(classifier_page, QuietPlainHandler) as url, opened(browser, url) as (page, _):
         status = page.text_content("#status")
@@ -337,6 +343,7 @@ def test_a_plain_static_server_runs_the_page_on_one_thread(browser, classifier_p
     assert result is not None and not result["cross_origin_isolated"] and result["threads"] == 1
 
 
+@pytest.mark.slow
 def test_the_camera_refused_gets_a_message(browser, classifier_page):
     with served(classifier_page) as url, opened(browser, url) as (page, _):
         page.click("#camera-start")
@@ -425,6 +432,13 @@ def fake_dist(folder: Path) -> Path:
     for name in RUNTIME_FILES:
         (folder / name).write_text(name)
     return folder
+
+
+def test_without_download_a_missing_runtime_says_how_to_get_it(tmp_path, monkeypatch):
+    monkeypatch.setenv("XDG_CACHE_HOME", str(tmp_path))
+    monkeypatch.delenv(web_export.RUNTIME_ENV, raising=False)
+    with pytest.raises(FileNotFoundError, match=f"onnxruntime-web {web_export.ORT_WEB_VERSION} is not in"):
+        runtime_dir(download=False)
 
 
 def test_a_given_runtime_folder_is_used_and_checked(tmp_path, monkeypatch):

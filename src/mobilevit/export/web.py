@@ -132,15 +132,18 @@ def check_runtime(dist: Path) -> Path:
     return dist
 
 
-def runtime_dir(runtime: str | os.PathLike | None = None) -> Path:
+def runtime_dir(runtime: str | os.PathLike | None = None, download: bool = True) -> Path:
     """The onnxruntime-web dist/ folder the page's runtime files are copied from: ``runtime``, else
-    ``$MOBILEVIT_ORT_WEB``, else the pinned package, downloaded once into ``$XDG_CACHE_HOME/mobilevit``."""
+    ``$MOBILEVIT_ORT_WEB``, else the pinned package, downloaded once into ``$XDG_CACHE_HOME/mobilevit``
+    (without ``download``, a FileNotFoundError where it is not there yet: the tests download nothing)."""
     given = runtime or os.environ.get(RUNTIME_ENV)
     if given:
         return check_runtime(Path(given))
     cached = cache_dir() / "onnxruntime-web" / ORT_WEB_VERSION
     if all((cached / name).is_file() for name in RUNTIME_FILES):
         return cached
+    if not download:
+        raise FileNotFoundError(f"onnxruntime-web {ORT_WEB_VERSION} is not in {cached}. " + _offline_hint())
     return download_runtime(cached)
 
 
