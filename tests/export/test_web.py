@@ -197,6 +197,25 @@ def test_runs_in_the_url_add_a_median_and_the_page_shows_it(browser, classifier_
 
 
 @pytest.mark.slow
+def test_the_webgpu_backend_predicts_what_python_predicts(playwright, classifier, classifier_page, photo):
+    """WebGPU on Chromium's software Vulkan (SwiftShader): the page picks WebGPU when an adapter exists."""
+    args = ["--enable-unsafe-webgpu", "--enable-features=Vulkan", "--use-vulkan=swiftshader",
+            "--use-webgpu-adapter=swiftshader", "--use-angle=swiftshader"]  # fmt: skip
+    gpu_browser = playwright.chromium.launch(executable_path=CHROMIUM, headless=True, args=args)
+    try:
+        with served(classifier_page) as url, opened(gpu_browser, url) as (page, _):
+            status = page.text_content("#status")
+            result = feed(page, photo)
+    finally:
+        gpu_browser.close()
+    (expected,), _ = predict([photo], classifier)
+    assert status.startswith("Ready: WebGPU") and result["backend"] == "webgpu" and result["threads"] is None
+    assert [p["index"] for p in result["predictions"]] == [p["index"] for p in expected["predictions"]]
+    probs = [p["prob"] for p in result["predictions"]]
+    assert probs == pytest.approx([p["prob"] for p in expected["predictions"]], abs=1e-4)
+
+
+@pytest.mark.slow
 def test_segmentation_page_gives_python_s_mask(browser, ort_dist, photo, tmp_path):
     model = randomize_(create_model("deeplabv3_mobilevit_xxs", num_classes=5)).eval()
     size = (128, 128)
