@@ -18,17 +18,24 @@ if [ ! -x .venv/bin/python ]; then
     fi
 fi
 # Debian packages: Fashion-MNIST (the built-in dataset) and, for the tests, QEMU user mode (the int8 tests run
-# ONNX Runtime on an emulated x86 CPU without VNNI). Installed when missing and we may.
+# ONNX Runtime on an emulated x86 CPU without VNNI) and Chromium (Playwright drives it through the web page
+# tests; it cannot download its own browsers here). Installed when missing and we may.
 packages=()
 [ -d /usr/share/datasets/fashion-mnist ] || packages+=(dataset-fashion-mnist)
 if [ "${1:-}" = test ] && ! command -v qemu-x86_64 >/dev/null; then packages+=(qemu-user); fi
+if [ "${1:-}" = test ] && ! command -v chromium >/dev/null; then packages+=(chromium); fi
 if [ ${#packages[@]} -gt 0 ] && ! { [ "$(id -u)" = 0 ] && command -v apt-get >/dev/null && apt-get update -qq &&
     DEBIAN_FRONTEND=noninteractive apt-get install -y -qq "${packages[@]}" >/dev/null; }; then
     echo "note: could not install ${packages[*]}: training looks in \$MOBILEVIT_DATA or downloads;" \
-        "the emulated-CPU test skips" >&2
+        "the emulated-CPU and browser tests skip" >&2
 fi
 # shellcheck disable=SC1091
 source .venv/bin/activate
 python -m pip install --quiet --disable-pip-version-check --upgrade pip
 extras="${1:-}"
 python -m pip install --quiet --disable-pip-version-check -e ".${extras:+[$extras]}"
+# The web page's runtime (onnxruntime-web, pinned and checked, from the npm registry) into the cache, where the
+# browser tests take it from: the tests themselves download nothing.
+if [ "$extras" = test ] && ! python -c "from mobilevit.export.web import runtime_dir; runtime_dir()"; then
+    echo "note: could not download onnxruntime-web: the browser tests skip" >&2
+fi

@@ -57,11 +57,13 @@ def test_sdist_and_wheel_pass_twine_and_hold_the_package_readme_and_licence(dist
     checked = run(sys.executable, "-m", "twine", "check", "--strict", sdist, wheel, cwd=dist)
     assert checked.returncode == 0, checked.stdout + checked.stderr
     info = f"mobilevit-{mobilevit.__version__}.dist-info"
-    sources = {f"mobilevit/{p.relative_to(PACKAGE).as_posix()}" for p in PACKAGE.rglob("*.py")}
+    page = {p for p in (PACKAGE / "export" / "web").iterdir() if p.suffix in (".html", ".js", ".css")}
+    assert page, "the web page's files are package data"
+    sources = {f"mobilevit/{p.relative_to(PACKAGE).as_posix()}" for p in {*PACKAGE.rglob("*.py"), *page}}
     with zipfile.ZipFile(wheel) as archive:
         names = set(archive.namelist())
         metadata = email.parser.Parser().parsestr(archive.read(f"{info}/METADATA").decode())
-    assert {n for n in names if not n.startswith(info)} == sources  # the package, and no tests or fixtures
+    assert {n for n in names if not n.startswith(info)} == sources  # the package and its page, no tests or fixtures
     assert f"{info}/licenses/LICENSE" in names
     assert metadata["Version"] == mobilevit.__version__
     assert metadata["Description-Content-Type"] == "text/markdown"

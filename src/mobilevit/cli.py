@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import argparse
+import contextlib
 import json
 import logging
 import sys
@@ -21,6 +22,7 @@ from mobilevit.export import FORMATS, INT8_FORMATS, PRECISIONS, check_task, expo
 from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.machine import describe as describe_machine
 from mobilevit.export.machine import machine_info
+from mobilevit.export.web import RUNTIME_ENV, WEB_FORMAT, check_web_options, export_web, make_server
 from mobilevit.hub import DownloadError
 from mobilevit.models import create_model, from_pretrained, list_models, list_pretrained
 from mobilevit.models.factory import TRAINED_WEIGHTS, describes_model, is_published
@@ -34,7 +36,7 @@ from mobilevit.tasks.detection import DEFAULT_SCORE_THRESH
 DESCRIPTION = (
     "MobileViT, v2 and v3 as published: list the models and their published weights, train, evaluate and "
     "predict (classification, segmentation, detection), export to ONNX, TorchScript, ExecuTorch, CoreML or "
-    "LiteRT (int8 too), and time them."
+    "LiteRT (int8 too) or a web page, serve the page, and time them."
 )
 
 
@@ -169,24 +171,30 @@ def _cmd_export(args: argparse.Namespace) -> int:
     cfg = model.pretrained_cfg
     img_size = tuple(args.img_size or cfg["input_size"][1:])
     # refuse what cannot be exported before loading calibration images
-    check_task(model, args.format, img_size, args.dynamic, args.int8, args.precision)
+    web = args.format == WEB_FORMAT
+    if web:  # the page runs the ONNX file
+        check_web_options(args.dynamic, args.int8, args.precision)
+    check_task(model, "onnx" if web else args.format, img_size, args.dynamic, args.int8, args.precision)
     calibration = None
     if args.int8 and args.format in INT8_FORMATS:
         if args.calibration is None:
             raise ValueError("--int8 needs --calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
         options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
         calibration = calibration_images(args.calibration, args.calibration_images, img_size, **options)
-    report = export(
-        model,
-        args.format,
-        args.output,
-        img_size=img_size,
-        dynamic=args.dynamic,
-        int8=args.int8,
-        calibration=calibration,
-        opset=args.opset,
-        precision=args.precision,
-    )
+    if web:
+        report = export_web(model, args.output, img_size=img_size, opset=args.opset, runtime=args.runtime)
+    else:
+        report = export(
+            model,
+            args.format,
+            args.output,
+            img_size=img_size,
+            dynamic=args.dynamic,
+            int8=args.int8,
+            calibration=calibration,
+            opset=args.opset,
+            precision=args.precision,
+        )
     print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
     for note in report.notes:
         print(f"  {note}")
@@ -207,7 +215,8 @@ def _cmd_export(args: argparse.Namespace) -> int:
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
-        "export", help="export to ONNX, TorchScript, ExecuTorch, CoreML or LiteRT and check it against PyTorch"
+        "export",
+        help="export to ONNX, TorchScript, ExecuTorch, CoreML, LiteRT or a web page and check it against PyTorch",
     )
     p.add_argument(
         "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
@@ -216,8 +225,9 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=FORMATS,
-        help="every task has every format; int8 is for classifiers, fp16 for classifiers and segmentation",
+        choices=(*FORMATS, WEB_FORMAT),
+        help="every task has every format; int8 is for classifiers, fp16 for classifiers and segmentation; "
+        "web: a page running the ONNX file in the browser (onnxruntime-web)",
     )
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
@@ -230,8 +240,39 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         choices=PRECISIONS,
         help="fp16: fp16 weights, half the file (onnx, litert, coreml); default: fp16 for coreml, fp32 for the others",
     )
-    p.add_argument("-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite)")
+    p.add_argument(
+        "--runtime",
+        metavar="DIST",
+        help=f"web: an unpacked onnxruntime-web dist/ folder (default: ${RUNTIME_ENV}, else the pinned npm package, "
+        "downloaded once)",
+    )
+    p.add_argument(
+        "-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite); web: a folder"
+    )
     p.set_defaults(func=_cmd_export)
+
+
+def _cmd_serve(args: argparse.Namespace) -> int:
+    """Serve a web export until Ctrl+C, cross-origin isolated (WASM threads)."""
+    try:
+        server = make_server(args.directory, args.host, args.port)
+    except FileNotFoundError:
+        raise
+    except OSError as err:  # the port is taken, or the address is not this machine's
+        raise ValueError(f"cannot serve on {args.host}:{args.port} ({err.strerror}); choose another --port") from err
+    host, port = server.server_address[:2]
+    print(f"serving {args.directory} at http://{host}:{port}/ (cross-origin isolated); Ctrl+C stops", flush=True)
+    with server, contextlib.suppress(KeyboardInterrupt):
+        server.serve_forever()
+    return 0
+
+
+def _add_serve_parser(sub: argparse._SubParsersAction) -> None:
+    p = sub.add_parser("serve", help="serve a web export (export --format web) with the headers WASM threads need")
+    p.add_argument("directory", metavar="DIR", help="the folder `mobilevit export --format web -o DIR` wrote")
+    p.add_argument("--port", type=int, default=8000, help="port (default: 8000; 0: any free port)")
+    p.add_argument("--host", default="127.0.0.1", help="address to bind (default: 127.0.0.1, this machine only)")
+    p.set_defaults(func=_cmd_serve)
 
 
 def _cmd_predict(args: argparse.Namespace) -> int:
@@ -366,6 +407,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--json", action="store_true", help="print machine-readable JSON")
     p.set_defaults(func=_cmd_eval)
     _add_export_parser(sub)
+    _add_serve_parser(sub)
     _add_predict_parser(sub)
     _add_bench_parser(sub)
     return parser

@@ -15,6 +15,7 @@ from torchvision.transforms.v2 import functional as TF
 from mobilevit.data.transforms import pretrained_transform
 
 READ_ERRORS = (OSError, ValueError, Image.DecompressionBombError)
+WHOLE_IMAGE_INTERPOLATION = "bilinear"  # resized_input's; the web page resizes the same way
 
 
 def read_image(path: str | os.PathLike) -> Image.Image:
@@ -64,5 +65,6 @@ def resized_input(image: Image.Image, size: tuple[int, int]) -> torch.Tensor:
     """[3, *size] float RGB in [0, 1]: the whole image resized, in the order the segmentation and
     detection evaluation transforms use (antialiased uint8 resize, then scaling), so predictions
     match the evaluated model."""
-    resized = TF.resize(TF.pil_to_tensor(image), list(size), antialias=True)
+    mode = TF.InterpolationMode(WHOLE_IMAGE_INTERPOLATION)
+    resized = TF.resize(TF.pil_to_tensor(image), list(size), interpolation=mode, antialias=True)
     return TF.to_dtype(resized, torch.float32, scale=True)

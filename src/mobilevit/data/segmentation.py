@@ -41,6 +41,14 @@ def _voc_colour_map(n: int = 256) -> np.ndarray:
 
 
 VOC_PALETTE = _voc_colour_map()
+
+
+def class_colours(num_classes: int) -> list[list[int]]:
+    """The palette colour [R, G, B] of each class (repeating past 256 classes), as JSON for pages that
+    draw masks and boxes in the same colours as the PNGs."""
+    return [VOC_PALETTE[i % len(VOC_PALETTE)].tolist() for i in range(num_classes)]
+
+
 VOC_CLASSES = (
     "background",
     "aeroplane",

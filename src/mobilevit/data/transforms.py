@@ -34,16 +34,21 @@ def train_transform(
     return v2.Compose(steps)
 
 
+def shorter_side(size: int | tuple[int, int], crop_pct: float) -> int:
+    """The side the shorter image side is resized to before the centre crop of ``size``: ``max(size) /
+    crop_pct``, truncated. The web page (``mobilevit.export.web``) resizes to this same number."""
+    return int((size if isinstance(size, int) else max(size)) / crop_pct)
+
+
 def eval_transform(size: int | tuple[int, int], crop_pct: float = 0.9, interpolation: str = "bicubic") -> v2.Compose:
     """Resize the shorter side to ``max(size) / crop_pct``, centre-crop ``size`` (an int or (H, W));
     RGB in [0, 1]."""
     mode = v2.InterpolationMode(interpolation)
-    longest = size if isinstance(size, int) else max(size)
     return v2.Compose(
         [
             v2.ToImage(),
             v2.RGB(),
-            v2.Resize(int(longest / crop_pct), interpolation=mode, antialias=True),
+            v2.Resize(shorter_side(size, crop_pct), interpolation=mode, antialias=True),
             v2.CenterCrop(size),
             v2.ToDtype(torch.float32, scale=True),
         ]

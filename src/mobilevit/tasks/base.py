@@ -138,6 +138,12 @@ class Task:
         """One image's result as text for the terminal."""
         raise NotImplementedError
 
+    def web_config(self, model: nn.Module, img_size: tuple[int, int]) -> dict[str, Any]:
+        """What the browser page (:mod:`mobilevit.export.web`) must know, beside the exported file of
+        ``img_size`` inputs, to predict as :meth:`predict` does: ``preprocess`` and the task's constants.
+        Written into the page's config.json, so that these numbers have one source, this one."""
+        raise NotImplementedError
+
     # export
     def check_export(
         self, model: nn.Module, fmt: str, img_size: tuple[int, int], dynamic: bool, int8: bool, fp16: bool = False

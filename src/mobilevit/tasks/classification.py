@@ -16,11 +16,18 @@ from torchvision.models import ResNet50_Weights
 from mobilevit.data import classification as classification_data
 from mobilevit.data.images import preprocess
 from mobilevit.data.memory import InMemoryEval, InMemoryMultiScale, image_tensor
-from mobilevit.data.transforms import MultiScaleDataset, TransformedDataset, collate_skipping, eval_transform
+from mobilevit.data.transforms import (
+    MultiScaleDataset,
+    TransformedDataset,
+    collate_skipping,
+    eval_transform,
+    shorter_side,
+)
 from mobilevit.plots import plot_confusion
 from mobilevit.tasks.base import Dataset, Forward, Images, Task
 
 BATCH_SIZE = 32  # images per forward pass when predicting: bounds memory for long file lists
+DEFAULT_TOP_K = 5  # classes shown per image
 
 
 def imagenet_class_names() -> list[str]:
@@ -132,7 +139,7 @@ class Classification(Task):
         forward: Forward,
         output_dir: str | os.PathLike,
         *,
-        k: int = 5,
+        k: int = DEFAULT_TOP_K,
         **options: Any,
     ) -> list[dict[str, Any]]:
         """The top-``k`` classes of every image."""
@@ -145,6 +152,21 @@ class Classification(Task):
         with torch.inference_mode():
             logits = torch.cat([forward(batch) for batch in torch.stack(inputs).split(BATCH_SIZE)])
         return [{"image": p, "predictions": top} for p, top in zip(paths, top_k(logits, names, k), strict=True)]
+
+    def web_config(self, model: nn.Module, img_size: tuple[int, int]) -> dict[str, Any]:
+        """:func:`preprocess`'s transform at the exported ``img_size``: the shorter side resized, then
+        centre-cropped, in the model's channel order and normalisation; and :meth:`predict`'s ``k``."""
+        cfg = model.pretrained_cfg
+        preprocess = {
+            "resize": "shorter_side",
+            "shorter_side": shorter_side(img_size, cfg.get("crop_pct", 0.9)),
+            "interpolation": cfg.get("interpolation", "bicubic"),
+            "crop": list(img_size),
+            "channel_order": cfg.get("channel_order", "RGB"),
+            "mean": list(cfg.get("mean", (0.0,) * 3)),
+            "std": list(cfg.get("std", (1.0,) * 3)),
+        }
+        return {"preprocess": preprocess, "top_k": min(DEFAULT_TOP_K, model.num_classes)}
 
     def format(self, result: Mapping[str, Any]) -> str:
         """Rank, class and probability, aligned."""

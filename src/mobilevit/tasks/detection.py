@@ -19,8 +19,8 @@ from torchvision.transforms.v2 import functional as TF
 from torchvision.utils import draw_bounding_boxes
 
 from mobilevit.data import detection as det_data
-from mobilevit.data.images import resized_input
-from mobilevit.data.segmentation import VOC_PALETTE
+from mobilevit.data.images import WHOLE_IMAGE_INTERPOLATION, resized_input
+from mobilevit.data.segmentation import VOC_PALETTE, class_colours
 from mobilevit.data.synthetic import SHAPES, data_root
 from mobilevit.errors import require_extra
 from mobilevit.models.detection import SSDRawPredictions, postprocess
@@ -196,6 +196,22 @@ class Detection(Task):
             ]
             results.append({"image": path, "boxes_png": str(boxes_png), "detections": detections})
         return results
+
+    def web_config(self, model: nn.Module, img_size: tuple[int, int]) -> dict[str, Any]:
+        """:func:`resized_input`'s resize, the box colours of :func:`draw_detections`, and what
+        :func:`detect` does after the graph: :func:`~mobilevit.models.detection.postprocess` with the
+        model's options at :meth:`predict`'s score threshold, then boxes scaled to the image."""
+        options = {
+            "score_thresh": DEFAULT_SCORE_THRESH,
+            "nms_thresh": model.nms_thresh,
+            "detections_per_img": model.detections_per_img,
+            "topk_candidates": model.topk_candidates,
+        }
+        return {
+            "preprocess": {"resize": "whole", "interpolation": WHOLE_IMAGE_INTERPOLATION},
+            "palette": class_colours(model.num_classes),
+            "detection": options,
+        }
 
     def format(self, result: Mapping[str, Any]) -> str:
         """A small table (class, score, box) under the path of the PNG."""

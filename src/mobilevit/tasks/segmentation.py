@@ -16,7 +16,7 @@ from PIL import Image
 from torch import nn
 
 from mobilevit.data import segmentation as seg_data
-from mobilevit.data.images import resized_input
+from mobilevit.data.images import WHOLE_IMAGE_INTERPOLATION, resized_input
 from mobilevit.data.synthetic import SHAPES, data_root
 from mobilevit.tasks.base import Dataset, Forward, Images, Task
 
@@ -180,6 +180,14 @@ class Segmentation(Task):
             mask = segment(image, forward, (height, width))
             results.append({"image": path, **write_segmentation(image, mask, output_dir / stem, names)})
         return results
+
+    def web_config(self, model: nn.Module, img_size: tuple[int, int]) -> dict[str, Any]:
+        """:func:`resized_input`'s resize, and the colours and blend of :func:`overlay`."""
+        return {
+            "preprocess": {"resize": "whole", "interpolation": WHOLE_IMAGE_INTERPOLATION},
+            "palette": seg_data.class_colours(model.num_classes),
+            "overlay_alpha": OVERLAY_ALPHA,
+        }
 
     def format(self, result: Mapping[str, Any]) -> str:
         """Where the PNGs are and the share of each class present."""
