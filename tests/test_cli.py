@@ -17,6 +17,7 @@ import torch
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.export import FORMATS
+from mobilevit.export.transformersjs import TRANSFORMERS_JS
 from mobilevit.models.summary import count_macs
 from mobilevit.testing import randomize_, write_image_folder
 
@@ -155,4 +156,5 @@ def test_help_names_every_export_format(capsys):
         main(["--help"])
     assert exit_.value.code == 0
     described = capsys.readouterr().out.lower().replace(" ", "")
-    assert FORMATS and all(fmt in described for fmt in FORMATS), (FORMATS, described)
+    formats = (*FORMATS, TRANSFORMERS_JS)
+    assert FORMATS and all(fmt in described for fmt in formats), (formats, described)

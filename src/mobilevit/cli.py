@@ -18,10 +18,11 @@ from mobilevit.data.calibration import calibration_images
 from mobilevit.engine.config import TrainConfig, load_config
 from mobilevit.engine.train import choose_weights, train
 from mobilevit.errors import TrainingError
-from mobilevit.export import FORMATS, INT8_FORMATS, PRECISIONS, check_task, export
+from mobilevit.export import FORMATS, INT8_FORMATS, PRECISIONS, ExportReport, check_task, export
 from mobilevit.export.bench import BENCH_BACKENDS, bench
 from mobilevit.export.machine import describe as describe_machine
 from mobilevit.export.machine import machine_info
+from mobilevit.export.transformersjs import TRANSFORMERS_JS, check_transformersjs, export_transformersjs
 from mobilevit.export.web import RUNTIME_ENV, WEB_FORMAT, check_web_options, export_web, make_server
 from mobilevit.hub import DownloadError
 from mobilevit.models import create_model, from_pretrained, list_models, list_pretrained
@@ -35,8 +36,8 @@ from mobilevit.tasks.detection import DEFAULT_SCORE_THRESH
 
 DESCRIPTION = (
     "MobileViT, v2 and v3 as published: list the models and their published weights, train, evaluate and "
-    "predict (classification, segmentation, detection), export to ONNX, TorchScript, ExecuTorch, CoreML or "
-    "LiteRT (int8 too) or a web page, serve the page, and time them."
+    "predict (classification, segmentation, detection), export to ONNX, TorchScript, ExecuTorch, CoreML, "
+    "LiteRT (int8 too), a transformers.js folder or a web page, serve the page, and time them."
 )
 
 
@@ -170,53 +171,90 @@ def _cmd_export(args: argparse.Namespace) -> int:
     model = _load_model(args.checkpoint, args.model, untagged_random=True)
     cfg = model.pretrained_cfg
     img_size = tuple(args.img_size or cfg["input_size"][1:])
+    if args.format == TRANSFORMERS_JS:
+        return _export_transformersjs(args, model, img_size)
+    if args.format == WEB_FORMAT:
+        return _export_web(args, model, img_size)
     # refuse what cannot be exported before loading calibration images
-    web = args.format == WEB_FORMAT
-    if web:  # the page runs the ONNX file
-        check_web_options(args.dynamic, args.int8, args.precision)
-    check_task(model, "onnx" if web else args.format, img_size, args.dynamic, args.int8, args.precision)
-    calibration = None
-    if args.int8 and args.format in INT8_FORMATS:
-        if args.calibration is None:
-            raise ValueError("--int8 needs --calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
-        options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
-        calibration = calibration_images(args.calibration, args.calibration_images, img_size, **options)
-    if web:
-        report = export_web(model, args.output, img_size=img_size, opset=args.opset, runtime=args.runtime)
-    else:
-        report = export(
-            model,
-            args.format,
-            args.output,
-            img_size=img_size,
-            dynamic=args.dynamic,
-            int8=args.int8,
-            calibration=calibration,
-            opset=args.opset,
-            precision=args.precision,
-        )
+    check_task(model, args.format, img_size, args.dynamic, args.int8, args.precision)
+    calibration = _calibration(args, cfg, img_size) if args.int8 and args.format in INT8_FORMATS else None
+    report = export(
+        model,
+        args.format,
+        args.output,
+        img_size=img_size,
+        dynamic=args.dynamic,
+        int8=args.int8,
+        calibration=calibration,
+        opset=args.opset,
+        precision=args.precision,
+    )
     print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
+    _print_report(report, args.int8, calibration)
+    return 0
+
+
+def _calibration(args: argparse.Namespace, cfg: dict, img_size: tuple[int, int]) -> torch.Tensor:
+    """``--calibration``'s images, preprocessed as the model's evaluation preprocesses (``--int8`` needs them)."""
+    if args.calibration is None:
+        raise ValueError("--int8 needs --calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
+    options = {"crop_pct": cfg["crop_pct"], "interpolation": cfg["interpolation"]}
+    return calibration_images(args.calibration, args.calibration_images, img_size, **options)
+
+
+def _print_report(report: ExportReport, int8: bool, calibration: torch.Tensor | None, indent: str = "  ") -> None:
+    """An export's notes, its difference from PyTorch (or int8's top-1 agreement) and its size."""
     for note in report.notes:
-        print(f"  {note}")
-    if args.int8 and report.top1_agreement is not None:
-        print(f"  max abs diff vs PyTorch fp32: {report.max_abs_diff:.3g} (int8: informational)")
+        print(f"{indent}{note}")
+    if int8 and report.top1_agreement is not None:
+        print(f"{indent}max abs diff vs PyTorch fp32: {report.max_abs_diff:.3g} (int8: informational)")
         agreement = 100 * report.top1_agreement
-        print(f"  top-1 agreement with fp32 on {len(calibration)} calibration images: {agreement:.1f}%")
+        print(f"{indent}top-1 agreement with fp32 on {len(calibration)} calibration images: {agreement:.1f}%")
     elif report.max_abs_diff is not None:
         bound = "informational" if report.tolerance is None else f"tolerance {report.tolerance:.3g}"
-        print(f"  max abs diff vs PyTorch: {report.max_abs_diff:.3g} ({bound})")
+        print(f"{indent}max abs diff vs PyTorch: {report.max_abs_diff:.3g} ({bound})")
         if report.top1_agreement is not None:  # fp16
             agreement = 100 * report.top1_agreement
-            print(f"  top-1 agreement with PyTorch on the structured check images: {agreement:.1f}%")
+            print(f"{indent}top-1 agreement with PyTorch on the structured check images: {agreement:.1f}%")
     if report.size_mb is not None:
-        print(f"  file size: {report.size_mb:.2f} MB")
+        print(f"{indent}file size: {report.size_mb:.2f} MB")
+
+
+def _export_transformersjs(args: argparse.Namespace, model: nn.Module, img_size: tuple[int, int]) -> int:
+    """A transformers.js folder: its fp32 and fp16 files always (so ``--precision`` has no meaning there)
+    and, with ``--int8``, the q8 one; every file is dynamic."""
+    check_transformersjs(model)
+    if args.precision is not None:
+        raise ValueError(
+            "--precision does not apply to transformers.js: the folder holds the fp32 and fp16 files "
+            "(and q8 with --int8 --calibration SRC), and transformers.js's dtype option picks one"
+        )
+    calibration = _calibration(args, model.pretrained_cfg, img_size) if args.int8 else None
+    report = export_transformersjs(model, args.output, img_size=img_size, calibration=calibration, opset=args.opset)
+    print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.folder} ({TRANSFORMERS_JS})")
+    for note in report.notes:
+        print(f"  {note}")
+    for dtype, file in report.files.items():
+        print(f"  {file.path.relative_to(report.folder)} (dtype {dtype}):")
+        _print_report(file, dtype == "q8", calibration, indent="    ")
+    return 0
+
+
+def _export_web(args: argparse.Namespace, model: nn.Module, img_size: tuple[int, int]) -> int:
+    """A folder with a page that runs the model's ONNX file in the browser (onnxruntime-web)."""
+    check_web_options(args.dynamic, args.int8, args.precision)
+    check_task(model, "onnx", img_size, args.dynamic, args.int8, args.precision)
+    report = export_web(model, args.output, img_size=img_size, opset=args.opset, runtime=args.runtime)
+    print(f"exported {model.model_name} at {img_size[0]}x{img_size[1]} to {report.path} ({report.format})")
+    _print_report(report, False, None)
     return 0
 
 
 def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p = sub.add_parser(
         "export",
-        help="export to ONNX, TorchScript, ExecuTorch, CoreML, LiteRT or a web page and check it against PyTorch",
+        help="export to ONNX, TorchScript, ExecuTorch, CoreML, LiteRT, a transformers.js folder or a web page and "
+        "check it against PyTorch",
     )
     p.add_argument(
         "--model", help="model name (default: the checkpoint's); NAME.TAG without --checkpoint: published weights"
@@ -225,13 +263,18 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
     p.add_argument(
         "--format",
         required=True,
-        choices=(*FORMATS, WEB_FORMAT),
-        help="every task has every format; int8 is for classifiers, fp16 for classifiers and segmentation; "
-        "web: a page running the ONNX file in the browser (onnxruntime-web)",
+        choices=(*FORMATS, TRANSFORMERS_JS, WEB_FORMAT),
+        help="every task has every format but transformers.js (a folder for its image-classification pipeline: "
+        "classifiers); int8 is for classifiers, fp16 for classifiers and segmentation; web: a page running the ONNX "
+        "file in the browser (onnxruntime-web)",
     )
     p.add_argument("--img-size", nargs=2, type=_positive_size, metavar=("H", "W"), help="default: the model's size")
     p.add_argument("--dynamic", action="store_true", help="free batch size and input size (onnx, torchscript)")
-    p.add_argument("--int8", action="store_true", help="static int8 quantization (onnx, executorch, litert)")
+    p.add_argument(
+        "--int8",
+        action="store_true",
+        help="static int8 quantization (onnx, executorch, litert; transformers.js: q8 file)",
+    )
     p.add_argument("--calibration", help="int8 calibration: an ImageFolder root, a folder of images or 'fashion-mnist'")
     p.add_argument("--calibration-images", type=int, default=64, help="number of calibration images (default: 64)")
     p.add_argument("--opset", type=int, default=17, help="ONNX opset (default: 17)")
@@ -247,7 +290,10 @@ def _add_export_parser(sub: argparse._SubParsersAction) -> None:
         "downloaded once)",
     )
     p.add_argument(
-        "-o", "--output", required=True, help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite); web: a folder"
+        "-o",
+        "--output",
+        required=True,
+        help="file to write (.onnx, .pt, .pte, .mlpackage, .tflite); a folder for transformers.js and web",
     )
     p.set_defaults(func=_cmd_export)
 

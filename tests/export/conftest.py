@@ -56,3 +56,9 @@ def int8_classifier():
         return with_fitted_head(randomize_(create_model(name, **kwargs)), images), images
 
     return build
+
+
+@pytest.fixture(scope="session")
+def fitted_head():
+    """:func:`with_fitted_head`, for a test that fits a head to images of its own."""
+    return with_fitted_head
