@@ -82,6 +82,20 @@ SECTIONS = {
         "runtime's slower kernels with a copy at each boundary. The second table puts fp16 files beside "
         "fp32 ones. These are proxies: [Timing on a real phone](phone.md) says how to measure on one.",
     ),
+    "web": Section(
+        "In the browser",
+        "The page of `mobilevit export --format web` ([In the browser](web.md)) in Debian's Chromium, "
+        "headless, on this machine: onnxruntime-web's WASM backend (SIMD, threaded), the page served as "
+        "`mobilevit serve` serves it, so that it is cross-origin isolated and may run threads. Beside it, "
+        "ONNX Runtime's CPU provider in Python runs the same ONNX file on the same input, interleaved with "
+        "the page round after round (medians). Both time the model run alone (`session.run`, input tensor to "
+        "output tensors), not the preprocessing, the post-processing or the drawing; the page's figure is "
+        "its own median of `?runs=K`, read from its result JSON. Each row compares equal thread counts: "
+        "*?threads=N* gives the page ONNX Runtime's threads, *page default* is what a visitor gets "
+        "(onnxruntime-web's choice, half the cores) beside ONNX Runtime on as many. *browser/ORT* is the "
+        "page's latency over ONNX Runtime's: what running in the browser costs on the same CPU. "
+        "`--screenshots` writes the pictures of the web page's guide after the timed rounds.",
+    ),
     "parity": Section(
         "Parity with timm and Hugging Face",
         "Maximum absolute difference of the logits of our v1 and v2 classifiers against timm's and Hugging "

@@ -175,6 +175,13 @@ def test_render_imports_without_torch():
     assert subprocess.run([sys.executable, "-c", code], capture_output=True, text=True).stdout.strip() == "False"
 
 
+def test_every_script_that_writes_a_result_file_has_a_section():
+    """A benchmark's figures reach the page under a title and the prose that says how to read them."""
+    writers = sorted(path.stem for path in BENCHMARKS.glob("*.py") if "common.finish(" in path.read_text())
+    assert {"families", "phone", "web"} <= set(writers)
+    assert [name for name in writers if name not in render.SECTIONS] == []
+
+
 def _broken(doc: dict, tmp_path: Path, change) -> Path:
     doc = json.loads(json.dumps(doc))
     change(doc)
