@@ -40,6 +40,8 @@ from mobilevit.export.transformersjs import (
     preprocessor_config,
     rename_input,
 )
+from mobilevit.hub import URL_MIRROR_ENV
+from mobilevit.testing import randomize_, structured_images
 
 onnx = pytest.importorskip("onnx")
 pytest.importorskip("onnxruntime")
@@ -418,3 +420,25 @@ def test_cli_from_a_model_directory_with_q8(spread_classifier, tmp_path, capsys)
     assert_q8_is_onnxruntimes(q8, out / DTYPE_FILES["q8"], x, label_names(loaded))
     agreement = float(re.search(r"top-1 agreement with fp32 on 8 calibration images: ([\d.]+)%", printed)[1])
     assert sum(a == b for a, b in zip(top1(q8), labels, strict=True)) / 8 == agreement / 100
+
+
+@pytest.mark.slow
+def test_cli_from_a_published_tag(hf_hub_at, monkeypatch, tmp_path, capsys):
+    """``mobilevit export --model mobilevit_xxs.cvnets_in1k --format transformers.js``: published weights (timm's
+    Hub copy, here random weights served on 127.0.0.1) with ImageNet's class names, in transformers.js."""
+    import timm
+
+    monkeypatch.setenv(URL_MIRROR_ENV, hf_hub_at.mirror)
+    timm_model = randomize_(timm.create_model("mobilevit_xxs"), seed=1).eval()
+    timm.models._hub.save_for_hf(timm_model, tmp_path / "timm", safe_serialization=True)
+    for name in ("config.json", "model.safetensors"):
+        hf_hub_at.add_hub_file("timm/mobilevit_xxs.cvnets_in1k", name, (tmp_path / "timm" / name).read_bytes())
+    out = tmp_path / "tjs"
+    args = ["export", "--model", "mobilevit_xxs.cvnets_in1k", "--format", TRANSFORMERS_JS, "-o", str(out)]
+    assert main([*args, "--img-size", str(SIZE), str(SIZE)]) == 0
+    assert f"exported mobilevit_xxs at {SIZE}x{SIZE} to {out} (transformers.js)" in capsys.readouterr().out
+    published = create_model("mobilevit_xxs.cvnets_in1k", pretrained=True)
+    config = json.loads((out / "config.json").read_text())
+    assert config["id2label"]["0"] == "tench" and len(config["id2label"]) == 1000
+    pngs = write_pngs(published, structured_images(3, SIZE, SIZE, seed=9), tmp_path / "images")
+    assert_top5_matches(classify(out, pngs), pytorch_top5(published, pytorch_inputs(published, pngs)))
