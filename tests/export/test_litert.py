@@ -42,8 +42,18 @@ def test_fp32_matches_pytorch_at_two_sizes(seven_classes, tmp_path, size):
     assert (where.partitions, where.outside) == (1, {}) and str(where) in report.notes
     if size == (64, 64):
         _check_nhwc_layout(report.path, seven_classes, x)
+        _check_computes_nothing_in_torch(runner, x)
         with pytest.raises(ValueError, match=r"exported for inputs of shape \(1, 3, 64, 64\)"):
             runner(structured_images(1, 96, 128))
+
+
+def _check_computes_nothing_in_torch(runner: LiteRTRunner, x: torch.Tensor) -> None:
+    """The layout change around the file runs in NumPy: a torch kernel there wakes torch's OpenMP workers,
+    which spin on the cores XNNPACK's threads need. Only views are allowed (detach, lift_fresh from NumPy,
+    the outputs' permute)."""
+    with _TorchOps() as seen:
+        runner(x)
+    assert seen.ops <= {"detach", "lift_fresh", "permute", "view", "alias"}, seen.ops
 
 
 class _TorchOps(TorchDispatchMode):
@@ -61,17 +71,6 @@ class _TorchOps(TorchDispatchMode):
 def test_sigmoid_gate_is_silu():
     x = structured_images(2, 16, 16, seed=4) * 8 - 4
     assert torch.allclose(SigmoidGate()(x), torch.nn.functional.silu(x), atol=1e-6)
-
-
-def test_runner_computes_nothing_in_torch(seven_classes, tmp_path):
-    """The layout change around the file runs in NumPy: a torch kernel there wakes torch's OpenMP workers,
-    which spin on the cores XNNPACK's threads need. Only views are allowed (detach, lift_fresh from NumPy,
-    the outputs' permute)."""
-    runner = LiteRTRunner(export_litert(seven_classes, tmp_path / "m.tflite", structured_images(1, 64, 64)))
-    x = structured_images(1, 64, 64, seed=3)
-    with _TorchOps() as seen:
-        runner(x)
-    assert seen.ops <= {"detach", "lift_fresh", "permute", "view", "alias"}, seen.ops
 
 
 @pytest.mark.slow
@@ -180,8 +179,15 @@ def test_int8_agrees_with_fp32_on_top1_and_runs_integer_kernels(int8_classifier,
     params = sum(p.numel() for p in model.parameters())
     assert report.path.stat().st_size < 2 * params  # fp32 weights would take 4 bytes each
     assert _logistic_dtypes(report.path) == {"int8"}  # SiLU runs in int8 (SigmoidGate)
+
+
+@pytest.mark.slow
+def test_the_converters_own_int8_recipe_leaves_silu_in_fp32(int8_classifier, tmp_path):
+    """What the SigmoidGate rewrite is for: without it (``rewrite=False``) every SiLU is a float island."""
+    model, images = int8_classifier("mobilevit_xxs", size=64, transformer_depths=(1, 1, 1))
+    calibration = structured_images(16, 64, 64, seed=2)
     standard = export_litert(model, tmp_path / "standard.tflite", images[:1], calibration, rewrite=False)
-    assert _logistic_dtypes(standard) == {"float32"}  # the converter's own recipe leaves SiLU in fp32
+    assert _logistic_dtypes(standard) == {"float32"}
 
 
 def _logistic_dtypes(path) -> set[str]:
