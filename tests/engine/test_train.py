@@ -955,6 +955,7 @@ def test_the_defaults_learn_a_small_real_dataset(fashion_cache, tmp_path, monkey
     assert json.loads(capsys.readouterr().out)["top1"] == pytest.approx(result["score"], abs=0.01)
 
 
+@pytest.mark.slow  # 110 s: two training runs
 @needs_fashion_mnist
 def test_the_defaults_beat_imagenets_batch_and_multi_scale_on_a_small_dataset(fashion_cache, tmp_path, caplog):
     """1,400 Fashion-MNIST images, 8 epochs: the defaults chosen from the data against the batch of 128
