@@ -22,15 +22,12 @@ task's page (a small random model) on one of scikit-image's photos, its latency 
 from __future__ import annotations
 
 import argparse
-import contextlib
 import json
 import os
 import shutil
 import statistics
 import tempfile
-import threading
 import time
-from collections.abc import Iterator
 from pathlib import Path
 from typing import Any
 
@@ -50,7 +47,7 @@ from mobilevit.data.images import preprocess, read_image, resized_input, to_rgb
 from mobilevit.data.synthetic import structured_images
 from mobilevit.export.bench import SETTLE_S
 from mobilevit.export.onnx import OnnxRunner
-from mobilevit.export.web import MODEL_FILE, export_web, make_server
+from mobilevit.export.web import MODEL_FILE, export_web, make_server, serving
 from mobilevit.testing import randomize_
 
 MODELS = [
@@ -73,17 +70,9 @@ VIEWPORT = {"width": 1000, "height": 800}
 MARGIN_PX = 24  # the body's padding (1.5rem), kept right of the content and below it
 
 
-@contextlib.contextmanager
-def served(directory: Path) -> Iterator[str]:
-    """``directory`` served on 127.0.0.1 by ``make_server`` in a thread; the base URL."""
-    server = make_server(directory, port=0, quiet=True)
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+def served(directory: Path):
+    """``directory`` served on 127.0.0.1 by ``make_server`` in a thread, as a context that yields its base URL."""
+    return serving(make_server(directory, port=0, quiet=True))
 
 
 def open_page(browser: Browser, url: str) -> Page:

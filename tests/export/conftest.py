@@ -62,3 +62,16 @@ def int8_classifier():
 def fitted_head():
     """:func:`with_fitted_head`, for a test that fits a head to images of its own."""
     return with_fitted_head
+
+
+@pytest.fixture(scope="module")
+def detector() -> nn.Module:
+    """A fresh 3-class detector with its class logits scaled up: the scores spread out, so its
+    detections are not near-ties that fp32 rounding could reorder."""
+    torch.manual_seed(0)
+    model = create_model("ssdlite_mobilevit_xxs", num_classes=3).eval()
+    with torch.no_grad():
+        for predictor in model.head.predictors:
+            conv = predictor.loc_cls if isinstance(predictor.loc_cls, nn.Conv2d) else predictor.loc_cls.pw_conv
+            conv.weight.view(-1, 4 + model.num_classes, *conv.weight.shape[1:])[:, 4:] *= 10
+    return model

@@ -22,7 +22,6 @@ import io
 import json
 import shutil
 import tarfile
-import threading
 import urllib.request
 from collections.abc import Iterator
 from pathlib import Path
@@ -38,7 +37,7 @@ from mobilevit.cli import main
 from mobilevit.data.images import preprocess, read_image, resized_input, to_rgb
 from mobilevit.export import FP32_TOLERANCE
 from mobilevit.export import web as web_export
-from mobilevit.export.web import RUNTIME_FILES, export_web, make_server, runtime_dir
+from mobilevit.export.web import RUNTIME_FILES, export_web, make_server, runtime_dir, serving
 from mobilevit.hub import DownloadError
 from mobilevit.predict import predict
 from mobilevit.tasks import get_task
@@ -79,20 +78,12 @@ def ort_dist() -> Path:
         pytest.skip(f"the web page's runtime is missing (scripts/env.sh test downloads it): {err}")
 
 
-@contextlib.contextmanager
-def served(directory: Path, handler: type | None = None) -> Iterator[str]:
-    """``directory`` served on 127.0.0.1 in a thread (by :func:`make_server`, or by ``handler``); the base URL."""
+def served(directory: Path, handler: type | None = None):
+    """``directory`` served on 127.0.0.1 in a thread (by :func:`make_server`, or by ``handler``), as a context that
+    yields the base URL."""
     if handler is None:
-        server = make_server(directory, port=0, quiet=True)
-    else:
-        server = http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=directory))
-    thread = threading.Thread(target=server.serve_forever, daemon=True)
-    thread.start()
-    try:
-        yield f"http://127.0.0.1:{server.server_address[1]}/"
-    finally:
-        server.shutdown()
-        server.server_close()
+        return serving(make_server(directory, port=0, quiet=True))
+    return serving(http.server.ThreadingHTTPServer(("127.0.0.1", 0), functools.partial(handler, directory=directory)))
 
 
 class QuietPlainHandler(http.server.SimpleHTTPRequestHandler):
@@ -233,21 +224,9 @@ def test_segmentation_page_gives_python_s_mask(browser, ort_dist, photo, tmp_pat
     assert {c["index"]: c["fraction"] for c in result["classes"]} == {i: f for i, f in enumerate(counts.tolist()) if f}
 
 
-def spread_detector() -> nn.Module:
-    """A 3-class detector with its class logits scaled up (as in test_export): scores spread out, so its
-    detections are not near-ties that rounding could reorder."""
-    torch.manual_seed(0)
-    model = create_model("ssdlite_mobilevit_xxs", num_classes=3).eval()
-    with torch.no_grad():
-        for predictor in model.head.predictors:
-            conv = predictor.loc_cls if isinstance(predictor.loc_cls, nn.Conv2d) else predictor.loc_cls.pw_conv
-            conv.weight.view(-1, 4 + model.num_classes, *conv.weight.shape[1:])[:, 4:] *= 10
-    return model
-
-
 @pytest.mark.slow
-def test_detection_page_gives_python_s_boxes_after_nms(browser, ort_dist, photo, tmp_path):
-    model = spread_detector()
+def test_detection_page_gives_python_s_boxes_after_nms(browser, ort_dist, photo, tmp_path, detector):
+    model = detector
     export_web(model, tmp_path / "page", runtime=ort_dist)
     with served(tmp_path / "page") as url, opened(browser, url) as (page, _):
         result = feed(page, photo)

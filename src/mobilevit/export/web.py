@@ -15,6 +15,7 @@ takes two response headers (COOP and COEP); :func:`make_server` sends them. Else
 from __future__ import annotations
 
 import base64
+import contextlib
 import hashlib
 import io
 import json
@@ -22,7 +23,9 @@ import os
 import shutil
 import tarfile
 import tempfile
+import threading
 import urllib.request
+from collections.abc import Iterator
 from functools import partial
 from http.server import SimpleHTTPRequestHandler, ThreadingHTTPServer
 from importlib import resources
@@ -264,3 +267,16 @@ def make_server(
         )
     handler = partial(QuietHandler if quiet else IsolatedHandler, directory=str(directory))
     return ThreadingHTTPServer((host, port), handler)
+
+
+@contextlib.contextmanager
+def serving(server: ThreadingHTTPServer) -> Iterator[str]:
+    """``server`` running in a thread while the block runs (tests, benchmarks); yields its base URL."""
+    thread = threading.Thread(target=server.serve_forever, daemon=True)
+    thread.start()
+    try:
+        host, port = server.server_address[:2]
+        yield f"http://{host}:{port}/"
+    finally:
+        server.shutdown()
+        server.server_close()
