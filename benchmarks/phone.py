@@ -18,10 +18,15 @@ timed interleaved in their own run: latency, file size and the largest differenc
 from __future__ import annotations
 
 import argparse
+import os
 import statistics
 import tempfile
 from pathlib import Path
 from typing import Any
+
+# Before torch loads: its OpenMP workers, woken by the exports, otherwise spin on a core in this process
+# while the other runtimes' threads run (see web.py; ONNX Runtime read a few percent slow here without it).
+os.environ.setdefault("OMP_WAIT_POLICY", "PASSIVE")
 
 import torch
 

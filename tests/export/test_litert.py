@@ -9,12 +9,13 @@ import sys
 
 import pytest
 import torch
+from torch import nn
 from torch.utils._python_dispatch import TorchDispatchMode
 
 from mobilevit import create_model
 from mobilevit.cli import main
 from mobilevit.export import FP16_LITERT_NOTE, FP16_TOLERANCE, FP32_TOLERANCE, export
-from mobilevit.export.litert import LiteRTRunner, SigmoidGate, export_litert, placement
+from mobilevit.export.litert import LiteRTRunner, SigmoidGate, TokenLayerNorm, export_litert, placement
 from mobilevit.testing import randomize_, structured_images
 
 pytest.importorskip("litert_torch", reason="the litert extra: pip install 'mobilevit[litert]'")
@@ -66,6 +67,16 @@ class _TorchOps(TorchDispatchMode):
     def __torch_dispatch__(self, func, types, args=(), kwargs=None):
         self.ops.add(func.overloadpacket.__name__)
         return func(*args, **(kwargs or {}))
+
+
+@pytest.mark.parametrize("affine", [True, False])
+def test_token_layer_norm_is_torchs_layer_norm(affine):
+    norm = nn.LayerNorm(24, elementwise_affine=affine)
+    if affine:
+        randomize_(norm, calibrate=lambda _: None)
+    x = structured_images(1, 32, 24, seed=4)[0] * 3 - 1  # [3, 32, 24]: rows of structured pixels
+    with torch.no_grad():
+        assert (TokenLayerNorm(norm)(x) - norm(x)).abs().max().item() <= 1e-5
 
 
 def test_sigmoid_gate_is_silu():

@@ -4,6 +4,8 @@ the rewritten models match the originals of every family."""
 
 from __future__ import annotations
 
+import copy
+
 import pytest
 import torch
 from torch import nn
@@ -14,10 +16,11 @@ from mobilevit.export.xnnpack import (
     MapGroupNorm,
     RowLayerNorm,
     SpatialMeanSelfAttention,
+    fold_norm_affines,
     for_xnnpack,
 )
-from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention, unfold
-from mobilevit.models.mobilevitv2 import LinearSelfAttention
+from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention, TransformerEncoderLayer, unfold
+from mobilevit.models.mobilevitv2 import LinearSelfAttention, LinearTransformerLayer
 from mobilevit.testing import randomize_, structured_images
 
 TOLERANCE = 1e-5
@@ -86,6 +89,31 @@ def test_each_replacement_runs_whole_in_xnnpack(case, tmp_path):
     assert (where.partitions, where.outside) == (1, {})
     with torch.no_grad():
         assert (ExecuTorchRunner(path)(x) - original(x)).abs().max().item() <= TOLERANCE
+
+
+LAYERS = {
+    "v1": (lambda: TransformerEncoderLayer(24, 48, 4, 0.0, 0.0), lambda: (tokens(32, 24), 8)),
+    "v2": (lambda: LinearTransformerLayer(16, 32, 0.0, 0.0), lambda: (maps(2, 16, 4, 16),)),
+}
+
+
+@pytest.mark.parametrize("layer", LAYERS)
+def test_norm_affines_fold_into_the_projection_that_reads_them(layer):
+    make, inputs = LAYERS[layer]
+    original = random(make())
+    folded = copy.deepcopy(original)
+    fold_norm_affines(folded)
+    assert folded.norm1.weight is folded.norm1.bias is folded.norm2.weight is None
+    assert not torch.equal(folded.mlp.fc1.weight, original.mlp.fc1.weight)
+    with torch.no_grad():
+        expected = original(*inputs())
+        assert (folded(*inputs()) - expected).abs().max().item() <= TOLERANCE
+        # the folded norms rewrite too, into their affine-free forms
+        rewritten = for_xnnpack(original)
+        assert (rewritten(*inputs()) - expected).abs().max().item() <= TOLERANCE
+    assert all(
+        isinstance(m.affine, nn.Identity) for m in rewritten.modules() if isinstance(m, RowLayerNorm | MapGroupNorm)
+    )
 
 
 def test_unfold_as_one_transpose_equals_the_slices():

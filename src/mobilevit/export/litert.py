@@ -10,7 +10,8 @@ are NHWC as well (a segmenter's [1, H, W, K]), logits stay [1, K]. The transpose
 The model is converted with v1's attention and unfold in XNNPACK's ops (:func:`~mobilevit.export.
 xnnpack.for_xnnpack`; ``CONVERTER_WRITES`` stay, as the converter writes them in ops XNNPACK takes).
 Unfold's strided slices would otherwise stay outside the delegate and cut the file into 4 XNNPACK
-partitions; :func:`placement` reports them.
+partitions; :func:`placement` reports them. The transformer layers' norm affines are folded into the
+projections after them, and fp32 files write LayerNorm as :class:`TokenLayerNorm` (fewer ops).
 
 int8: static post-training quantization by PT2E with litert-torch's own quantizer (int8 per-channel
 symmetric weights, int8 per-tensor activations from histogram-calibrated ranges), which the converter
@@ -46,6 +47,22 @@ from mobilevit.models.mobilevitv2 import LinearSelfAttention
 CONVERTER_WRITES = (nn.LayerNorm, nn.GroupNorm, LinearSelfAttention)
 
 
+class TokenLayerNorm(nn.Module):
+    """LayerNorm over the last axis written as keepdim means: 8 LiteRT ops where the converter's own
+    lowering writes 12 (its means drop the axis and reshapes put it back), for fp32 files. int8 files keep
+    the converter's: the quantizer would put this one's variance in int8."""
+
+    def __init__(self, norm: nn.LayerNorm) -> None:
+        super().__init__()
+        self.eps = norm.eps
+        self.weight, self.bias = norm.weight, norm.bias
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        centred = x - x.mean(dim=-1, keepdim=True)
+        x = centred * torch.rsqrt((centred * centred).mean(dim=-1, keepdim=True) + self.eps)
+        return x if self.weight is None else x * self.weight + self.bias
+
+
 def require_litert() -> None:
     """Raise an ImportError with the install hint when the ``litert`` extra is missing."""
     require_extra("litert", "LiteRT export", "litert_torch", "ai_edge_litert.interpreter", "ai_edge_quantizer")
@@ -62,9 +79,9 @@ def export_litert(
 ) -> Path:
     """Convert ``model`` for NCHW inputs shaped like ``example`` into a ``.tflite`` file taking NHWC;
     int8 when ``calibration`` [N, 3, H, W] (images preprocessed like real inputs) is given, with fp16
-    weights when ``fp16``. ``rewrite`` (default) converts :func:`for_xnnpack`'s copy of the model and, for
-    int8, writes SiLU as :class:`SigmoidGate`; False converts the model as it is (the converter's standard
-    recipe, for comparing with other implementations)."""
+    weights when ``fp16``. ``rewrite`` (default) converts :func:`for_xnnpack`'s copy of the model, with
+    LayerNorm as :class:`TokenLayerNorm` in fp32 and SiLU as :class:`SigmoidGate` in int8; False converts
+    the model as it is (the converter's standard recipe, for comparing with other implementations)."""
     if fp16 and calibration is not None:
         raise ValueError("a LiteRT file is either int8 (calibration images given) or fp16, not both")
     require_litert()
@@ -76,10 +93,12 @@ def export_litert(
     with torch.no_grad():
         outputs = model(example)
     dense = isinstance(outputs, torch.Tensor) and outputs.ndim == 4  # a segmenter's [B, K, H, W]
-    if rewrite:
+    if rewrite and calibration is None:
+        keep = tuple(kind for kind in CONVERTER_WRITES if kind is not nn.LayerNorm)
+        model = for_xnnpack(model, keep=keep, replace={nn.LayerNorm: TokenLayerNorm})
+    elif rewrite:
         model = for_xnnpack(model, keep=CONVERTER_WRITES)
-        if calibration is not None:
-            _rewrite_silu(model)
+        _rewrite_silu(model)
     nhwc = litert_torch.to_channel_last_io(model, args=[0], outputs=[0] if dense else []).eval()
     example = _nhwc(example)
     if calibration is None:

@@ -11,14 +11,15 @@ what the model computes (to float rounding).
 from __future__ import annotations
 
 import copy
+from collections.abc import Callable
 from dataclasses import dataclass, field
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
-from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention
-from mobilevit.models.mobilevitv2 import LinearSelfAttention
+from mobilevit.models.mobilevit_block import MobileViTBlock, MultiHeadAttention, TransformerEncoderLayer
+from mobilevit.models.mobilevitv2 import LinearSelfAttention, LinearTransformerLayer
 
 
 @dataclass(frozen=True)
@@ -47,13 +48,12 @@ class RowLayerNorm(nn.Module):
         (dim,) = norm.normalized_shape
         self.register_buffer("average", torch.full((1, dim), 1.0 / dim))
         self.register_buffer("eps", torch.tensor(norm.eps))
-        self.register_buffer("weight", norm.weight.detach().clone())
-        self.register_buffer("bias", norm.bias.detach().clone())
+        self.affine = _Affine.of(norm, (dim,))
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - F.linear(x, self.average)  # [M, d] - [M, 1]
         variance = F.linear(centred * centred, self.average)  # [M, 1]
-        return centred * torch.rsqrt(variance + self.eps) * self.weight + self.bias
+        return self.affine(centred * torch.rsqrt(variance + self.eps))
 
 
 class MapGroupNorm(nn.Module):
@@ -67,15 +67,33 @@ class MapGroupNorm(nn.Module):
         dim = norm.num_channels
         self.register_buffer("average", torch.full((1, dim, 1, 1), 1.0 / dim))
         self.register_buffer("eps", torch.tensor(norm.eps))
-        self.register_buffer("weight", norm.weight.detach().clone().reshape(1, dim, 1, 1))
-        self.register_buffer("bias", norm.bias.detach().clone().reshape(1, dim, 1, 1))
+        self.affine = _Affine.of(norm, (1, dim, 1, 1))
 
     def _mean(self, x: torch.Tensor) -> torch.Tensor:
         return F.conv2d(x.mean(dim=(2, 3), keepdim=True), self.average)  # [B, 1, 1, 1]
 
     def forward(self, x: torch.Tensor) -> torch.Tensor:
         centred = x - self._mean(x)
-        return centred * torch.rsqrt(self._mean(centred * centred) + self.eps) * self.weight + self.bias
+        return self.affine(centred * torch.rsqrt(self._mean(centred * centred) + self.eps))
+
+
+class _Affine(nn.Module):
+    """A norm's elementwise scale and shift, shaped to broadcast; nothing when the norm has none (its
+    affine was folded into the projection after it, see :func:`fold_norm_affines`)."""
+
+    def __init__(self, weight: torch.Tensor, bias: torch.Tensor) -> None:
+        super().__init__()
+        self.register_buffer("weight", weight)
+        self.register_buffer("bias", bias)
+
+    @staticmethod
+    def of(norm: nn.LayerNorm | nn.GroupNorm, shape: tuple[int, ...]) -> nn.Module:
+        if norm.weight is None:
+            return nn.Identity()
+        return _Affine(norm.weight.detach().clone().reshape(shape), norm.bias.detach().clone().reshape(shape))
+
+    def forward(self, x: torch.Tensor) -> torch.Tensor:
+        return x * self.weight + self.bias
 
 
 class BatchedMatmulAttention(nn.Module):
@@ -152,16 +170,52 @@ _REWRITES = {
 }
 
 
-def for_xnnpack(model: nn.Module, keep: tuple[type[nn.Module], ...] = ()) -> nn.Module:
-    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring. Modules of the
-    types in ``keep`` stay as they are (for a converter that already writes them in ops XNNPACK takes)."""
+def for_xnnpack(
+    model: nn.Module,
+    keep: tuple[type[nn.Module], ...] = (),
+    replace: dict[type[nn.Module], Callable[[nn.Module], nn.Module]] | None = None,
+) -> nn.Module:
+    """A copy of ``model`` (in eval mode) in XNNPACK's ops: see the module docstring, with the
+    transformer layers' norm affines folded (:func:`fold_norm_affines`). Modules of the types in
+    ``keep`` stay as they are (for a converter that already writes them in ops XNNPACK takes); ``replace``
+    gives a type another rewrite (a runtime that takes other ops)."""
     model = copy.deepcopy(model).eval()
-    rewrites = {kind: rewrite for kind, rewrite in _REWRITES.items() if kind not in keep}
+    fold_norm_affines(model)
+    rewrites = {kind: rewrite for kind, rewrite in {**_REWRITES, **(replace or {})}.items() if kind not in keep}
     _rewrite_children(model, rewrites)
     for module in model.modules():
         if isinstance(module, MobileViTBlock):
             module.unfold_by_slices = False
     return model
+
+
+def fold_norm_affines(model: nn.Module) -> None:
+    """Move, in place, the scale and shift of each transformer layer's two norms into the projection that
+    reads the norm (attention's qkv, the feed-forward's first layer): W' = W diag(scale), b' = b + W shift.
+    Exact, and two elementwise passes fewer per norm, which the runtimes do not fold themselves in every
+    case (LiteRT's int8 files keep them as fp32 ops)."""
+    for layer in model.modules():
+        if isinstance(layer, TransformerEncoderLayer):
+            pairs = ((layer.norm1, layer.attn.qkv), (layer.norm2, layer.mlp.fc1))
+        elif isinstance(layer, LinearTransformerLayer):
+            pairs = ((layer.norm1, layer.attn.qkv_proj), (layer.norm2, layer.mlp.fc1))
+        else:
+            continue
+        for norm, projection in pairs:
+            if norm.weight is not None and projection.bias is not None:
+                _fold_affine(norm, projection)
+
+
+def _fold_affine(norm: nn.LayerNorm | nn.GroupNorm, projection: nn.Linear | nn.Conv2d) -> None:
+    with torch.no_grad():
+        weight = projection.weight.flatten(1)  # [out, in] (a 1x1 conv's [out, in, 1, 1] too)
+        projection.bias.add_(weight @ norm.bias)
+        projection.weight.mul_(norm.weight.reshape(1, -1, *[1] * (projection.weight.ndim - 2)))
+    norm.weight = norm.bias = None
+    if isinstance(norm, nn.LayerNorm):
+        norm.elementwise_affine = False
+    else:
+        norm.affine = False
 
 
 def _rewrite_children(module: nn.Module, rewrites: dict[type, type]) -> None:
