@@ -167,7 +167,7 @@ def verdicts(rows: list[dict[str, Any]]) -> list[str]:
     ]
     if litert:
         slowest = max(litert, key=lambda r: r["vs timm"])
-        worst_timm = f"{slowest['model']} {slowest['precision']} {slowest['vs timm']:.2f}x"
+        worst_timm = f"{slowest['model']} {slowest['precision']} {slowest['vs timm']:.3f}x"
         lines.append(f"LiteRT against timm's, worst: {worst_timm} (bar: 0.95x)")
     return lines
 
