@@ -35,7 +35,14 @@ PACKAGES = (
     "executorch", "coremltools", "litert-torch", "ai-edge-litert",
 )  # fmt: skip
 # Environment variables that change which kernels run, or on how many threads.
-ENVIRONMENT = ("OMP_NUM_THREADS", "OMP_WAIT_POLICY", "MKL_NUM_THREADS", "ATEN_CPU_CAPABILITY", "ONEDNN_MAX_CPU_ISA", "DNNL_MAX_CPU_ISA")
+ENVIRONMENT = (
+    "OMP_NUM_THREADS",
+    "OMP_WAIT_POLICY",
+    "MKL_NUM_THREADS",
+    "ATEN_CPU_CAPABILITY",
+    "ONEDNN_MAX_CPU_ISA",
+    "DNNL_MAX_CPU_ISA",
+)
 # ImageNet-1k top-1 (%) at 256x256 as published, from ../shared/reference/mobilevit.md.
 PUBLISHED_TOP1 = {
     "mobilevit_xxs": 69.0,
